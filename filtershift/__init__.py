@@ -1,0 +1,36 @@
+"""filtershift: distribution shifts and quality of trained 3x3 convolution filters, out of core.
+
+The public API is imported lazily so that ``import filtershift`` stays fast and optional extras (onnx, torch)
+are only needed by the functions that use them.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from filtershift._version import __version__
+
+_API = {
+    "open_store": "filtershift.store.dataset",
+    "from_arrays": "filtershift.store.dataset",
+    "select": "filtershift.store.dataset",
+    "records": "filtershift.store.dataset",
+    "models": "filtershift.store.dataset",
+    "convert": "filtershift.store.convert",
+    "verify": "filtershift.store.verify",
+    "synthesize": "filtershift.ingest.synth",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    try:
+        module = _API[name]
+    except KeyError:
+        raise AttributeError(f"module 'filtershift' has no attribute {name!r}") from None
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__():
+    return sorted(__all__)

@@ -1,0 +1,5 @@
+import sys
+
+from filtershift.cli import main
+
+sys.exit(main())
