@@ -1,0 +1,248 @@
+"""The on-disk layout of a filtershift store (see docs/format.md): the only module that knows paths and keys.
+
+A store is a Zarr v3 group; its manifest lives in the group attributes under ``"filtershift"`` and is written
+last and atomically (zarr's local store writes through a temporary file and a rename; object stores put whole
+objects), so a reader sees one committed snapshot or the next, never a mix.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+import zarr
+
+from filtershift._version import __version__
+from filtershift.errors import IncompleteStoreError, StoreError
+
+SCHEMA_VERSION = 1
+MANIFEST_KEY = "filtershift"
+WEIGHTS = "weights"
+FILTER_ID = "filter_id"
+TABLES = "tables"
+PROGRESS_FILE = ".filtershift-progress.json"
+DEFAULT_CHUNK_FILTERS = 1 << 20
+CODECS = ("none", "zstd", "lz4")
+DEFAULT_CODEC = "none"
+
+#: Label cleaning applied when grouping coordinates are built; raw labels stay in the tables.
+DEFAULT_LABEL_RULES: tuple[dict, ...] = (
+    {"column": "Task", "contains": "Segmentation", "value": "Segmentation"},
+)
+
+RECORD_COLUMNS = {
+    "record": "int32",
+    "model_id": "int64",
+    "conv_depth": "int32",
+    "conv_depth_norm": "float32",
+    "layer": "str",
+    "in_channels": "Int64",
+    "out_channels": "Int64",
+    "groups": "Int64",
+    "start": "int64",
+    "stop": "int64",
+    "n": "int64",
+    "source_start": "int64",
+}
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a store lives: a local path or an fsspec URL plus its storage options."""
+
+    url: str
+    storage_options: dict
+
+    @classmethod
+    def of(cls, path_or_url, storage_options: dict | None = None) -> "Location":
+        url = str(path_or_url).rstrip("/")
+        return cls(url, dict(storage_options or {}))
+
+    @property
+    def is_local(self) -> bool:
+        return "://" not in self.url or self.url.startswith("file://")
+
+    @property
+    def display(self) -> str:
+        """The URL without credentials, for messages and logs."""
+        return re.sub(r"//[^/@]*@", "//", self.url)
+
+    def fs(self):
+        fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        return fs, root
+
+    def zarr_store(self, read_only: bool):
+        if self.is_local:
+            path = self.url[len("file://"):] if self.url.startswith("file://") else self.url
+            return zarr.storage.LocalStore(path, read_only=read_only)
+        return zarr.storage.FsspecStore.from_url(self.url, storage_options=self.storage_options,
+                                                 read_only=read_only)
+
+    def join(self, *parts: str) -> str:
+        return "/".join([self.url, *parts])
+
+    def exists(self) -> bool:
+        fs, root = self.fs()
+        return fs.exists(root)
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def new_manifest(chunk_filters: int, codec: str, state: str) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "state": state,
+        "version": 0,
+        "n_filters": 0,
+        "n_records": 0,
+        "n_models": 0,
+        "chunk_filters": int(chunk_filters),
+        "codec": codec,
+        "vocabularies": {},
+        "label_rules": [dict(r) for r in DEFAULT_LABEL_RULES],
+        "provenance": [],
+        "integrity": {"n_filters": 0, "n_nonfinite": 0, "nonfinite_policy": "error", "weights_sum": 0.0,
+                      "chunk_sums": []},
+        "reordered": False,
+        "writer": f"filtershift {__version__}",
+    }
+
+
+def open_group(loc: Location, mode: str = "r") -> zarr.Group:
+    try:
+        return zarr.open_group(store=loc.zarr_store(read_only=(mode == "r")), mode=mode, zarr_format=3)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
+        raise StoreError(f"{loc.display}: no filtershift store here ({exc.__class__.__name__}). "
+                         "Create one with `filtershift convert SRC.h5 DST.zarr` or `filtershift synth "
+                         "DST.zarr --format zarr`.") from None
+
+
+def read_manifest(group: zarr.Group, loc: Location, *, require_complete: bool = True) -> dict:
+    manifest = group.attrs.asdict().get(MANIFEST_KEY)
+    if not isinstance(manifest, dict):
+        raise StoreError(f"{loc.display}: a Zarr group without a filtershift manifest; it was not written by "
+                         "filtershift. Convert the source again with `filtershift convert`.")
+    version = manifest.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise StoreError(f"{loc.display}: store schema version {version!r} is newer than this filtershift "
+                         f"({__version__}, schema {SCHEMA_VERSION}); upgrade filtershift.")
+    if require_complete and manifest.get("state") != "complete":
+        raise IncompleteStoreError(
+            f"{loc.display}: the store is incomplete (state {manifest.get('state')!r}): a "
+            f"{'conversion' if manifest.get('state') == 'converting' else 'write'} was interrupted. Run the same "
+            "command again with --resume to finish it (or --overwrite to start again).")
+    return manifest
+
+
+def write_manifest(group: zarr.Group, manifest: dict) -> None:
+    """Replace the manifest in one atomic metadata write."""
+    group.attrs.update({MANIFEST_KEY: json.loads(json.dumps(manifest))})
+
+
+def table_path(loc: Location, name: str, version: int) -> str:
+    return loc.join(TABLES, f"{name}-v{version}.parquet")
+
+
+def write_table(loc: Location, name: str, version: int, df: pd.DataFrame) -> None:
+    """Write one table as Parquet, to a temporary name first then moved into place."""
+    fs, _ = loc.fs()
+    final = fsspec.core.url_to_fs(table_path(loc, name, version), **loc.storage_options)[1]
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+    if loc.is_local:
+        tmp = final + ".tmp"
+        with fs.open(tmp, "wb") as f:
+            f.write(buf.getvalue())
+        fs.mv(tmp, final)
+    else:
+        fs.pipe_file(final, buf.getvalue())
+
+
+def read_table(loc: Location, name: str, version: int) -> pd.DataFrame:
+    fs, _ = loc.fs()
+    path = fsspec.core.url_to_fs(table_path(loc, name, version), **loc.storage_options)[1]
+    try:
+        with fs.open(path, "rb") as f:
+            return pd.read_parquet(f)
+    except FileNotFoundError:
+        raise StoreError(f"{loc.display}: table {name}-v{version}.parquet is missing; the store is damaged. "
+                         "Run `filtershift verify` and convert again.") from None
+
+
+def snake_case(column: str) -> str:
+    """Coordinate name of a meta column: 'Visual Category' -> 'visual_category'."""
+    return re.sub(r"[^0-9a-zA-Z]+", "_", str(column)).strip("_").lower()
+
+
+#: Meta columns that never become grouping coordinates (free text, URLs, ids, hashes).
+NOT_GROUPING = {"filter_ids", "Dataset URL", "weights_sha256", "source", "model_id"}
+#: Column aliases: the v0.1 data set calls the visual category 'Datatype'.
+COLUMN_ALIASES = {"Datatype": "visual_category"}
+RESERVED_COORDS = {"record", "model_id", "conv_depth", "conv_depth_norm", "filter_id", "weights", "k",
+                   "filter", "layer"}
+
+
+def grouping_columns(models: pd.DataFrame) -> dict[str, str]:
+    """Coordinate name -> models column for every label-like column of the models table."""
+    out: dict[str, str] = {}
+    for column in models.columns:
+        if column in NOT_GROUPING:
+            continue
+        series = models[column]
+        is_label = (pd.api.types.is_string_dtype(series) or pd.api.types.is_object_dtype(series)
+                    or isinstance(series.dtype, pd.CategoricalDtype) or column == "op_set")
+        if not is_label:
+            continue
+        name = COLUMN_ALIASES.get(column, snake_case(column))
+        if not name or name in RESERVED_COORDS or name in out:
+            continue
+        out[name] = column
+    return out
+
+
+def apply_label_rules(values: pd.Series, column: str, rules) -> pd.Series:
+    """Clean raw labels for grouping: a rule maps every label containing ``contains`` to ``value``;
+    a missing label becomes ``"unknown"``."""
+    labels = ["unknown" if _missing(v) else str(v) for v in values.tolist()]
+    for rule in rules:
+        if rule.get("column") not in (column, COLUMN_ALIASES.get(column, column)):
+            continue
+        needle, value = str(rule["contains"]), str(rule["value"])
+        labels = [value if needle in v else v for v in labels]
+    return pd.Series(labels, index=values.index, dtype=object)
+
+
+def _missing(value) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
+
+
+def vocabulary_codes(labels: pd.Series) -> tuple[list[str], np.ndarray]:
+    vocab = sorted(set(labels))
+    index = {v: i for i, v in enumerate(vocab)}
+    return vocab, labels.map(index).to_numpy(dtype=np.int32)
+
+
+def vocabularies(models: pd.DataFrame, rules) -> dict[str, list[str]]:
+    return {name: vocabulary_codes(apply_label_rules(models[col], col, rules))[0]
+            for name, col in grouping_columns(models).items()}
+
+
+def json_safe(value: Any) -> Any:
+    """Plain-JSON version of a table value (for the CLI's --json output)."""
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return None if np.isnan(value) else float(value)
+    if value is pd.NA or value is pd.NaT:
+        return None
+    return value
