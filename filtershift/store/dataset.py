@@ -16,7 +16,7 @@ import xarray as xr
 from dask.highlevelgraph import HighLevelGraph
 from dask.base import tokenize
 
-from filtershift.errors import InputError
+from filtershift.errors import InputError, StoreError
 from filtershift.store import format as fmt
 
 TABLES_ATTR = "_filtershift_tables"
@@ -35,11 +35,37 @@ def open_store(path_or_url, *, label_rules=None, **storage_options) -> xr.Datase
     records = fmt.read_table(loc, "records", version)
     models = fmt.read_table(loc, "models", version)
     n = manifest["n_filters"]
-    weights = da.from_zarr(group[fmt.WEIGHTS])[:n]
-    filter_id = da.from_zarr(group[fmt.FILTER_ID])[:n] if manifest.get("reordered") else None
+    weights = _lazy(group[fmt.WEIGHTS], loc, n)
+    filter_id = _lazy(group[fmt.FILTER_ID], loc, n) if manifest.get("reordered") else None
     rules = manifest.get("label_rules", fmt.DEFAULT_LABEL_RULES) if label_rules is None else label_rules
     attrs = {"store": loc.display, "version": version, "schema_version": manifest["schema_version"]}
     return _build(weights, records, models, rules, attrs, filter_id=filter_id)
+
+
+class _ChunkReader:
+    """Array-like over a Zarr array whose read errors name the store, array and chunk (e.g. a checksum
+    mismatch from a flipped byte), instead of a bare codec error."""
+
+    def __init__(self, array, display: str):
+        self.array, self.display = array, display
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+
+    def __getitem__(self, key):
+        try:
+            return self.array[key]
+        except ValueError as exc:
+            rows = key[0] if isinstance(key, tuple) else key
+            first = rows.start or 0 if isinstance(rows, slice) else rows
+            chunk = int(first) // self.array.chunks[0]
+            raise StoreError(f"{self.display}: array '{self.array.basename}' chunk {chunk} (filters from "
+                             f"{first}) is corrupted: {exc}. Run `filtershift verify` and restore or "
+                             "re-convert the store.") from None
+
+
+def _lazy(array, loc: fmt.Location, n: int) -> da.Array:
+    chunks = (array.chunks[0],) + tuple(array.shape[1:])
+    return da.from_array(_ChunkReader(array, loc.display), chunks=chunks, asarray=True,
+                         name=f"{array.basename}-{tokenize(loc.url, array.shape, n)}", fancy=False)[:n]
 
 
 def from_arrays(weights, records: pd.DataFrame, models: pd.DataFrame, *, chunk_filters: int | None = None,

@@ -1,0 +1,34 @@
+"""``filtershift convert SRC.h5 DST.zarr``"""
+
+from filtershift.store import format as fmt
+
+
+def register(sub) -> None:
+    p = sub.add_parser("convert", help="convert a CNN-Filter-DB dataset.h5 into a filtershift store",
+                       description="Stream the filters of a CNN-Filter-DB dataset.h5 into a chunked Zarr v3 "
+                                   "store (memory bounded by the chunk size), validate it, then mark it complete.")
+    p.add_argument("src", help="the dataset.h5 file")
+    p.add_argument("dst", help="destination store: a directory or an fsspec URL (s3://bucket/db.zarr)")
+    p.add_argument("--chunk-filters", type=int, default=fmt.DEFAULT_CHUNK_FILTERS,
+                   help="filters per chunk (default %(default)s = 36 MiB)")
+    p.add_argument("--codec", choices=fmt.CODECS, default=fmt.DEFAULT_CODEC,
+                   help="compressor (default %(default)s; checksums are always on)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store at DST")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted conversion into DST")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow pickled objects in the meta table (runs code from the file: trusted files only)")
+    p.add_argument("--nonfinite", choices=("error", "zero", "keep"), default="error",
+                   help="NaN/Inf filter values: fail (default), replace by 0, or keep")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from filtershift.store.convert import convert
+    from filtershift.store.verify import info
+
+    convert(args.src, args.dst, chunk_filters=args.chunk_filters, codec=args.codec, overwrite=args.overwrite,
+            resume=args.resume, trust_pickle=args.trust_pickle, nonfinite=args.nonfinite)
+    summary = info(args.dst)
+    print(f"{summary['store']}: {summary['n_filters']:,} filters, {summary['n_records']:,} records, "
+          f"{summary['n_models']:,} models")
+    return 0

@@ -1,0 +1,260 @@
+"""Reader of the CNN-Filter-DB ``dataset.h5``: the filter array and the meta table, validated and safe.
+
+Pandas' "fixed" format stores object columns as pickles, and PyTables stores list-valued attributes as pickles
+too; unpickling runs code. Before pandas touches the file, every node and attribute under ``/meta`` is inspected
+with h5py: attribute pickles that hold only plain data (lists, tuples, dicts of strings and numbers, which is all
+pandas' table format writes) are proven harmless by a loader that refuses every global; pickled object arrays
+(the fixed format's VLARRAY object blocks) are refused unless the caller passes ``trust_pickle=True``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import warnings
+from dataclasses import dataclass, field
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from filtershift.errors import InputError
+
+FILTER_KEYS = ("filters", "filter")
+META_KEY = "meta"
+INDEX_LEVELS = ("model_id", "conv_depth", "conv_depth_norm")
+
+
+@dataclass
+class Source:
+    """A validated CNN-Filter-DB source: where its filters are and how its records map onto them."""
+
+    path: str
+    filters_key: str
+    n_filters: int
+    dtype: np.dtype
+    row_shape: tuple[int, ...]
+    models: pd.DataFrame
+    records: pd.DataFrame
+    reordered: bool
+    runs: list = field(repr=False, default_factory=list)
+
+    def read(self, start: int, stop: int, h5: h5py.File | None = None) -> np.ndarray:
+        """Source rows [start, stop) as (n, 9), in the source dtype."""
+        ds = (h5 or self.open())[self.filters_key]
+        return ds[start:stop].reshape(stop - start, 9)
+
+    def open(self) -> h5py.File:
+        return h5py.File(self.path, "r")
+
+
+#: The only globals a PyTables attribute pickle may name: the ``Filters`` settings of an index node.
+SAFE_GLOBALS = {("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"), ("tables.filters", "Filters"),
+                ("__builtin__", "object"), ("builtins", "object")}
+
+
+class _NoGlobals(pickle.Unpickler):
+    """Loads plain data only: any global outside :data:`SAFE_GLOBALS` stops the load."""
+
+    def find_class(self, module, name):
+        if (module, name) in SAFE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name}")
+
+
+def _is_plain_pickle(raw: bytes) -> bool:
+    try:
+        _NoGlobals(io.BytesIO(raw)).load()
+        return True
+    except Exception:
+        return False
+
+
+def _looks_pickled(raw: bytes) -> bool:
+    return raw[:1] == b"\x80" or (raw[:1] in (b"(", b"]", b"}", b"N", b"V", b"I", b"F", b"S", b"c")
+                                  and raw.rstrip().endswith(b"."))
+
+
+def find_pickles(h5: h5py.File, root: str = META_KEY) -> list[str]:
+    """Names of the nodes and attributes under ``root`` that hold pickles of more than plain data."""
+    unsafe: list[str] = []
+
+    def check_attrs(name, obj):
+        for key, value in obj.attrs.items():
+            raw = value.tobytes() if isinstance(value, (np.void, np.ndarray)) and value.dtype.kind == "V" else value
+            if isinstance(raw, (bytes, np.bytes_)) and _looks_pickled(bytes(raw)):
+                if not _is_plain_pickle(bytes(raw)):
+                    unsafe.append(f"{name} (attribute {key})")
+            elif isinstance(value, np.ndarray) and value.dtype.kind == "V":
+                unsafe.append(f"{name} (attribute {key})")
+
+    def visit(name, obj):
+        full = f"{root}/{name}"
+        check_attrs(full, obj)
+        if isinstance(obj, h5py.Dataset):
+            cls = obj.attrs.get("CLASS", b"")
+            atom = obj.attrs.get("PSEUDOATOM", b"")
+            if cls == b"VLARRAY" and atom == b"object":
+                unsafe.append(f"{full} (pickled object array)")
+            elif obj.dtype.kind == "O" and h5py.check_vlen_dtype(obj.dtype) not in (str, bytes):
+                unsafe.append(f"{full} (variable-length objects)")
+
+    check_attrs(root, h5[root])
+    h5[root].visititems(visit)
+    return unsafe
+
+
+def open_source(path, *, trust_pickle: bool = False) -> Source:
+    """Open and validate a ``dataset.h5``; raises :class:`InputError` naming the problem and the remedy."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file. Give the path of the CNN-Filter-DB dataset.h5.")
+    if os.path.isdir(path) or not h5py.is_hdf5(path):
+        raise InputError(f"{path}: not an HDF5 file. filtershift convert reads the CNN-Filter-DB dataset.h5 "
+                         "(filters array + pandas meta table); is the download complete?")
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as exc:
+        raise InputError(f"{path}: HDF5 file cannot be opened ({exc}); it may be truncated. "
+                         "Download it again.") from None
+    with h5:
+        key = next((k for k in FILTER_KEYS if k in h5 and isinstance(h5[k], h5py.Dataset)), None)
+        if key is None:
+            raise InputError(f"{path}: no filter array (looked for datasets {list(FILTER_KEYS)}; found "
+                             f"{sorted(h5.keys())}). Is this the CNN-Filter-DB dataset.h5?")
+        ds = h5[key]
+        if ds.ndim not in (2, 3) or ds.shape[1:] not in ((9,), (3, 3)):
+            raise InputError(f"{path}: filter array '{key}' has shape {ds.shape}; expected (N, 9) or "
+                             "(N, 3, 3) of 3x3 kernels.")
+        if ds.dtype.kind != "f":
+            raise InputError(f"{path}: filter array '{key}' has dtype {ds.dtype}; expected float16/32/64.")
+        n, dtype, row_shape = int(ds.shape[0]), ds.dtype, tuple(ds.shape[1:])
+        if META_KEY not in h5:
+            raise InputError(f"{path}: no meta table (the pandas DataFrame under key '{META_KEY}'). "
+                             "filtershift needs it to know which model and depth each filter comes from.")
+        unsafe = find_pickles(h5)
+    if unsafe and not trust_pickle:
+        shown = ", ".join(unsafe[:4]) + (f" and {len(unsafe) - 4} more" if len(unsafe) > 4 else "")
+        raise InputError(
+            f"{path}: the meta table contains pickled Python objects ({shown}); unpickling an untrusted file "
+            "can run arbitrary code. If you trust this file (e.g. the official CNN-Filter-DB release), pass "
+            "--trust-pickle (trust_pickle=True); otherwise re-save the meta with "
+            "DataFrame.to_hdf(..., format='table').")
+    meta = _read_meta(path)
+    models, records, runs, reordered = parse_meta(meta, n, path)
+    return Source(path, key, n, dtype, row_shape, models, records, reordered, runs)
+
+
+def _read_meta(path: str) -> pd.DataFrame:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            meta = pd.read_hdf(path, META_KEY)
+    except Exception as exc:
+        raise InputError(f"{path}: the meta table cannot be read ({exc.__class__.__name__}: {exc}).") from None
+    if not isinstance(meta, pd.DataFrame):
+        raise InputError(f"{path}: '{META_KEY}' is a {type(meta).__name__}, not a DataFrame.")
+    return meta
+
+
+def _parse_ids(value, row: int, path: str) -> list[tuple[int, int]]:
+    """Runs [a, b) of one record's filter ids: "start:end" (inclusive end, v1.0) or a list of ids (v0.1)."""
+    if isinstance(value, (bytes, np.bytes_)):
+        value = value.decode()
+    if isinstance(value, str):
+        try:
+            a, b = (int(x) for x in value.split(":"))
+        except ValueError:
+            raise InputError(f"{path}: meta row {row}: filter_ids {value!r} is not 'start:end'.") from None
+        if b < a:
+            raise InputError(f"{path}: meta row {row}: filter_ids {value!r} ends before it starts.")
+        return [(a, b + 1)]
+    ids = np.asarray(value, dtype=np.int64).ravel()
+    if ids.size == 0:
+        return []
+    ids = np.sort(ids)
+    if np.any(np.diff(ids) == 0):
+        raise InputError(f"{path}: meta row {row}: filter_ids lists the same id twice.")
+    breaks = np.flatnonzero(np.diff(ids) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [ids.size]])
+    return [(int(ids[s]), int(ids[e - 1]) + 1) for s, e in zip(starts, stops)]
+
+
+def parse_meta(meta: pd.DataFrame, n_filters: int, path: str = "dataset.h5"):
+    """Split the meta table into models and records and check that records tile the filters exactly.
+
+    Returns (models, records, runs, reordered): ``runs`` lists per record its source id runs; ``reordered``
+    says whether records must be moved so that each becomes one contiguous slice in sorted order.
+    """
+    df = meta.reset_index()
+    missing = [c for c in (*INDEX_LEVELS, "filter_ids") if c not in df.columns]
+    if missing:
+        raise InputError(f"{path}: meta table lacks {missing}; expected index [model_id, conv_depth, "
+                         "conv_depth_norm] and a filter_ids column.")
+    dup = df.duplicated(["model_id", "conv_depth"])
+    if dup.any():
+        first = df.loc[dup, ["model_id", "conv_depth"]].iloc[0].tolist()
+        raise InputError(f"{path}: {int(dup.sum())} duplicate (model_id, conv_depth) record(s), first "
+                         f"{first}. Each model and conv depth must appear once; fix the meta table.")
+    runs = [_parse_ids(v, i, path) for i, v in enumerate(df["filter_ids"].tolist())]
+    counts = np.array([sum(b - a for a, b in r) for r in runs], dtype=np.int64)
+    flat = np.array([(a, b) for r in runs for a, b in r], dtype=np.int64).reshape(-1, 2)
+    if flat.size:
+        bad = (flat[:, 0] < 0) | (flat[:, 1] > n_filters)
+        if bad.any():
+            raise InputError(f"{path}: {int(bad.sum())} filter id range(s) fall outside [0, {n_filters}) "
+                             f"(e.g. {flat[bad][0].tolist()}); the meta table does not match the filter array.")
+        order = np.argsort(flat[:, 0], kind="stable")
+        srt = flat[order]
+        overlap = srt[1:, 0] < srt[:-1, 1]
+        if overlap.any():
+            raise InputError(f"{path}: {int(overlap.sum())} record(s) share filter ids (first overlap at id "
+                             f"{int(srt[1:, 0][overlap][0])}); every filter must belong to one record.")
+    covered = int(counts.sum())
+    if covered != n_filters:
+        raise InputError(f"{path}: records cover {covered} of {n_filters} filters; {n_filters - covered} "
+                         "filter(s) belong to no record. The meta table and filter array do not match.")
+    df["n"] = counts
+    df = df[df["n"] > 0].reset_index(drop=True)
+    runs = [r for r, c in zip(runs, counts) if c > 0]
+    contiguous = all(len(r) == 1 for r in runs)
+    firsts = np.array([r[0][0] for r in runs], dtype=np.int64)
+    if contiguous and np.all(np.diff(firsts) > 0):
+        order = np.arange(len(df))
+        reordered = False
+    elif contiguous:
+        order = np.argsort(firsts, kind="stable")
+        reordered = False
+    else:
+        order = np.lexsort((df["conv_depth"].to_numpy(), df["model_id"].to_numpy()))
+        reordered = True
+    df = df.iloc[order].reset_index(drop=True)
+    runs = [runs[i] for i in order]
+    model_cols = [c for c in df.columns if c not in ("conv_depth", "conv_depth_norm", "filter_ids", "n")]
+    models = (df[model_cols].drop_duplicates("model_id").sort_values("model_id").reset_index(drop=True))
+    records = pd.DataFrame({
+        "model_id": df["model_id"].astype("int64"),
+        "conv_depth": df["conv_depth"].astype("int32"),
+        "conv_depth_norm": df["conv_depth_norm"].astype("float32"),
+        "n": df["n"].astype("int64"),
+        "source_start": [r[0][0] for r in runs],
+    })
+    return _typed(models), records, runs, reordered
+
+
+def _typed(models: pd.DataFrame) -> pd.DataFrame:
+    """Give object columns a Parquet-friendly type: all-numeric columns become numbers, the rest strings."""
+    out = models.copy()
+    for col in out.columns:
+        s = out[col]
+        if pd.api.types.is_object_dtype(s) or pd.api.types.is_string_dtype(s):
+            num = pd.to_numeric(s, errors="coerce")
+            if s.notna().sum() and num.notna().sum() == s.notna().sum() and not pd.api.types.is_string_dtype(s):
+                out[col] = num
+            else:
+                out[col] = s.map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v))
+                                 else (v.decode() if isinstance(v, bytes) else str(v))).astype("string")
+    out.columns = [str(c) for c in out.columns]
+    return out

@@ -1,0 +1,120 @@
+"""Whole-store checks (``filtershift verify``) and the summary of a store (``filtershift info``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from filtershift import progress
+from filtershift.errors import StoreError
+from filtershift.store import format as fmt
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify` found: ``ok`` is true when ``problems`` is empty."""
+
+    store: str
+    n_filters: int = 0
+    n_chunks: int = 0
+    chunks_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        return {"store": self.store, "ok": self.ok, "n_filters": self.n_filters, "n_chunks": self.n_chunks,
+                "chunks_checked": self.chunks_checked, "problems": list(self.problems)}
+
+
+def verify(path_or_url, **storage_options) -> VerifyReport:
+    """Check counts, record coverage, every chunk's checksum and every chunk's recorded sum."""
+    loc = fmt.Location.of(path_or_url, storage_options)
+    group = fmt.open_group(loc, "r")
+    manifest = fmt.read_manifest(group, loc)
+    report = VerifyReport(loc.display, n_filters=manifest["n_filters"])
+    records = fmt.read_table(loc, "records", manifest["version"])
+    models = fmt.read_table(loc, "models", manifest["version"])
+    report.problems += check_tables(records, models, manifest)
+    weights = group[fmt.WEIGHTS]
+    n, chunk = manifest["n_filters"], manifest["chunk_filters"]
+    if weights.shape[0] < n or weights.shape[1:] != (9,):
+        report.problems.append(f"weights has shape {weights.shape}, manifest says {n} filters of 9 values")
+        return report
+    sums = manifest["integrity"].get("chunk_sums", [])
+    report.n_chunks = -(-n // chunk)
+    with progress.bar(total=n, desc="verify", unit="filter", unit_scale=True) as pbar:
+        for i in range(report.n_chunks):
+            lo, hi = i * chunk, min((i + 1) * chunk, n)
+            try:
+                block = weights[lo:hi]
+            except Exception as exc:
+                report.problems.append(f"weights chunk {i} (filters {lo}:{hi}) cannot be read: "
+                                       f"{exc.__class__.__name__}: {exc}")
+                continue
+            report.chunks_checked += 1
+            if i < len(sums) and float(block.sum(dtype=np.float64)) != sums[i]:
+                report.problems.append(f"weights chunk {i} (filters {lo}:{hi}) sums to "
+                                       f"{float(block.sum(dtype=np.float64))!r}, recorded {sums[i]!r}")
+            pbar.update(hi - lo)
+    if len(sums) != report.n_chunks:
+        report.problems.append(f"manifest records {len(sums)} chunk sums for {report.n_chunks} chunks")
+    return report
+
+
+def check_tables(records: pd.DataFrame, models: pd.DataFrame, manifest: dict) -> list[str]:
+    """Problems with the tables: counts, exact tiling of [0, n_filters), unknown models."""
+    problems = []
+    n = manifest["n_filters"]
+    if len(records) != manifest["n_records"]:
+        problems.append(f"records table has {len(records)} rows, manifest says {manifest['n_records']}")
+    if len(models) != manifest["n_models"]:
+        problems.append(f"models table has {len(models)} rows, manifest says {manifest['n_models']}")
+    start, stop = records["start"].to_numpy(), records["stop"].to_numpy()
+    if len(records) and (start[0] != 0 or stop[-1] != n or np.any(start[1:] != stop[:-1])
+                         or np.any(stop < start)):
+        problems.append(f"records do not tile filters [0, {n}) exactly")
+    if not np.array_equal(records["n"].to_numpy(), stop - start):
+        problems.append("records column n differs from stop - start")
+    unknown = set(records["model_id"]) - set(models["model_id"])
+    if unknown:
+        problems.append(f"{len(unknown)} model_id(s) in records are missing from models")
+    return problems
+
+
+def info(path_or_url, **storage_options) -> dict:
+    """Counts, filters and models per task and visual category, and provenance of a store."""
+    loc = fmt.Location.of(path_or_url, storage_options)
+    group = fmt.open_group(loc, "r")
+    manifest = fmt.read_manifest(group, loc)
+    records = fmt.read_table(loc, "records", manifest["version"])
+    models = fmt.read_table(loc, "models", manifest["version"])
+    rules = manifest.get("label_rules", fmt.DEFAULT_LABEL_RULES)
+    per: dict[str, dict] = {}
+    for name, column in fmt.grouping_columns(models).items():
+        if name not in ("task", "visual_category", "training_dataset"):
+            continue
+        labels = fmt.apply_label_rules(models[column], column, rules)
+        filters = models["n_filters"].groupby(labels.to_numpy()).sum()
+        counts = labels.value_counts()
+        per[name] = {str(k): {"n_models": int(counts[k]), "n_filters": int(filters[k])} for k in sorted(counts.index)}
+    if "weights" not in group:
+        raise StoreError(f"{loc.display}: the weights array is missing; the store is damaged.")
+    return {
+        "store": loc.display,
+        "schema_version": manifest["schema_version"],
+        "version": manifest["version"],
+        "n_filters": int(manifest["n_filters"]),
+        "n_models": int(manifest["n_models"]),
+        "n_records": int(manifest["n_records"]),
+        "chunk_filters": int(manifest["chunk_filters"]),
+        "codec": manifest["codec"],
+        "reordered": bool(manifest.get("reordered")),
+        "n_nonfinite": int(manifest["integrity"].get("n_nonfinite", 0)),
+        "groups": per,
+        "provenance": manifest["provenance"],
+    }
