@@ -10,7 +10,7 @@ def register(sub) -> None:
     p.add_argument("src", help="the dataset.h5 file")
     p.add_argument("dst", help="destination store: a directory or an fsspec URL (s3://bucket/db.zarr)")
     p.add_argument("--chunk-filters", type=int, default=fmt.DEFAULT_CHUNK_FILTERS,
-                   help="filters per chunk (default %(default)s = 36 MiB)")
+                   help="filters per chunk (default %(default)s = 9 MiB)")
     p.add_argument("--codec", choices=fmt.CODECS, default=fmt.DEFAULT_CODEC,
                    help="compressor (default %(default)s; checksums are always on)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at DST")

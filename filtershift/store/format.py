@@ -28,7 +28,7 @@ WEIGHTS = "weights"
 FILTER_ID = "filter_id"
 TABLES = "tables"
 PROGRESS_FILE = ".filtershift-progress.json"
-DEFAULT_CHUNK_FILTERS = 1 << 20
+DEFAULT_CHUNK_FILTERS = 1 << 18
 CODECS = ("none", "zstd", "lz4")
 DEFAULT_CODEC = "none"
 
