@@ -61,8 +61,9 @@ def machine() -> str:
             f"Python {platform.python_version()}")
 
 
-def append_section(title: str, command: str, body: str) -> None:
-    """Append a dated section to BENCHMARKS.md."""
+def append_section(title: str, body: str, command: str | None = None) -> None:
+    """Append a dated section to BENCHMARKS.md (the command defaults to this process's command line)."""
+    command = command or "python " + " ".join(sys.argv)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = f"\n## {title}\n\n{stamp}; {machine()}.\nCommand: `{command}`\n\n{body.strip()}\n"
     if not BENCHMARKS_MD.exists():

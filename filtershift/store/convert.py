@@ -132,8 +132,6 @@ def write_json_atomic(loc: fmt.Location, url: str, obj: dict) -> None:
         tmp = f"{path}.tmp"
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, path)
     else:
         fs.pipe_file(path, data)
