@@ -105,35 +105,45 @@ def find_pickles(h5: h5py.File, root: str = META_KEY) -> list[str]:
     return unsafe
 
 
-def open_source(path, *, trust_pickle: bool = False) -> Source:
-    """Open and validate a ``dataset.h5``; raises :class:`InputError` naming the problem and the remedy."""
+def open_source(path, *, trust_pickle: bool = False, isolate: bool = True) -> Source:
+    """Open and validate a ``dataset.h5``; raises :class:`InputError` naming the problem and the remedy.
+
+    With ``isolate`` (the default) the file's structure and meta table are parsed in a child process with a
+    memory limit: a corrupted HDF5 file can crash the HDF5 library itself (a segmentation fault, seen when
+    fuzzing), which must not take the caller down. The parent then reads only the filter array.
+    """
     path = os.fspath(path)
+    _check_file(path)
+    if not isolate:
+        return _open_in_process(path, trust_pickle)
+    return _open_isolated(path, trust_pickle)
+
+
+def _check_file(path: str) -> None:
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file. Give the path of the CNN-Filter-DB dataset.h5.")
     if os.path.isdir(path) or not h5py.is_hdf5(path):
         raise InputError(f"{path}: not an HDF5 file. filtershift convert reads the CNN-Filter-DB dataset.h5 "
                          "(filters array + pandas meta table); is the download complete?")
+
+
+def _corrupt(path: str, exc: BaseException) -> InputError:
+    return InputError(f"{path}: the HDF5 file is corrupt or truncated ({exc.__class__.__name__}: {exc}). "
+                      "Download it again or check its SHA-256.")
+
+
+def _open_in_process(path: str, trust_pickle: bool) -> Source:
     try:
         h5 = h5py.File(path, "r")
-    except OSError as exc:
-        raise InputError(f"{path}: HDF5 file cannot be opened ({exc}); it may be truncated. "
-                         "Download it again.") from None
-    with h5:
-        key = next((k for k in FILTER_KEYS if k in h5 and isinstance(h5[k], h5py.Dataset)), None)
-        if key is None:
-            raise InputError(f"{path}: no filter array (looked for datasets {list(FILTER_KEYS)}; found "
-                             f"{sorted(h5.keys())}). Is this the CNN-Filter-DB dataset.h5?")
-        ds = h5[key]
-        if ds.ndim not in (2, 3) or ds.shape[1:] not in ((9,), (3, 3)):
-            raise InputError(f"{path}: filter array '{key}' has shape {ds.shape}; expected (N, 9) or "
-                             "(N, 3, 3) of 3x3 kernels.")
-        if ds.dtype.kind != "f":
-            raise InputError(f"{path}: filter array '{key}' has dtype {ds.dtype}; expected float16/32/64.")
-        n, dtype, row_shape = int(ds.shape[0]), ds.dtype, tuple(ds.shape[1:])
-        if META_KEY not in h5:
-            raise InputError(f"{path}: no meta table (the pandas DataFrame under key '{META_KEY}'). "
-                             "filtershift needs it to know which model and depth each filter comes from.")
-        unsafe = find_pickles(h5)
+    except Exception as exc:
+        raise _corrupt(path, exc) from None
+    try:
+        with h5:
+            key, n, dtype, row_shape, unsafe = _inspect(h5, path)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise _corrupt(path, exc) from None
     if unsafe and not trust_pickle:
         shown = ", ".join(unsafe[:4]) + (f" and {len(unsafe) - 4} more" if len(unsafe) > 4 else "")
         raise InputError(
@@ -144,6 +154,95 @@ def open_source(path, *, trust_pickle: bool = False) -> Source:
     meta = _read_meta(path)
     models, records, runs, reordered = parse_meta(meta, n, path)
     return Source(path, key, n, dtype, row_shape, models, records, reordered, runs)
+
+
+def _inspect(h5: h5py.File, path: str):
+    key = next((k for k in FILTER_KEYS if k in h5 and isinstance(h5[k], h5py.Dataset)), None)
+    if key is None:
+        raise InputError(f"{path}: no filter array (looked for datasets {list(FILTER_KEYS)}; found "
+                         f"{sorted(h5.keys())}). Is this the CNN-Filter-DB dataset.h5?")
+    ds = h5[key]
+    if ds.ndim not in (2, 3) or ds.shape[1:] not in ((9,), (3, 3)):
+        raise InputError(f"{path}: filter array '{key}' has shape {ds.shape}; expected (N, 9) or "
+                         "(N, 3, 3) of 3x3 kernels.")
+    if ds.dtype.kind != "f" or ds.dtype.itemsize not in (2, 4, 8):
+        raise InputError(f"{path}: filter array '{key}' has dtype {ds.dtype}; expected float16/32/64.")
+    if META_KEY not in h5:
+        raise InputError(f"{path}: no meta table (the pandas DataFrame under key '{META_KEY}'). "
+                         "filtershift needs it to know which model and depth each filter comes from.")
+    return key, int(ds.shape[0]), ds.dtype, tuple(ds.shape[1:]), find_pickles(h5)
+
+
+def _memory_limit() -> int:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total * 0.75)
+    except Exception:
+        return 8 << 30
+
+
+def _open_isolated(path: str, trust_pickle: bool) -> Source:
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="filtershift-probe-") as tmp:
+        cmd = [sys.executable, "-m", "filtershift.ingest.h5", path, tmp, str(_memory_limit())]
+        if trust_pickle:
+            cmd.append("--trust-pickle")
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode < 0:
+            raise InputError(f"{path}: reading the file crashed the HDF5 library (signal {-proc.returncode}); "
+                             "the file is corrupt. Download it again or check its SHA-256.")
+        summary_path = os.path.join(tmp, "summary.json")
+        if not os.path.exists(summary_path):
+            detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise InputError(f"{path}: the file could not be parsed ({detail}).")
+        with open(summary_path) as f:
+            summary = json.load(f)
+        if "error" in summary:
+            raise InputError(summary["error"])
+        models = pd.read_parquet(os.path.join(tmp, "models.parquet"))
+        records = pd.read_parquet(os.path.join(tmp, "records.parquet"))
+        arrays = np.load(os.path.join(tmp, "runs.npz"))
+    flat, offsets = arrays["runs"], arrays["offsets"]
+    runs = [[(int(a), int(b)) for a, b in flat[offsets[i]:offsets[i + 1]]] for i in range(len(offsets) - 1)]
+    return Source(path, summary["filters_key"], summary["n_filters"], np.dtype(summary["dtype"]),
+                  tuple(summary["row_shape"]), models, records, summary["reordered"], runs)
+
+
+def _probe_main(argv: list[str]) -> int:
+    """Child side of :func:`open_source`: parse, validate and write the tables for the parent."""
+    import json
+    import resource
+
+    path, out, limit = argv[0], argv[1], int(argv[2])
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        src = _open_in_process(path, "--trust-pickle" in argv)
+    except InputError as exc:
+        summary = {"error": str(exc)}
+    except MemoryError:
+        summary = {"error": f"{path}: the meta table needs more memory than allowed ({limit >> 20} MiB); "
+                            "the file is probably corrupt."}
+    except Exception as exc:
+        summary = {"error": str(_corrupt(path, exc))}
+    else:
+        src.models.to_parquet(os.path.join(out, "models.parquet"), index=False)
+        src.records.to_parquet(os.path.join(out, "records.parquet"), index=False)
+        flat = np.array([run for r in src.runs for run in r], dtype=np.int64).reshape(-1, 2)
+        offsets = np.concatenate([[0], np.cumsum([len(r) for r in src.runs])]).astype(np.int64)
+        np.savez(os.path.join(out, "runs.npz"), runs=flat, offsets=offsets)
+        summary = {"filters_key": src.filters_key, "n_filters": src.n_filters, "dtype": src.dtype.str,
+                   "row_shape": list(src.row_shape), "reordered": src.reordered}
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f)
+    return 0
 
 
 def _read_meta(path: str) -> pd.DataFrame:
@@ -258,3 +357,9 @@ def _typed(models: pd.DataFrame) -> pd.DataFrame:
                                  else (v.decode() if isinstance(v, bytes) else str(v))).astype("string")
     out.columns = [str(c) for c in out.columns]
     return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_probe_main(sys.argv[1:]))
