@@ -1,0 +1,653 @@
+"""Synthetic CNN-Filter-DB data sets with planted truth, for tests, the demo and benchmarks.
+
+``synthesize`` writes a ``dataset.h5`` in the layout of the real release (v1.0 or v0.1: filter array plus pandas
+meta table) whose filters carry known structure, and a JSON sidecar ``<OUT>.truth.json`` that says what was planted:
+
+- **Distribution shifts.** Every filter is drawn from a three-part mixture: a reference family ``R`` of trained-looking
+  kernels (Gaussian blobs, first and second Gaussian derivatives, Laplacians, plus noise), a task family ``T``
+  (unstructured isotropic noise) and a visual-category family ``C`` (smooth: constant and wide-blob kernels). A
+  model of task ``t`` and category ``c`` draws from ``T`` with probability ``a_t``, from ``C`` with
+  ``(1 - a_t) b_c`` and from ``R`` otherwise. ``a`` is 0 for the reference task (Classification) and grows in
+  equal steps along a seeded order of the other tasks; ``b`` likewise over visual categories (reference
+  ``natural``). A group's distribution moves away from the reference along one direction as its weight grows, so a
+  divergence to the reference grows in the planted order. The design is nested so that the two groupings do not
+  mask each other: the other visual categories occur only among Classification models and the other tasks only on
+  ``natural`` data, so every non-reference group differs from its reference along its own family alone.
+- **Depth.** Magnitudes shrink with depth: the record scale is ``0.25 exp(-DEPTH_DECAY conv_depth_norm)``; each
+  filter has a further log-normal factor (sigma 0.5). The decay is kept mild because groups differ in depth mix:
+  a per-component histogram divergence recovers the planted order with wide margins on unit-normalised filters and
+  with smaller margins on raw filters (checked over many seeds; the tests re-check it).
+- **Degenerate records.** A few records hold an exact share ``k/n`` of all-zero filters, and a few hold copies of
+  one filter plus noise of relative size 1e-3 (variance entropy near 0).
+
+Generation is block by block (``BLOCK`` filters), so memory does not grow with N. Filters are assembled from
+small banks of kernels indexed by one 64-bit PCG64 draw per filter, which keeps generation well above 10 M
+filters/s on one core. A filter's value depends only on the seed and its place in its record, not on the file
+layout: ``shuffle_records=True`` writes the same records at permuted positions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import re
+import shutil
+import warnings
+
+import h5py
+import numba
+import numpy as np
+import pandas as pd
+
+from filtershift import progress
+from filtershift.errors import InputError
+
+#: Filters generated and written per step; bounds memory whatever N is.
+BLOCK = 1 << 19
+#: Kernels per bank; bank indices are 16-bit fields of one random draw.
+BANK = 1 << 16
+MIN_RECORD = 8
+MIN_MODEL = 64
+#: v0.1 meta tables list every filter id (pickled Python lists): keep them to sizes that fit in memory.
+MAX_V01_FILTERS = 20_000_000
+TASK_STEP = 0.12
+CATEGORY_STEP = 0.10
+NOISE = 0.3
+SCALE_SIGMA = 0.5
+DEPTH_DECAY = 0.4
+DUPLICATE_NOISE = 1e-3
+SPARSITIES = (0.5, 0.9, 0.75)
+TRUTH_SCHEMA = 1
+
+FORMATS = ("h5", "zarr")
+STYLES = ("v1.0", "v0.1")
+META_FORMATS = ("table", "fixed")
+LAYOUTS = ("flat", "3x3")
+DTYPES = ("float32", "float16", "float64")
+
+REFERENCE_TASK = "Classification"
+REFERENCE_CATEGORY = "natural"
+#: Task -> (share of models, raw labels as they appear in the real release).
+TASKS = {
+    "Classification": (0.50, ["Classification"]),
+    "Segmentation": (0.15, ["Segmentation", "Semantic Segmentation", "Segmentation (instance)"]),
+    "Detection": (0.15, ["Detection"]),
+    "Face Detection": (0.10, ["Face Detection"]),
+    "Generative": (0.10, ["Generative"]),
+    "Super Resolution": (0.10, ["Super Resolution"]),
+}
+#: Visual category -> (share of models, training data sets).
+CATEGORIES = {
+    "natural": (0.30, None),
+    "medical ct": (0.10, ["LiTS", "KiTS19", "COVIDx-CT"]),
+    "medical mri": (0.10, ["BraTS", "fastMRI"]),
+    "astronomy": (0.10, ["Galaxy10 DECals", "Galaxy Zoo"]),
+    "satellite": (0.10, ["EuroSAT", "SpaceNet", "UC Merced"]),
+    "fractals": (0.10, ["FractalDB-1k", "FractalDB-10k"]),
+    "handwriting": (0.10, ["MNIST", "EMNIST", "KMNIST"]),
+}
+NATURAL_DATASETS = {
+    "Classification": ["ImageNet1k", "CIFAR-10", "CIFAR-100", "SVHN"],
+    "Segmentation": ["Cityscapes", "Pascal VOC", "ADE20K"],
+    "Detection": ["COCO", "Pascal VOC"],
+    "Face Detection": ["WIDER FACE"],
+    "Generative": ["CelebA", "horse2zebra"],
+    "Super Resolution": ["DIV2K"],
+}
+
+
+def _channels(widths):
+    return [a * b for a, b in zip(widths[:-1], widths[1:])]
+
+
+RESNET50_3X3 = [64 * 64] * 3 + [128 * 128] * 4 + [256 * 256] * 6 + [512 * 512] * 3
+#: Architecture -> (3x3 filters per conv depth in the full model, ONNX operator counts).
+ARCHS = {
+    "VGG-16": (_channels([3, 64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]),
+               {"Conv": 13, "Relu": 15, "MaxPool": 5, "Gemm": 3, "Flatten": 1}),
+    "ResNet-18": (_channels([64] * 5 + [128] * 4 + [256] * 4 + [512] * 4),
+                  {"Conv": 20, "Relu": 17, "Add": 8, "BatchNormalization": 20, "MaxPool": 1,
+                   "GlobalAveragePool": 1, "Gemm": 1, "Flatten": 1}),
+    "ResNet-50": (RESNET50_3X3, {"Conv": 53, "Relu": 49, "Add": 16, "BatchNormalization": 53, "MaxPool": 1,
+                                 "GlobalAveragePool": 1, "Gemm": 1, "Flatten": 1}),
+    "MobileNet-v2": ([96, 32, 96, 144, 144, 192, 192, 192, 384, 384, 384, 384, 576, 576, 576, 960, 960, 960],
+                     {"Conv": 52, "Clip": 35, "Add": 10, "GlobalAveragePool": 1, "Gemm": 1, "Flatten": 1}),
+    "Small-CNN": (_channels([1, 32, 64, 128]), {"Conv": 3, "Relu": 4, "MaxPool": 3, "Gemm": 2, "Flatten": 1}),
+    "U-Net": (_channels([3, 64, 64, 128, 128, 256, 256, 512, 512, 1024, 1024, 512, 512, 256, 256, 128, 128, 64, 64]),
+              {"Conv": 19, "Relu": 18, "MaxPool": 4, "ConvTranspose": 4, "Concat": 4}),
+    "DeepLabV3-ResNet50": (RESNET50_3X3 + [256 * 2048] * 3,
+                           {"Conv": 60, "Relu": 56, "Add": 16, "BatchNormalization": 58, "Concat": 1,
+                            "Resize": 2}),
+    "YOLOv3": ([3 * 32, 32 * 64, 64 * 128, 128 * 256, 256 * 512, 512 * 1024, 1024 * 1024, 512 * 512, 256 * 256],
+               {"Conv": 75, "LeakyRelu": 72, "Add": 23, "Concat": 2, "Upsample": 2, "BatchNormalization": 72}),
+    "SSD300-VGG16": (_channels([3, 64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512, 1024])
+                     + [256 * 512, 128 * 256, 128 * 256, 128 * 256],
+                     {"Conv": 35, "Relu": 26, "MaxPool": 5, "Concat": 2, "Softmax": 1, "Reshape": 12}),
+    "FasterRCNN-ResNet50": (RESNET50_3X3 + [256 * 256] * 4,
+                            {"Conv": 71, "Relu": 49, "Add": 16, "TopK": 5, "NonMaxSuppression": 1,
+                             "RoiAlign": 4, "Gather": 40}),
+    "RetinaFace-MobileNet0.25": ([8, 16, 32, 32, 64, 64, 128, 128, 128, 128, 128, 128, 256, 256, 64 * 64],
+                                 {"Conv": 57, "LeakyRelu": 40, "Add": 2, "Concat": 5, "Resize": 2}),
+    "MTCNN": (_channels([3, 10, 16, 32]) + _channels([3, 28, 48, 64]),
+              {"Conv": 9, "PRelu": 10, "MaxPool": 4, "Gemm": 4, "Softmax": 3}),
+    "CycleGAN-ResNet": ([64 * 128, 128 * 256] + [256 * 256] * 18,
+                        {"Conv": 24, "InstanceNormalization": 22, "Relu": 14, "Add": 9, "ConvTranspose": 2,
+                         "Pad": 20, "Tanh": 1}),
+    "Pix2Pix-U-Net": (_channels([3, 64, 128, 256, 512, 512, 512]),
+                      {"Conv": 8, "LeakyRelu": 7, "ConvTranspose": 8, "Concat": 7, "Tanh": 1}),
+    "SRResNet": ([64 * 64] * 33 + [64 * 256] * 2,
+                 {"Conv": 37, "PRelu": 19, "Add": 17, "BatchNormalization": 33, "DepthToSpace": 2}),
+}
+ARCHS_BY_TASK = {
+    "Classification": ["VGG-16", "ResNet-18", "ResNet-50", "MobileNet-v2", "Small-CNN"],
+    "Segmentation": ["U-Net", "DeepLabV3-ResNet50"],
+    "Detection": ["YOLOv3", "SSD300-VGG16", "FasterRCNN-ResNet50"],
+    "Face Detection": ["RetinaFace-MobileNet0.25", "MTCNN"],
+    "Generative": ["CycleGAN-ResNet", "Pix2Pix-U-Net"],
+    "Super Resolution": ["SRResNet"],
+}
+OP_COLUMNS = ["Conv", "Relu", "Add", "BatchNormalization", "MaxPool", "Concat", "Upsample", "Resize", "Gemm",
+              "Flatten", "GlobalAveragePool", "Clip", "LeakyRelu", "PRelu", "ConvTranspose", "InstanceNormalization",
+              "Pad", "Tanh", "Softmax", "Reshape", "TopK", "NonMaxSuppression", "RoiAlign", "Gather",
+              "DepthToSpace"]
+PRODUCERS = ["pytorch", "pytorch", "pytorch", "tf2onnx", "keras2onnx"]
+EXTRA_COLUMN = "annotator_note"
+
+
+def truth_path(out) -> pathlib.Path:
+    """The sidecar of ``out``: ``<OUT>.truth.json`` in the same folder."""
+    out = pathlib.Path(out)
+    return out.with_name(out.name + ".truth.json")
+
+
+def read_truth(out) -> dict:
+    """The planted truth of a synthetic data set (the parsed ``<OUT>.truth.json``)."""
+    path = truth_path(out)
+    if not path.exists():
+        raise InputError(f"{path}: no truth sidecar. It is written by filtershift synth next to the data set; "
+                         "generate the data set again with synthesize() or `filtershift synth`.")
+    return json.loads(path.read_text())
+
+
+def synthesize(out, n_filters: int = 1_000_000, n_models: int = 40, seed: int = 0, format: str = "h5",
+               style: str = "v1.0", meta_format: str = "table", layout: str = "flat", dtype: str = "float32",
+               shuffle_records: bool = False, overwrite: bool = False) -> pathlib.Path:
+    """Write a synthetic CNN-Filter-DB data set to ``out`` (a ``dataset.h5``, or a store when ``format="zarr"``)
+    and its planted truth to ``<OUT>.truth.json``; returns ``out``.
+
+    Same arguments, same bytes: the filters, the meta table and the truth depend only on the arguments.
+    """
+    out = pathlib.Path(out)
+    _validate(out, n_filters, n_models, seed, format, style, meta_format, layout, dtype, overwrite)
+    plan = _plan(int(n_filters), int(n_models), int(seed), style, bool(shuffle_records))
+    truth = _truth(plan, seed=int(seed), style=style, meta_format=meta_format, layout=layout, dtype=dtype,
+                   shuffle_records=bool(shuffle_records), format=format)
+    tmp = out.with_name(f".{out.name}.synth-{os.getpid()}.h5" if format == "h5" else f"{out.name}.synth.h5")
+    truth_tmp = out.with_name(f".{truth_path(out).name}.{os.getpid()}.tmp")
+    try:
+        _write_h5(tmp, plan, style=style, meta_format=meta_format, layout=layout, dtype=dtype)
+        truth_tmp.write_text(json.dumps(truth, indent=1, sort_keys=True) + "\n")
+        truth_path(out).unlink(missing_ok=True)
+        if format == "h5":
+            if out.is_dir():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        else:
+            from filtershift.store.convert import convert
+
+            convert(tmp, out, overwrite=overwrite, trust_pickle=meta_format == "fixed")
+        os.replace(truth_tmp, truth_path(out))
+    finally:
+        tmp.unlink(missing_ok=True)
+        truth_tmp.unlink(missing_ok=True)
+    return out
+
+
+def _validate(out, n_filters, n_models, seed, format, style, meta_format, layout, dtype, overwrite) -> None:
+    def choice(name, value, allowed):
+        if value not in allowed:
+            raise InputError(f"{name}={value!r} is not one of {list(allowed)}.")
+
+    for name, value in (("n_filters", n_filters), ("n_models", n_models), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise InputError(f"{name} must be an integer, got {value!r}.")
+    choice("format", format, FORMATS)
+    choice("style", style, STYLES)
+    choice("meta_format", meta_format, META_FORMATS)
+    choice("layout", layout, LAYOUTS)
+    choice("dtype", dtype, DTYPES)
+    if n_models < 1:
+        raise InputError(f"n_models must be at least 1, got {n_models}.")
+    if n_filters < n_models * MIN_MODEL:
+        raise InputError(f"n_filters={n_filters:,} is too small for {n_models} models: each model needs at least "
+                         f"{MIN_MODEL} filters, so ask for n_filters >= {n_models * MIN_MODEL:,} or fewer models.")
+    if seed < 0:
+        raise InputError(f"seed must be non-negative, got {seed}.")
+    if style == "v0.1" and meta_format != "fixed":
+        raise InputError("style='v0.1' lists every filter id in the meta table; pandas stores list columns only "
+                         "in its fixed format: pass meta_format='fixed'.")
+    if style == "v0.1" and n_filters > MAX_V01_FILTERS:
+        raise InputError(f"style='v0.1' keeps every filter id in memory as a Python list; at most "
+                         f"{MAX_V01_FILTERS:,} filters. Use style='v1.0' (ranges) for larger data sets.")
+    if out.exists() and not overwrite:
+        raise InputError(f"{out}: already exists. Pass overwrite=True (--overwrite) to replace it, or choose "
+                         "another path.")
+    if not out.parent.exists():
+        raise InputError(f"{out.parent}: no such directory for {out.name}; create it first.")
+
+
+# ---- planning: models, records, layout ---------------------------------------------------------------------
+
+
+def _quota(shares: dict, n: int) -> list:
+    """``n`` labels in proportion to ``shares`` (largest remainder; every label once before any repeats)."""
+    labels = list(shares)
+    if n <= len(labels):
+        return labels[:n]
+    weights = np.array([shares[k] for k in labels], dtype=float)
+    rest = n - len(labels)
+    raw = weights / weights.sum() * rest
+    counts = np.floor(raw).astype(int)
+    counts[np.argsort(-(raw - counts), kind="stable")[: rest - counts.sum()]] += 1
+    return [k for k, c in zip(labels, counts + 1) for _ in range(c)]
+
+
+def _allocate(total: int, weights: np.ndarray, minimum: int) -> np.ndarray:
+    """Split ``total`` into ``len(weights)`` parts of at least ``minimum``, the rest in proportion to the weights
+    (floored; the last part absorbs the remainder)."""
+    parts = np.full(len(weights), minimum, dtype=np.int64)
+    rest = total - parts.sum()
+    parts += np.floor(weights / weights.sum() * rest).astype(np.int64)
+    parts[-1] += total - parts.sum()
+    return parts
+
+
+def _plan(n_filters: int, n_models: int, seed: int, style: str, shuffle: bool) -> dict:
+    rng = np.random.default_rng([seed, 0])
+    tasks = list(rng.permutation(np.array(_quota({k: v[0] for k, v in TASKS.items()}, n_models), dtype=object)))
+    # nested design: other categories only among reference-task models, other tasks only on the reference
+    # category, so a group differs from its reference along its own family alone
+    reference_models = [m for m in range(n_models) if tasks[m] == REFERENCE_TASK]
+    dealt = _quota({k: v[0] for k, v in CATEGORIES.items()}, len(reference_models))
+    category_of = [REFERENCE_CATEGORY] * n_models
+    for m, c in zip(reference_models, rng.permutation(np.array(dealt, dtype=object))):
+        category_of[m] = c
+    task_order = [t for t in rng.permutation(np.array(list(TASKS)[1:], dtype=object)) if t in tasks]
+    cat_order = [c for c in rng.permutation(np.array(list(CATEGORIES)[1:], dtype=object)) if c in category_of]
+    task_weight = {REFERENCE_TASK: 0.0, **{t: round(TASK_STEP * (i + 1), 6) for i, t in enumerate(task_order)}}
+    cat_weight = {REFERENCE_CATEGORY: 0.0,
+                  **{c: round(CATEGORY_STEP * (i + 1), 6) for i, c in enumerate(cat_order)}}
+
+    models = []
+    for m in range(n_models):
+        arch = ARCHS_BY_TASK[tasks[m]][int(rng.integers(len(ARCHS_BY_TASK[tasks[m]])))]
+        models.append({"model_id": m, "task": tasks[m], "category": category_of[m], "arch": arch,
+                       "size": float(sum(ARCHS[arch][0])) ** 0.35 * math.exp(0.25 * rng.standard_normal())})
+    sizes = _allocate(n_filters, np.array([x["size"] for x in models]), MIN_MODEL)
+
+    rec_model, rec_depth, rec_norm, rec_n, rec_scale, rec_pt, rec_pc = [], [], [], [], [], [], []
+    for mod, n_model in zip(models, sizes):
+        layers = np.array(ARCHS[mod["arch"]][0], dtype=float)
+        depths = int(min(len(layers), n_model // MIN_RECORD))
+        layers = layers[:depths]
+        counts = _allocate(int(n_model), layers, MIN_RECORD)
+        mod["n_filters"] = int(n_model)
+        mod["n_depths"] = depths
+        a, b = task_weight[mod["task"]], cat_weight[mod["category"]]
+        for d, n in enumerate(counts):
+            norm = d / (depths - 1) if depths > 1 else 0.0
+            rec_model.append(mod["model_id"])
+            rec_depth.append(d)
+            rec_norm.append(norm)
+            rec_n.append(int(n))
+            rec_scale.append(0.25 * math.exp(-DEPTH_DECAY * norm))
+            rec_pt.append(a)
+            rec_pc.append((1 - a) * b)
+    n_rec = np.array(rec_n, dtype=np.int64)
+    records = {
+        "model_id": np.array(rec_model, dtype=np.int64), "conv_depth": np.array(rec_depth, dtype=np.int64),
+        "conv_depth_norm": np.array(rec_norm, dtype=np.float64), "n": n_rec,
+        "start": np.concatenate([[0], np.cumsum(n_rec)[:-1]]).astype(np.int64),
+        "scale": np.array(rec_scale, dtype=np.float32),
+        "p_task": np.array(rec_pt, dtype=np.float64), "p_category": np.array(rec_pc, dtype=np.float64),
+        "kind": np.zeros(len(n_rec), dtype=np.int8), "n_zero": np.zeros(len(n_rec), dtype=np.int64),
+        "offset": np.zeros(len(n_rec), dtype=np.int64), "base": np.zeros((len(n_rec), 9), dtype=np.float32),
+    }
+    degenerate = _plant_degenerate(records, rng)
+    segments = _layout(records, np.random.default_rng([seed, 2]), style, shuffle)
+    return {"n_filters": n_filters, "models": models, "records": records, "segments": segments,
+            "degenerate": degenerate, "task_weight": task_weight, "category_weight": cat_weight,
+            "task_order": task_order, "category_order": cat_order, "seed": seed}
+
+
+def _plant_degenerate(records: dict, rng) -> list:
+    """Mark a few small records as sparse (exact share of zero filters) or near-duplicate; never most records."""
+    n = records["n"]
+    n_rec = len(n)
+    if n_rec < 8:
+        return []
+    candidates = np.flatnonzero((n >= 20) & (n <= max(20, int(np.median(n)))))
+    n_sparse = min(len(SPARSITIES), max(1, n_rec // 50))
+    n_dup = min(2, max(1, n_rec // 100))
+    chosen = rng.permutation(candidates)[: n_sparse + n_dup]
+    planted = []
+    for i, r in enumerate(sorted(int(x) for x in chosen)):
+        if i < n_sparse:
+            share = SPARSITIES[i % len(SPARSITIES)]
+            k = int(round(share * n[r]))
+            records["kind"][r] = 1
+            records["n_zero"][r] = k
+            records["offset"][r] = int(rng.integers(n[r]))
+            planted.append({"record": r, "kind": "sparse", "n": int(n[r]), "n_zero": k,
+                            "sparsity": k / int(n[r])})
+        else:
+            records["kind"][r] = 2
+            proto = _reference_bank(rng, 1)[0] + NOISE * rng.standard_normal(9) / 3
+            records["base"][r] = (records["scale"][r] * proto).astype(np.float32)
+            planted.append({"record": r, "kind": "near_duplicate", "n": int(n[r]),
+                            "relative_noise": DUPLICATE_NOISE})
+    kinds = {"sparse": 0, "near_duplicate": 1}
+    planted.sort(key=lambda x: (kinds[x["kind"]], x["record"]))
+    for entry in planted:
+        entry["model_id"] = int(records["model_id"][entry["record"]])
+        entry["conv_depth"] = int(records["conv_depth"][entry["record"]])
+    return planted
+
+
+def _layout(records: dict, rng, style: str, shuffle: bool) -> dict:
+    """Where each record's filters go in the file, as segments (record, offset in record, length, file start).
+
+    Unshuffled: records one after the other. Shuffled v1.0: the records in a random order, each contiguous.
+    Shuffled v0.1: each record cut into up to three runs, the runs randomly interleaved (each record's runs keep
+    their order, so sorted ids give the record's filters in order).
+    """
+    n = records["n"]
+    if not shuffle:
+        rec = np.arange(len(n))
+        off = np.zeros(len(n), dtype=np.int64)
+        length = n.copy()
+    elif style == "v1.0":
+        rec = rng.permutation(len(n))
+        off = np.zeros(len(n), dtype=np.int64)
+        length = n[rec]
+    else:
+        rec_l, off_l, len_l, tokens = [], [], [], []
+        pieces = {}
+        for r, size in enumerate(n):
+            k = int(min(3, size, 1 + rng.integers(3)))
+            cuts = np.sort(rng.choice(np.arange(1, size), size=k - 1, replace=False)) if k > 1 else []
+            bounds = np.concatenate([[0], cuts, [size]]).astype(np.int64)
+            pieces[r] = list(zip(bounds[:-1], np.diff(bounds)))
+            tokens += [r] * k
+        seen = {}
+        for r in rng.permutation(np.array(tokens, dtype=np.int64)):
+            r = int(r)
+            j = seen.get(r, 0)
+            seen[r] = j + 1
+            rec_l.append(r)
+            off_l.append(pieces[r][j][0])
+            len_l.append(pieces[r][j][1])
+        rec = np.array(rec_l, dtype=np.int64)
+        off = np.array(off_l, dtype=np.int64)
+        length = np.array(len_l, dtype=np.int64)
+    file_start = np.concatenate([[0], np.cumsum(length)[:-1]]).astype(np.int64)
+    canon = records["start"][rec] + off
+    order = np.argsort(canon, kind="stable")
+    return {"record": rec[order], "offset": off[order], "length": length[order], "file_start": file_start[order],
+            "canon_start": canon[order]}
+
+
+# ---- filters -----------------------------------------------------------------------------------------------
+
+_Y, _X = np.mgrid[-1:2, -1:2].astype(np.float64)
+
+
+def _unit(k: np.ndarray) -> np.ndarray:
+    return k / np.linalg.norm(k, axis=1, keepdims=True)
+
+
+def _reference_bank(rng, n: int) -> np.ndarray:
+    """Trained-looking kernels (unit norm): blobs, first and second Gaussian derivatives, Laplacians of Gaussian."""
+    x, y = _X.ravel()[None], _Y.ravel()[None]
+    sigma = rng.uniform(0.6, 1.5, (n, 1))
+    cx, cy = rng.uniform(-0.4, 0.4, (n, 1)), rng.uniform(-0.4, 0.4, (n, 1))
+    theta = rng.uniform(0, 2 * np.pi, (n, 1))
+    dx, dy = x - cx, y - cy
+    g = np.exp(-(dx**2 + dy**2) / (2 * sigma**2))
+    u = dx * np.cos(theta) + dy * np.sin(theta)
+    kinds = rng.choice(4, size=(n, 1), p=[0.2, 0.4, 0.25, 0.15])
+    k = np.select([kinds == 0, kinds == 1, kinds == 2],
+                  [g, -u * g, (u**2 / sigma**2 - 1) * g], (dx**2 + dy**2 - 2 * sigma**2) * g)
+    sign = rng.choice([-1.0, 1.0], size=(n, 1))
+    return _unit(k * sign + 1e-6 * rng.standard_normal((n, 9)))
+
+
+def _category_bank(rng, n: int) -> np.ndarray:
+    """Smooth kernels (unit norm): constants and wide blobs."""
+    x, y = _X.ravel()[None], _Y.ravel()[None]
+    sigma = rng.uniform(1.5, 3.0, (n, 1))
+    blob = np.exp(-((x - rng.uniform(-0.5, 0.5, (n, 1)))**2 + (y - rng.uniform(-0.5, 0.5, (n, 1)))**2)
+                  / (2 * sigma**2))
+    k = np.where(rng.random((n, 1)) < 0.5, np.ones((n, 9)), blob)
+    return _unit(k * rng.choice([-1.0, 1.0], size=(n, 1)))
+
+
+def _banks(seed: int):
+    """The kernel banks (float32, built in slices to keep temporaries small) and the log-normal scale table."""
+    rng = np.random.default_rng([seed, 1])
+    step = 8192
+    ref = np.concatenate([_reference_bank(rng, step).astype(np.float32) for _ in range(BANK // step)])
+    cat = np.concatenate([_category_bank(rng, step).astype(np.float32) for _ in range(BANK // step)])
+    task = rng.standard_normal((BANK, 9), dtype=np.float32) * np.float32(math.sqrt(1 + NOISE**2) / 3)
+    noise = rng.standard_normal((BANK, 9), dtype=np.float32) / np.float32(3)
+    scales = np.exp(SCALE_SIGMA * rng.standard_normal(BANK)).astype(np.float32)
+    return ref, task, cat, noise, scales
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill(out, raw, q0, rec_lo, rec_hi, start, n, p_task, p_cat, scale, kind, n_zero, offset, base,
+          ref, task, cat, noise, scales, noise_level, dup_noise):  # pragma: no cover - compiled
+    """Filters of canonical rows [q0, q0 + len(out)) from one 64-bit draw each: two 16-bit bank indices, a
+    16-bit component uniform and a 16-bit scale index."""
+    q1 = q0 + out.shape[0]
+    for r in range(rec_lo, rec_hi):
+        lo = max(start[r], q0)
+        hi = min(start[r] + n[r], q1)
+        t_cut = int(p_task[r] * 65536.0 + 0.5)
+        c_cut = t_cut + int(p_cat[r] * 65536.0 + 0.5)
+        s = scale[r]
+        for q in range(lo, hi):
+            i = q - q0
+            bits = raw[i]
+            a = bits & 0xFFFF
+            b = (bits >> 16) & 0xFFFF
+            u = (bits >> 32) & 0xFFFF
+            v = bits >> 48
+            if kind[r] == 1:
+                p = (q - start[r] + offset[r]) % n[r]
+                if ((p + 1) * n_zero[r]) // n[r] - (p * n_zero[r]) // n[r] == 1:
+                    for k in range(9):
+                        out[i, k] = 0.0
+                    continue
+            if kind[r] == 2:
+                for k in range(9):
+                    out[i, k] = base[r, k] + dup_noise * s * noise[b, k]
+                continue
+            f = s * scales[v]
+            if u < t_cut:
+                for k in range(9):
+                    out[i, k] = f * task[a, k]
+            elif u < c_cut:
+                for k in range(9):
+                    out[i, k] = f * (cat[a, k] + noise_level * noise[b, k])
+            else:
+                for k in range(9):
+                    out[i, k] = f * (ref[a, k] + noise_level * noise[b, k])
+
+
+def generate_block(plan: dict, banks, q0: int, q1: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Canonical rows [q0, q1) (records in (model_id, conv_depth) order) as float32 (n, 9), into ``out`` if given.
+
+    Rows never straddle a block boundary: [q0, q1) lies within one block of ``BLOCK`` rows."""
+    rec = plan["records"]
+    block = q0 // BLOCK
+    raw = np.random.PCG64(np.random.SeedSequence([plan["seed"], 3, block])).random_raw(BLOCK)
+    raw = raw[q0 - block * BLOCK: q1 - block * BLOCK]
+    ends = rec["start"] + rec["n"]
+    rec_lo = int(np.searchsorted(ends, q0, side="right"))
+    rec_hi = int(np.searchsorted(rec["start"], q1, side="left"))
+    out = np.empty((q1 - q0, 9), dtype=np.float32) if out is None else out[: q1 - q0]
+    _fill(out, raw, q0, rec_lo, rec_hi, rec["start"], rec["n"], rec["p_task"], rec["p_category"], rec["scale"],
+          rec["kind"], rec["n_zero"], rec["offset"], rec["base"], *banks, np.float32(NOISE),
+          np.float32(DUPLICATE_NOISE))
+    return out
+
+
+# ---- writing -----------------------------------------------------------------------------------------------
+
+
+def _write_h5(path: pathlib.Path, plan: dict, *, style, meta_format, layout, dtype) -> None:
+    _write_filters(path, plan, key="filters" if style == "v1.0" else "filter", layout=layout, dtype=dtype)
+    meta = _meta(plan, style)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        meta.to_hdf(path, key="meta", format=meta_format, mode="a")
+
+
+def _write_filters(path: pathlib.Path, plan: dict, *, key, layout, dtype) -> None:
+    n = plan["n_filters"]
+    seg = plan["segments"]
+    banks = _banks(plan["seed"])
+    shape = (n, 3, 3) if layout == "3x3" else (n, 9)
+    with h5py.File(path, "w") as h5, progress.bar(total=n, desc="synth", unit="filter", unit_scale=True) as bar:
+        ds = h5.create_dataset(key, shape=shape, dtype=dtype)
+        buffer = np.empty((min(BLOCK, n), 9), dtype=np.float32)
+        for q0 in range(0, n, BLOCK):
+            q1 = min(q0 + BLOCK, n)
+            w = generate_block(plan, banks, q0, q1, buffer)
+            if dtype != "float32":
+                w = w.astype(dtype)
+            for a, b, f in _pieces(seg, q0, q1):
+                rows = w[a - q0: b - q0]
+                ds[f: f + (b - a)] = rows.reshape(-1, 3, 3) if layout == "3x3" else rows
+            bar.update(q1 - q0)
+
+
+def _pieces(seg: dict, q0: int, q1: int):
+    """(canonical start, canonical stop, file start) of the runs of [q0, q1), merged where the file is contiguous."""
+    ends = seg["canon_start"] + seg["length"]
+    lo = int(np.searchsorted(ends, q0, side="right"))
+    hi = int(np.searchsorted(seg["canon_start"], q1, side="left"))
+    runs = []
+    for s in range(lo, hi):
+        a = max(q0, int(seg["canon_start"][s]))
+        b = min(q1, int(ends[s]))
+        f = int(seg["file_start"][s]) + a - int(seg["canon_start"][s])
+        if runs and runs[-1][1] == a and runs[-1][2] + (runs[-1][1] - runs[-1][0]) == f:
+            runs[-1] = (runs[-1][0], b, runs[-1][2])
+        else:
+            runs.append((a, b, f))
+    return runs
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "", text.lower())
+
+
+def _meta(plan: dict, style: str) -> pd.DataFrame:
+    """The meta table: one row per record, model-level columns repeated on each of the model's rows."""
+    rng = np.random.default_rng([plan["seed"], 4])
+    rec, seg = plan["records"], plan["segments"]
+    model_rows = {}
+    names = set()
+    for mod in plan["models"]:
+        task, cat, arch = mod["task"], mod["category"], mod["arch"]
+        pool = NATURAL_DATASETS[task] if cat == REFERENCE_CATEGORY else CATEGORIES[cat][1]
+        train = pool[int(rng.integers(len(pool)))]
+        op_set = int(rng.integers(9, 14))
+        model = f"{_slug(arch)}_{_slug(train)}_{op_set}"
+        while model in names:
+            model += "_b"
+        names.add(model)
+        labels = TASKS[task][1]
+        n3 = mod["n_filters"]
+        n1 = int(n3 * rng.uniform(0.05, 0.6)) if arch not in ("VGG-16", "Small-CNN") else 0
+        n5 = int(n3 * rng.uniform(0.0, 0.1)) if arch in ("MTCNN", "Pix2Pix-U-Net", "YOLOv3") else 0
+        n7 = int(n3 * 0.01) if "ResNet" in arch else 0
+        total = n3 + n1 + n5 + n7
+        pretrain = None
+        if cat != REFERENCE_CATEGORY or task != REFERENCE_TASK:
+            pretrain = ["ImageNet1k", None, None, "COCO"][int(rng.integers(4))]
+        ops = ARCHS[arch][1]
+        row = {
+            "model": model, "producer": PRODUCERS[int(rng.integers(len(PRODUCERS)))], "op_set": op_set,
+            "depth": 3 * mod["n_depths"] + int(rng.integers(3, 20)), "Name": arch,
+            "Paper": None if rng.random() < 0.3 else (f"https://arxiv.org/abs/{int(rng.integers(14, 22))}"
+                                                       f"{int(rng.integers(1, 13)):02d}.{int(rng.integers(10000)):05d}"),
+            "Pretraining-Dataset": pretrain, "Training-Dataset": train,
+            ("Visual Category" if style == "v1.0" else "Datatype"): cat,
+            "Task": labels[int(rng.integers(len(labels)))],
+            "Accessible": f"https://github.com/example-{_slug(arch)}/{model}",
+            "Dataset URL": None if cat == REFERENCE_CATEGORY else f"https://data.example.org/{_slug(train)}",
+            "total_filters": total, "3x3_filter_share": n3 / total, "(3, 3) filters": n3,
+            "(1, 1) filters": n1, "(5, 5) filters": n5,
+            **{op: (float(ops[op]) if op in ops else np.nan) for op in OP_COLUMNS},
+            EXTRA_COLUMN: None if rng.random() < 0.7 else ["checked", "re-exported", "weights from authors"][
+                int(rng.integers(3))],
+        }
+        model_rows[mod["model_id"]] = row
+    by_record = {}
+    for p in np.argsort(seg["offset"], kind="stable"):
+        by_record.setdefault(int(seg["record"][p]), []).append(int(p))
+    ids = []
+    for r in range(len(rec["n"])):
+        parts = by_record[r]
+        if style == "v1.0":
+            s = int(seg["file_start"][parts[0]])
+            ids.append(f"{s}:{s + int(rec['n'][r]) - 1}")
+        else:
+            ids.append([i for p in parts
+                        for i in range(int(seg["file_start"][p]), int(seg["file_start"][p] + seg["length"][p]))])
+    rows = [{"model_id": int(m), "conv_depth": int(d), "conv_depth_norm": float(x), "filter_ids": f,
+             **model_rows[int(m)]}
+            for m, d, x, f in zip(rec["model_id"], rec["conv_depth"], rec["conv_depth_norm"], ids)]
+    df = pd.DataFrame(rows)
+    if style == "v1.0":
+        df["filter_ids"] = df["filter_ids"].astype("str")
+    return df.set_index(["model_id", "conv_depth", "conv_depth_norm"])
+
+
+def _truth(plan: dict, **settings) -> dict:
+    rec = plan["records"]
+    groups = {"task": {}, "visual_category": {}}
+    for mod in plan["models"]:
+        for key, label in (("task", mod["task"]), ("visual_category", mod["category"])):
+            g = groups[key].setdefault(label, {"n_models": 0, "n_filters": 0})
+            g["n_models"] += 1
+            g["n_filters"] += mod["n_filters"]
+    return {
+        "schema": TRUTH_SCHEMA,
+        "generator": "filtershift.ingest.synth",
+        "seed": plan["seed"],
+        "n_filters": plan["n_filters"],
+        "n_models": len(plan["models"]),
+        "n_records": int(len(rec["n"])),
+        "settings": settings,
+        "shifts": {
+            "task": {"column": "Task", "reference": REFERENCE_TASK, "order": plan["task_order"],
+                     "mixing_weight": plan["task_weight"], "groups": groups["task"],
+                     "family": "isotropic noise kernels",
+                     "label_rule": "a Task containing 'Segmentation' is 'Segmentation'"},
+            "visual_category": {"column": "Visual Category" if settings["style"] == "v1.0" else "Datatype",
+                                "reference": REFERENCE_CATEGORY, "order": plan["category_order"],
+                                "mixing_weight": plan["category_weight"], "groups": groups["visual_category"],
+                                "family": "constant and wide-blob kernels"},
+            "mixture": "P(task family) = a_task; P(category family) = (1 - a_task) * b_category; "
+                       "reference family otherwise",
+        },
+        "depth": {"scale": f"0.25 * exp(-{DEPTH_DECAY} * conv_depth_norm), per filter x lognormal(0, {SCALE_SIGMA})",
+                  "order": "filter magnitude decreases with conv_depth_norm"},
+        "degenerate": plan["degenerate"],
+    }
