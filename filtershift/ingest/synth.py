@@ -577,6 +577,8 @@ def _meta(plan: dict, style: str) -> pd.DataFrame:
         n5 = int(n3 * rng.uniform(0.0, 0.1)) if arch in ("MTCNN", "Pix2Pix-U-Net", "YOLOv3") else 0
         n7 = int(n3 * 0.01) if "ResNet" in arch else 0
         total = n3 + n1 + n5 + n7
+        paper = (f"https://arxiv.org/abs/{int(rng.integers(14, 22))}{int(rng.integers(1, 13)):02d}."
+                 f"{int(rng.integers(10000)):05d}")
         pretrain = None
         if cat != REFERENCE_CATEGORY or task != REFERENCE_TASK:
             pretrain = ["ImageNet1k", None, None, "COCO"][int(rng.integers(4))]
@@ -584,8 +586,7 @@ def _meta(plan: dict, style: str) -> pd.DataFrame:
         row = {
             "model": model, "producer": PRODUCERS[int(rng.integers(len(PRODUCERS)))], "op_set": op_set,
             "depth": 3 * mod["n_depths"] + int(rng.integers(3, 20)), "Name": arch,
-            "Paper": None if rng.random() < 0.3 else (f"https://arxiv.org/abs/{int(rng.integers(14, 22))}"
-                                                       f"{int(rng.integers(1, 13)):02d}.{int(rng.integers(10000)):05d}"),
+            "Paper": None if rng.random() < 0.3 else paper,
             "Pretraining-Dataset": pretrain, "Training-Dataset": train,
             ("Visual Category" if style == "v1.0" else "Datatype"): cat,
             "Task": labels[int(rng.integers(len(labels)))],
