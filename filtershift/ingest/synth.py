@@ -197,7 +197,7 @@ def synthesize(out, n_filters: int = 1_000_000, n_models: int = 40, seed: int = 
         else:
             from filtershift.store.convert import convert
 
-            convert(tmp, out, overwrite=overwrite, trust_pickle=meta_format == "fixed")
+            convert(tmp, out, overwrite=overwrite, trust_pickle=meta_format == "fixed", provenance_kind="synth")
         os.replace(truth_tmp, truth_path(out))
     finally:
         tmp.unlink(missing_ok=True)

@@ -40,11 +40,12 @@ def compressors(codec: str) -> list:
 
 def convert(src, dst, *, chunk_filters: int | None = None, codec: str = fmt.DEFAULT_CODEC,
             overwrite: bool = False, resume: bool = False, trust_pickle: bool = False,
-            nonfinite: str = "error", storage_options: dict | None = None) -> str:
+            nonfinite: str = "error", storage_options: dict | None = None, provenance_kind: str = "h5") -> str:
     """Convert a CNN-Filter-DB ``dataset.h5`` into a store at ``dst`` (a path or fsspec URL); returns ``dst``.
 
     ``nonfinite`` says what to do with NaN/Inf filter values: ``error`` (default; nothing is kept),
     ``zero`` (replace by 0) or ``keep``; their count is recorded in the manifest either way.
+    ``provenance_kind`` names the source in the provenance entry (``"synth"`` for generated data).
     """
     if nonfinite not in NONFINITE_POLICIES:
         raise InputError(f"nonfinite={nonfinite!r}; choose one of {list(NONFINITE_POLICIES)}.")
@@ -60,7 +61,7 @@ def convert(src, dst, *, chunk_filters: int | None = None, codec: str = fmt.DEFA
     state = _prepare_destination(loc, identity, settings, overwrite=overwrite, resume=resume)
     if state is None:
         return loc.url
-    writer = _Writer(loc, source, settings, state)
+    writer = _Writer(loc, source, settings, state, provenance_kind)
     writer.run()
     return loc.url
 
@@ -159,8 +160,8 @@ class _Segments:
 
 
 class _Writer:
-    def __init__(self, loc: fmt.Location, source: Source, settings: dict, state: dict):
-        self.loc, self.source, self.settings, self.state = loc, source, settings, state
+    def __init__(self, loc: fmt.Location, source: Source, settings: dict, state: dict, kind: str = "h5"):
+        self.loc, self.source, self.settings, self.state, self.kind = loc, source, settings, state, kind
         self.chunk = settings["chunk_filters"]
         self.n = source.n_filters
         self.n_chunks = -(-self.n // self.chunk)
@@ -295,7 +296,7 @@ class _Writer:
                           "weights_sum": float(np.sum(sums, dtype=np.float64)), "chunk_sums": sums},
         })
         manifest["provenance"].append({
-            "kind": "h5", "source": os.path.basename(source.path), "size": self.state["identity"]["size"],
+            "kind": self.kind, "source": os.path.basename(source.path), "size": self.state["identity"]["size"],
             "sha256": self._sha, "converter": f"filtershift {__version__}", "time": fmt.utc_now(),
             "source_dtype": str(source.dtype), "source_layout": list(source.row_shape),
             "filters_key": source.filters_key,

@@ -95,9 +95,11 @@ def info(path_or_url, **storage_options) -> dict:
     models = fmt.read_table(loc, "models", manifest["version"])
     rules = manifest.get("label_rules", fmt.DEFAULT_LABEL_RULES)
     per: dict[str, dict] = {}
-    for name, column in fmt.grouping_columns(models).items():
-        if name not in ("task", "visual_category", "training_dataset"):
+    columns = fmt.grouping_columns(models)
+    for name in ("task", "visual_category", "training_dataset"):
+        if name not in columns:
             continue
+        column = columns[name]
         labels = fmt.apply_label_rules(models[column], column, rules)
         filters = models["n_filters"].groupby(labels.to_numpy()).sum()
         counts = labels.value_counts()
