@@ -1,0 +1,15 @@
+"""Shift analysis: out-of-core PCA basis, per-group distributions, drift and per-record statistics.
+
+Three passes over the filters serve the whole analysis however many groupings are asked: (1) per-record moments,
+(2) per-record coefficient range and sparsity, (3) per-record histograms. Everything else (bases per group,
+distributions, drift matrices, bootstrap intervals, KDE) is computed from the small per-record results.
+"""
+
+from filtershift.stats.basis import Basis, fit_basis, group_bases
+from filtershift.stats.divergence import drift, drift_ci
+from filtershift.stats.engine import RecordStats, record_stats
+from filtershift.stats.histograms import density2d, distributions
+from filtershift.stats.kde import kde
+
+__all__ = ["Basis", "RecordStats", "density2d", "distributions", "drift", "drift_ci", "fit_basis", "group_bases",
+           "kde", "record_stats"]

@@ -1,0 +1,293 @@
+"""Pass 3: per-record coefficient histograms, and distributions of any grouping from them (no new pass).
+
+The fused numba kernel scales, projects and bins each filter once, with np.histogram's semantics (uniform edges
+from numpy.linspace, last bin closed, values outside the range dropped, except rounding-level excess: see
+``EDGE_TOLERANCE``); :func:`hist_reference` is the numpy
+definition it must equal. ``density2d`` is a separate, optional pass (a 2D histogram of two components).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from filtershift.errors import InputError
+from filtershift.stats import engine
+from filtershift.stats.moments import BLOCK, coef_block, coefficients, load_block, mean_projection
+
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+#: Values beyond the range by at most this fraction of its width count in the edge bin: the range comes from
+#: the same data (pass 2), so such values are rounding differences, never data outside the range.
+EDGE_TOLERANCE = 1e-9
+
+
+@numba.njit(nogil=True, cache=True)
+def bin_index(x, edges):
+    """np.histogram's bin of ``x`` for uniform ``edges`` (-1 when outside): an estimate corrected against the
+    edges exactly as np.histogram does, so the result is the same bin."""
+    nb = edges.size - 1
+    lo, hi = edges[0], edges[nb]
+    tol = EDGE_TOLERANCE * (hi - lo)
+    if x < lo:
+        return 0 if x >= lo - tol else -1
+    if x > hi:
+        return nb - 1 if x <= hi + tol else -1
+    if not (x >= lo and x <= hi):
+        return -1
+    i = int((x - lo) * (nb / (hi - lo)))
+    if i == nb:
+        i -= 1
+    if x < edges[i]:
+        i -= 1
+    if i != nb - 1 and x >= edges[i + 1]:
+        i += 1
+    return i
+
+
+@numba.njit(nogil=True, cache=True)
+def _bin_row(c, j, nb, edges, row):
+    """Add the bins of c[j, :nb] to ``row`` (np.histogram semantics, as :func:`bin_index`, hoisted)."""
+    n_edges = edges.size - 1
+    lo, hi = edges[0], edges[n_edges]
+    scale = n_edges / (hi - lo)
+    tol = EDGE_TOLERANCE * (hi - lo)
+    for i in range(nb):
+        x = c[j, i]
+        if not (x >= lo and x <= hi):
+            if x < lo and x >= lo - tol:
+                row[0] += 1
+            elif x > hi and x <= hi + tol:
+                row[n_edges - 1] += 1
+            continue
+        b = int((x - lo) * scale)
+        if b == n_edges:
+            b -= 1
+        if x < edges[b]:
+            b -= 1
+        if b != n_edges - 1 and x >= edges[b + 1]:
+            b += 1
+        row[b] += 1
+
+
+@numba.njit(nogil=True, cache=True)
+def hist_kernel(w, starts, mean, comps, edges, fine_edges, counts, fine_counts):
+    """Per run: counts[run, component, bin] (and on ``fine_edges`` when given) of the filters' coefficients."""
+    nc = comps.shape[0]
+    mc = mean_projection(mean, comps)
+    wt = np.empty((11, BLOCK))
+    c = np.empty((nc, BLOCK))
+    use_fine = fine_edges.size > 1
+    for r in range(starts.size - 1):
+        for a in range(starts[r], starts[r + 1], BLOCK):
+            nb = min(BLOCK, starts[r + 1] - a)
+            load_block(w, a, nb, wt)
+            coef_block(wt, nb, mc, comps, c)
+            for j in range(nc):
+                _bin_row(c, j, nb, edges, counts[r, j])
+                if use_fine:
+                    _bin_row(c, j, nb, fine_edges, fine_counts[r, j])
+
+
+def hist_reference(w, starts, mean, components, edges) -> np.ndarray:
+    """Plain numpy definition of :func:`hist_kernel`: np.histogram per run and component."""
+    c = coefficients(w, mean, components)
+    out = np.zeros((len(starts) - 1, c.shape[1], len(edges) - 1), np.int64)
+    for r, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
+        for j in range(c.shape[1]):
+            out[r, j] = np.histogram(c[a:b, j], bins=len(edges) - 1, range=(edges[0], edges[-1]))[0]
+    return out
+
+
+def hist_chunk(weights, record, params) -> dict:
+    """Pass-3 partial of one block: counts per record present x component x bin."""
+    perm, ids, starts = engine.runs(record)
+    w = np.ascontiguousarray(weights if perm is None else weights[perm])
+    nc, nb, nf = params["components"].shape[0], len(params["edges"]) - 1, max(len(params["fine_edges"]) - 1, 0)
+    counts = np.zeros((len(ids), nc, nb), np.int64)
+    fine = np.zeros((len(ids), nc, nf), np.int64)
+    hist_kernel(w, starts, params["mean"], params["components"], params["edges"], params["fine_edges"], counts,
+                fine)
+    out = {"record": ids, "counts": counts}
+    if nf:
+        out["fine_counts"] = fine
+    return out
+
+
+def hist_combine(a: dict, b: dict) -> dict:
+    return engine.merge(a, b, {k: "sum" for k in a if k != "record"})
+
+
+HISTOGRAMS = engine.Statistic("histograms", chunk=hist_chunk, combine=hist_combine)
+
+
+def normalise(counts: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """The reference normalisation along the last axis: density, empty bins set to float32 eps, then sum 1.
+    All-empty histograms give NaN."""
+    counts = np.asarray(counts, np.float64)
+    total = counts.sum(-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dens = counts / (total * np.diff(edges))
+    dens = np.where(dens == 0, EPS32, dens)
+    dens = np.where(total > 0, dens, np.nan)
+    return dens / dens.sum(-1, keepdims=True)
+
+
+def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: int = 1000, min_models: int = 2,
+                  keep_empty: bool = False, fine_bins: int = 0, range=None) -> xr.Dataset:
+    """Per-group coefficient distributions: a 70-bin histogram per component over one global range.
+
+    ``data`` is a Dataset, a :class:`RecordStats` or a fitted basis (then its statistics are reused, so asking
+    for more groupings costs no pass). Returns dims (group, component, bin) with ``p`` (normalised histograms,
+    NaN for empty groups), ``counts``, ``n_filters``, ``n_models``, ``small`` (under ``min_filters`` or
+    ``min_models``), the basis' ``explained_variance_ratio`` (drift weights), and the per-(group, model)
+    ``member_counts`` used by :func:`drift_ci`. ``fine_bins`` > 0 adds ``fine_counts`` for :func:`kde`.
+    """
+    stats = _stats_for(data, basis)
+    basis = basis if basis is not None else stats.basis()
+    m = stats.moments()
+    h = stats.histograms(basis, bins, fine_bins, range=range)
+    g = engine.groups(m, by, keep_empty=keep_empty)
+    counts = engine.group_sum(g.codes, h["counts"].values, g.size)
+    n_filters = engine.group_sum(g.codes, m["n"].values, g.size)
+    model_ids = m["model_id"].values
+    members = pd.DataFrame({"group": g.codes, "model": model_ids})
+    members = members[members["group"] >= 0]
+    pairs = members.drop_duplicates().sort_values(["group", "model"]).reset_index(drop=True)
+    member_of = pd.MultiIndex.from_frame(pairs).get_indexer(pd.MultiIndex.from_frame(members))
+    member_codes = np.full(len(g.codes), -1, np.int64)
+    member_codes[np.flatnonzero(g.codes >= 0)] = member_of
+    member_counts = engine.group_sum(member_codes, h["counts"].values, len(pairs))
+    n_models = np.bincount(pairs["group"].to_numpy(), minlength=g.size)
+    edges = h["bin_edges"].values
+    data_vars = {
+        "p": (("group", "component", "bin"), normalise(counts, edges)),
+        "counts": (("group", "component", "bin"), counts),
+        "n_filters": ("group", n_filters.astype(np.int64)),
+        "n_models": ("group", n_models.astype(np.int64)),
+        "small": ("group", (n_filters < min_filters) | (n_models < min_models)),
+        "explained_variance_ratio": ("component", np.asarray(basis.explained_variance_ratio_, np.float64)),
+        "explained_variance": ("component", np.asarray(basis.explained_variance_, np.float64)),
+        "member_counts": (("member", "component", "bin"), member_counts),
+        "member_group": ("member", pairs["group"].to_numpy(np.int64)),
+        "member_model": ("member", pairs["model"].to_numpy(np.int64)),
+    }
+    if fine_bins:
+        data_vars["fine_counts"] = (("group", "component", "fine_bin"),
+                                    engine.group_sum(g.codes, h["fine_counts"].values, g.size))
+    # exact per-group coefficient variance (for KDE bandwidths), from the scaled co-moments
+    gn, _, gc = engine.group_comoments(g.codes, m["n"].values, m["scaled_sum"].values,
+                                       m["scaled_comoment"].values, g.size)
+    comps = np.asarray(basis.components_, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = np.einsum("jk,gkl,jl->gj", comps, gc, comps) / (gn[:, None] - 1)
+    data_vars["coef_var"] = (("group", "component"), np.where(gn[:, None] > 1, var, np.nan))
+    coords = {
+        "group": np.array(g.labels, dtype=object),
+        "component": np.arange(comps.shape[0]),
+        "bin_edges": ("bin_edge", edges),
+        "bin_lower": ("bin", edges[:-1]),
+        "bin_upper": ("bin", edges[1:]),
+    }
+    if fine_bins:
+        coords["fine_edges"] = ("fine_edge", h["fine_edges"].values)
+    if len(g.by) > 1:
+        coords.update({name: ("group", np.array(labels, dtype=object)) for name, labels in g.columns.items()})
+    out = xr.Dataset(data_vars, coords=coords)
+    out.attrs.update({"by": list(g.by), "bins": int(bins), "range": list(h.attrs["range"]),
+                      "min_filters": int(min_filters), "min_models": int(min_models),
+                      "n_filters_total": int(m["n"].values.sum()),
+                      "normalisation": "density, empty bins = float32 eps, then sum 1"})
+    out["p"].attrs["description"] = "normalised histogram per group and component"
+    out["small"].attrs["description"] = f"n_filters < {min_filters} or n_models < {min_models}"
+    return out
+
+
+def _stats_for(data, basis):
+    if isinstance(data, xr.Dataset) and basis is not None:
+        s = getattr(basis, "stats_", None)
+        if isinstance(s, engine.RecordStats) and s.ds is data:
+            return s
+    return engine.as_stats(data)
+
+
+# -- 2D density: an optional extra pass ----------------------------------------------------------------------------
+
+
+@numba.njit(nogil=True, cache=True)
+def hist2d_kernel(w, group, mean, comps, j0, j1, edges, out):
+    """out[group, bin of component j0, bin of component j1] for every filter (group -1 skipped)."""
+    mc = mean_projection(mean, comps)
+    wt = np.empty((11, BLOCK))
+    c = np.empty((comps.shape[0], BLOCK))
+    for a in range(0, w.shape[0], BLOCK):
+        nb = min(BLOCK, w.shape[0] - a)
+        load_block(w, a, nb, wt)
+        coef_block(wt, nb, mc, comps, c)
+        for i in range(nb):
+            g = group[a + i]
+            if g < 0:
+                continue
+            y = bin_index(c[j0, i], edges)
+            x = bin_index(c[j1, i], edges)
+            if y >= 0 and x >= 0:
+                out[g, y, x] += 1
+
+
+def hist2d_chunk(weights, record, params) -> dict:
+    """2D partial of one block, keyed by group (the per-record group index travels in ``params``)."""
+    rec = np.asarray(record)
+    pos = np.searchsorted(params["record"], rec)
+    group = params["group"][pos] if len(rec) else np.zeros(0, np.int64)
+    nb = len(params["edges"]) - 1
+    out = np.zeros((params["n_groups"], nb, nb), np.int64)
+    hist2d_kernel(np.ascontiguousarray(weights), group, params["mean"], params["components"], params["j0"],
+                  params["j1"], params["edges"], out)
+    return {"counts": out}
+
+
+def hist2d_combine(a: dict, b: dict) -> dict:
+    return {"counts": a["counts"] + b["counts"]}
+
+
+HIST2D = engine.Statistic("2D density", chunk=hist2d_chunk, combine=hist2d_combine)
+
+
+def density2d(data, basis=None, components=(0, 1), bins: int = 512, by=None, keep_empty: bool = False,
+              range=None) -> xr.DataArray:
+    """2D histogram (counts) of two components over the global coefficient range: one extra pass.
+
+    With ``by``, one histogram per group (group, y, x); y is the first component, x the second.
+    """
+    stats = _stats_for(data, basis)
+    basis = basis if basis is not None else stats.basis()
+    bins = engine._check_bins(bins, "bins")
+    nc = basis.components_.shape[0]
+    j0, j1 = (int(c) for c in components)
+    if not (0 <= j0 < nc and 0 <= j1 < nc):
+        raise InputError(f"components must be two indices in [0, {nc}); got {components!r}.")
+    lo, hi = stats.coef_range(basis) if range is None else (float(range[0]), float(range[1]))
+    m = stats.moments()
+    if by is None:
+        codes, labels = np.zeros(m.sizes["record"], np.int64), ["all"]
+    else:
+        g = engine.groups(m, by, keep_empty=keep_empty)
+        codes, labels = g.codes, g.labels
+    edges = np.linspace(lo, hi, bins + 1)
+    params = {"record": m["record"].values, "group": codes, "n_groups": len(labels),
+              "mean": np.asarray(basis.mean_, np.float64),
+              "components": np.ascontiguousarray(basis.components_, np.float64), "j0": j0, "j1": j1,
+              "edges": edges}
+    stats.passes += 1
+    part = engine.reduce(stats.ds, HIST2D, params=params, split_every=stats.split_every, desc="2D density")
+    counts = part["counts"]
+    centers = (edges[:-1] + edges[1:]) / 2
+    da = xr.DataArray(counts, dims=("group", "y", "x"),
+                      coords={"group": np.array(labels, dtype=object), "y": centers, "x": centers},
+                      name="density2d",
+                      attrs={"components": [j0, j1], "range": [lo, hi], "bins": bins, "bin_edges": edges,
+                             "description": f"counts of (component {j0}, component {j1}) coefficients"})
+    return da if by is not None else da.isel(group=0, drop=True)

@@ -1,0 +1,348 @@
+"""Per-record moments: pass 1 (scaled and raw co-moments, norms) and pass 2 (coefficient range, sparsity).
+
+Each pass is declared flox-style as ``chunk`` / ``combine`` / ``finalize`` on partials keyed by record (see
+:mod:`filtershift.stats.engine`). The chunk steps run fused numba kernels (``nogil``: the threaded scheduler uses
+every core); :func:`moments_reference` and :func:`second_reference` are the plain numpy definitions they must
+equal.
+
+Conventions (float64 throughout): a *scaled* filter is the 9-vector divided by its largest absolute value (an
+all-zero filter stays zero); a *co-moment* is the centred sum of outer products ``sum (x - mean)(x - mean)^T``
+over a record's filters; a *sparse* filter has every ``|w| < eps * max|w| of its record`` (all filters of an
+all-zero record are sparse).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from filtershift.stats import engine
+
+K = 9
+
+# -- pass 1 ---------------------------------------------------------------------------------------------------------
+
+
+#: Rows per block inside the kernels: the block is transposed to (feature, row) so the inner loops vectorise.
+BLOCK = 512
+
+
+@numba.njit(nogil=True, cache=True)
+def load_block(w, a, n, wt):
+    """Rows ``a:a+n`` of ``w`` into ``wt[:9, :n]`` (float64, transposed); ``wt[9]`` = 1/max|row| (0 if zero),
+    ``wt[10]`` = max|row|."""
+    for i in range(n):
+        m = 0.0
+        for k in range(K):
+            v = np.float64(w[a + i, k])
+            wt[k, i] = v
+            av = abs(v)
+            if av > m:
+                m = av
+        wt[9, i] = 1.0 / m if m > 0.0 else 0.0
+        wt[10, i] = m
+
+
+@numba.njit(nogil=True, cache=True)
+def coef_block(wt, n, mc, comps, c):
+    """Coefficients of a loaded block: ``c[j, i] = inv_i * (w_i . comps_j) - comps_j . mean`` (``mc``), which
+    equals (scaled filter - mean) . component. Passes 2 and 3 share it, so their values agree bit for bit."""
+    for j in range(comps.shape[0]):
+        for i in range(n):
+            c[j, i] = 0.0
+        for k in range(K):
+            cjk = comps[j, k]
+            for i in range(n):
+                c[j, i] += wt[k, i] * cjk
+        for i in range(n):
+            c[j, i] = c[j, i] * wt[9, i] - mc[j]
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "nsz"})
+def _block_comoment(d, n, out):
+    """out[p, q] = sum_i d[p, i] d[q, i] (upper triangle, p <= q) for a (K, >=n) block. Reassociation is allowed
+    here only (a sum over the block's rows), so the loop vectorises."""
+    for p in range(K):
+        for q in range(p, K):
+            acc = 0.0
+            for i in range(n):
+                acc += d[p, i] * d[q, i]
+            out[p, q] = acc
+
+
+@numba.njit(nogil=True, cache=True)
+def _chan(n_a, mean_a, com_a, n_b, mean_b, com_b):
+    """Merge block (b) into accumulator (a) in place: Chan et al.'s pairwise update (upper triangles)."""
+    tot = n_a + n_b
+    f = n_a * n_b / tot
+    for p in range(K):
+        dp = mean_b[p] - mean_a[p]
+        for q in range(p, K):
+            com_a[p, q] += com_b[p, q] + dp * (mean_b[q] - mean_a[q]) * f
+    for p in range(K):
+        mean_a[p] += (mean_b[p] - mean_a[p]) * n_b / tot
+
+
+@numba.njit(nogil=True, cache=True)
+def moments_kernel(w, starts, n, s_sum, s_com, r_sum, r_com, absmax, l1, l2):
+    """Fill per-run outputs: count, sums and co-moments of scaled and raw filters, max |w|, sums of l1/l2 norms.
+
+    Each block of rows is centred on its own mean (two passes in cache), then merged into the run with Chan's
+    update: accurate whatever the offset of the data.
+    """
+    wt = np.empty((11, BLOCK))
+    ds = np.empty((K, BLOCK))
+    dr = np.empty((K, BLOCK))
+    bms = np.empty(K)
+    bmr = np.empty(K)
+    bcs = np.zeros((K, K))
+    bcr = np.zeros((K, K))
+    ms = np.empty(K)
+    mr = np.empty(K)
+    for r in range(starts.size - 1):
+        ms[:] = 0.0
+        mr[:] = 0.0
+        cnt = 0.0
+        amax = 0.0
+        sl1 = 0.0
+        sl2 = 0.0
+        for a in range(starts[r], starts[r + 1], BLOCK):
+            nb = min(BLOCK, starts[r + 1] - a)
+            load_block(w, a, nb, wt)
+            for i in range(nb):
+                if wt[10, i] > amax:
+                    amax = wt[10, i]
+                q1 = 0.0
+                q2 = 0.0
+                for k in range(K):
+                    q1 += abs(wt[k, i])
+                    q2 += wt[k, i] * wt[k, i]
+                sl1 += q1
+                sl2 += np.sqrt(q2)
+            for k in range(K):
+                acc_s = 0.0
+                acc_r = 0.0
+                for i in range(nb):
+                    x = wt[k, i]
+                    sx = x * wt[9, i]
+                    ds[k, i] = sx
+                    dr[k, i] = x
+                    acc_s += sx
+                    acc_r += x
+                bms[k] = acc_s / nb
+                bmr[k] = acc_r / nb
+                for i in range(nb):
+                    ds[k, i] -= bms[k]
+                    dr[k, i] -= bmr[k]
+            _block_comoment(ds, nb, bcs)
+            _block_comoment(dr, nb, bcr)
+            _chan(cnt, ms, s_com[r], float(nb), bms, bcs)
+            _chan(cnt, mr, r_com[r], float(nb), bmr, bcr)
+            cnt += nb
+        n[r] = starts[r + 1] - starts[r]
+        absmax[r] = amax
+        l1[r] = sl1
+        l2[r] = sl2
+        for k in range(K):
+            s_sum[r, k] = ms[k] * cnt
+            r_sum[r, k] = mr[k] * cnt
+        for p in range(K):
+            for q in range(p + 1, K):
+                s_com[r, q, p] = s_com[r, p, q]
+                r_com[r, q, p] = r_com[r, p, q]
+
+
+def scale(w: np.ndarray) -> np.ndarray:
+    """Filters divided by their largest absolute value, in float64; all-zero filters stay zero."""
+    x = np.asarray(w, dtype=np.float64)
+    m = np.abs(x).max(axis=1, keepdims=True)
+    return np.divide(x, m, out=np.zeros_like(x), where=m > 0)
+
+
+def _comoment(x: np.ndarray) -> np.ndarray:
+    d = x - x.mean(axis=0) if len(x) else x
+    return d.T @ d
+
+
+def moments_reference(w: np.ndarray, starts: np.ndarray) -> dict:
+    """Plain numpy definition of :func:`moments_kernel` (for tests)."""
+    out = {f: [] for f in ("n", "scaled_sum", "scaled_comoment", "raw_sum", "raw_comoment", "raw_absmax",
+                           "raw_l1_sum", "raw_l2_sum")}
+    for a, b in zip(starts[:-1], starts[1:]):
+        raw = np.asarray(w[a:b], dtype=np.float64)
+        sc = scale(raw)
+        out["n"].append(b - a)
+        out["scaled_sum"].append(sc.sum(0))
+        out["scaled_comoment"].append(_comoment(sc))
+        out["raw_sum"].append(raw.sum(0))
+        out["raw_comoment"].append(_comoment(raw))
+        out["raw_absmax"].append(np.abs(raw).max() if len(raw) else 0.0)
+        out["raw_l1_sum"].append(np.abs(raw).sum())
+        out["raw_l2_sum"].append(np.sqrt((raw ** 2).sum(1)).sum())
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+MOMENT_FIELDS = {
+    "n": "sum",
+    "scaled_sum": ("chan_sum", "n"),
+    "scaled_comoment": ("chan", "n", "scaled_sum"),
+    "raw_sum": ("chan_sum", "n"),
+    "raw_comoment": ("chan", "n", "raw_sum"),
+    "raw_absmax": "max",
+    "raw_l1_sum": "sum",
+    "raw_l2_sum": "sum",
+}
+META_FIELDS = ("model_id", "conv_depth", "conv_depth_norm")
+
+
+def moments_chunk(weights, record, *coords, names=()) -> dict:
+    """Pass-1 partial of one block: the moments of each record present, plus its meta values and group codes."""
+    perm, ids, starts = engine.runs(record)
+    w = weights if perm is None else weights[perm]
+    r = len(ids)
+    out = {"record": ids, "n": np.zeros(r, np.int64), "scaled_sum": np.zeros((r, K)),
+           "scaled_comoment": np.zeros((r, K, K)), "raw_sum": np.zeros((r, K)),
+           "raw_comoment": np.zeros((r, K, K)), "raw_absmax": np.zeros(r), "raw_l1_sum": np.zeros(r),
+           "raw_l2_sum": np.zeros(r)}
+    moments_kernel(np.ascontiguousarray(w), starts, out["n"], out["scaled_sum"], out["scaled_comoment"],
+                   out["raw_sum"], out["raw_comoment"], out["raw_absmax"], out["raw_l1_sum"], out["raw_l2_sum"])
+    first = starts[:-1]
+    for name, values in zip(names, coords):
+        v = values if perm is None else values[perm]
+        out[name] = np.asarray(v)[first]
+    return out
+
+
+def moments_combine(a: dict, b: dict) -> dict:
+    how = dict(MOMENT_FIELDS)
+    how.update({k: "first" for k in a if k not in how and k != "record"})
+    return engine.merge(a, b, how)
+
+
+MOMENTS = engine.Statistic("moments", chunk=moments_chunk, combine=moments_combine)
+
+
+# -- pass 2 ---------------------------------------------------------------------------------------------------------
+
+
+@numba.njit(nogil=True, cache=True)
+def mean_projection(mean, comps):
+    """comps @ mean, the constant term of :func:`coef_block`."""
+    mc = np.zeros(comps.shape[0])
+    for j in range(comps.shape[0]):
+        for k in range(K):
+            mc[j] += comps[j, k] * mean[k]
+    return mc
+
+
+@numba.njit(nogil=True, cache=True)
+def second_kernel(w, starts, shift, thresh, all_sparse, mean, comps, cmin, cmax, sparse, ns_n, ns_sum, ns_com):
+    """Per run: coefficient min/max per component; count of sparse filters; shifted sum and second moment of
+    the non-sparse raw filters (``shift`` is the record's raw mean, so the one-pass sums stay accurate)."""
+    nc = comps.shape[0]
+    mc = mean_projection(mean, comps)
+    wt = np.empty((11, BLOCK))
+    c = np.empty((nc, BLOCK))
+    d = np.empty((K, BLOCK))
+    bc = np.zeros((K, K))
+    for r in range(starts.size - 1):
+        for j in range(nc):
+            cmin[r, j] = np.inf
+            cmax[r, j] = -np.inf
+        t = thresh[r]
+        for a in range(starts[r], starts[r + 1], BLOCK):
+            nb = min(BLOCK, starts[r + 1] - a)
+            load_block(w, a, nb, wt)
+            coef_block(wt, nb, mc, comps, c)
+            for j in range(nc):
+                lo = cmin[r, j]
+                hi = cmax[r, j]
+                for i in range(nb):
+                    x = c[j, i]
+                    lo = min(lo, x)
+                    hi = max(hi, x)
+                cmin[r, j] = lo
+                cmax[r, j] = hi
+            m = 0
+            for i in range(nb):
+                if all_sparse[r] or wt[10, i] < t:
+                    continue
+                for k in range(K):
+                    d[k, m] = wt[k, i] - shift[r, k]
+                m += 1
+            sparse[r] += nb - m
+            ns_n[r] += m
+            for k in range(K):
+                acc = 0.0
+                for i in range(m):
+                    acc += d[k, i]
+                ns_sum[r, k] += acc
+            _block_comoment(d, m, bc)
+            for p in range(K):
+                for q in range(p, K):
+                    ns_com[r, p, q] += bc[p, q]
+        for p in range(K):
+            for q in range(p + 1, K):
+                ns_com[r, q, p] = ns_com[r, p, q]
+
+
+def coefficients(w: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
+    """Plain numpy coefficients: (scaled filter - mean) projected on the components."""
+    return (scale(w) - mean) @ np.asarray(components).T
+
+
+def second_reference(w, starts, absmax, mean, components, eps) -> dict:
+    """Plain numpy definition of :func:`second_kernel` after finalisation (for tests)."""
+    out = {f: [] for f in ("coef_min", "coef_max", "sparse_count", "nonsparse_sum", "nonsparse_comoment")}
+    for r, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
+        raw = np.asarray(w[a:b], dtype=np.float64)
+        c = coefficients(raw, mean, components)
+        out["coef_min"].append(c.min(0) if len(c) else np.full(len(mean), np.inf))
+        out["coef_max"].append(c.max(0) if len(c) else np.full(len(mean), -np.inf))
+        sp = np.all(np.abs(raw) < eps * absmax[r], axis=1) if absmax[r] > 0 else np.ones(len(raw), bool)
+        keep = raw[~sp]
+        out["sparse_count"].append(int(sp.sum()))
+        out["nonsparse_sum"].append(keep.sum(0))
+        out["nonsparse_comoment"].append(_comoment(keep))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+SECOND_FIELDS = {
+    "coef_min": "min",
+    "coef_max": "max",
+    "sparse_count": "sum",
+    "nonsparse_n": "sum",
+    "nonsparse_sum": ("chan_sum", "nonsparse_n"),
+    "nonsparse_comoment": ("chan", "nonsparse_n", "nonsparse_sum"),
+}
+
+
+def second_chunk(weights, record, params) -> dict:
+    """Pass-2 partial of one block; ``params`` holds the basis and the per-record results of pass 1."""
+    perm, ids, starts = engine.runs(record)
+    w = np.ascontiguousarray(weights if perm is None else weights[perm])
+    pos = np.searchsorted(params["record"], ids)
+    r, nc = len(ids), params["components"].shape[0]
+    absmax = params["raw_absmax"][pos]
+    shift = params["raw_mean"][pos]
+    out = {"record": ids, "coef_min": np.empty((r, nc)), "coef_max": np.empty((r, nc)),
+           "sparse_count": np.zeros(r, np.int64), "nonsparse_n": np.zeros(r, np.int64),
+           "nonsparse_sum": np.zeros((r, K)), "nonsparse_comoment": np.zeros((r, K, K))}
+    second_kernel(w, starts, shift, params["eps"] * absmax, absmax <= 0, params["mean"], params["components"],
+                  out["coef_min"], out["coef_max"], out["sparse_count"], out["nonsparse_n"], out["nonsparse_sum"],
+                  out["nonsparse_comoment"])
+    # shifted one-pass sums -> sum and centred co-moment
+    cnt = out["nonsparse_n"].astype(np.float64)
+    s1 = out["nonsparse_sum"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = np.where(cnt[:, None, None] > 0, s1[:, :, None] * s1[:, None, :] / cnt[:, None, None], 0.0)
+    out["nonsparse_comoment"] = out["nonsparse_comoment"] - corr
+    out["nonsparse_sum"] = s1 + cnt[:, None] * shift
+    return out
+
+
+def second_combine(a: dict, b: dict) -> dict:
+    return engine.merge(a, b, SECOND_FIELDS)
+
+
+SECOND = engine.Statistic("coefficient range and sparsity", chunk=second_chunk, combine=second_combine)

@@ -1,0 +1,158 @@
+"""The numba chunk kernels and the record-keyed merges equal plain numpy definitions written here."""
+
+import numpy as np
+import pytest
+
+from filtershift.stats import engine, histograms, moments
+
+
+def _data(seed=0, n=6000):
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((n, 9)) * rng.lognormal(0, 1, (n, 1)) + 0.3).astype(np.float32)
+    w[10:20] = 0.0                                   # all-zero filters
+    w[100:103] = np.float32(1e-6) * w[100:103]       # tiny filters
+    sizes = [1, 700, 0, 1500, 2, 3797]
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    return w, starts
+
+
+def _np_scale(w):
+    x = w.astype(np.float64)
+    m = np.abs(x).max(1, keepdims=True)
+    out = np.zeros_like(x)
+    np.divide(x, m, out=out, where=m > 0)
+    return out
+
+
+def _np_comoment(x):
+    if len(x) == 0:
+        return np.zeros((9, 9))
+    d = x - x.mean(0)
+    return np.einsum("ip,iq->pq", d, d)
+
+
+def test_moments_kernel_equals_numpy():
+    w, starts = _data()
+    r = len(starts) - 1
+    out = [np.zeros(r, np.int64), np.zeros((r, 9)), np.zeros((r, 9, 9)), np.zeros((r, 9)), np.zeros((r, 9, 9)),
+           np.zeros(r), np.zeros(r), np.zeros(r)]
+    moments.moments_kernel(w, starts, *out)
+    n, s_sum, s_com, r_sum, r_com, amax, l1, l2 = out
+    for i, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
+        raw = w[a:b].astype(np.float64)
+        sc = _np_scale(w[a:b])
+        assert n[i] == b - a
+        np.testing.assert_allclose(s_sum[i], sc.sum(0), rtol=1e-10, atol=1e-9)
+        np.testing.assert_allclose(s_com[i], _np_comoment(sc), rtol=1e-10, atol=1e-9)
+        np.testing.assert_allclose(r_sum[i], raw.sum(0), rtol=1e-10, atol=1e-9)
+        np.testing.assert_allclose(r_com[i], _np_comoment(raw), rtol=1e-10, atol=1e-9)
+        assert amax[i] == (np.abs(raw).max() if b > a else 0.0)
+        np.testing.assert_allclose(l1[i], np.abs(raw).sum(), rtol=1e-12)
+        np.testing.assert_allclose(l2[i], np.linalg.norm(raw, axis=1).sum(), rtol=1e-12)
+    # the kernel's reference in the module agrees too
+    ref = moments.moments_reference(w, starts)
+    np.testing.assert_allclose(ref["raw_comoment"], r_com, rtol=1e-10, atol=1e-9)
+
+
+def test_moments_accurate_with_large_offset():
+    rng = np.random.default_rng(1)
+    w = (1000.0 + rng.standard_normal((20000, 9))).astype(np.float32)
+    starts = np.array([0, 20000], np.int64)
+    out = [np.zeros(1, np.int64), np.zeros((1, 9)), np.zeros((1, 9, 9)), np.zeros((1, 9)), np.zeros((1, 9, 9)),
+           np.zeros(1), np.zeros(1), np.zeros(1)]
+    moments.moments_kernel(w, starts, *out)
+    x = w.astype(np.float64)
+    np.testing.assert_allclose(out[4][0] / 19999, np.cov(x.T), rtol=1e-9, atol=1e-9)
+
+
+def test_second_kernel_equals_numpy():
+    w, starts = _data(2)
+    rng = np.random.default_rng(3)
+    mean = rng.standard_normal(9) * 0.1
+    comps = np.linalg.qr(rng.standard_normal((9, 9)))[0].T
+    amax = np.array([np.abs(w[a:b]).max() if b > a else 0.0 for a, b in zip(starts[:-1], starts[1:])])
+    amax[3] = 0.0  # a record declared all-zero: every filter sparse
+    rmean = np.array([w[a:b].astype(np.float64).mean(0) if b > a else np.zeros(9)
+                      for a, b in zip(starts[:-1], starts[1:])])
+    rec = np.repeat(np.arange(len(starts) - 1), np.diff(starts)).astype(np.int32)
+    eps = 0.05
+    params = {"record": np.arange(len(starts) - 1), "raw_absmax": amax, "raw_mean": rmean, "eps": eps,
+              "mean": mean, "components": comps}
+    part = moments.second_chunk(w, rec, params)
+    present = np.flatnonzero(np.diff(starts) > 0)
+    np.testing.assert_array_equal(part["record"], present)
+    for pos, i in enumerate(present):
+        a, b = starts[i], starts[i + 1]
+        raw = w[a:b].astype(np.float64)
+        coef = (_np_scale(w[a:b]) - mean) @ comps.T
+        np.testing.assert_allclose(part["coef_min"][pos], coef.min(0), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(part["coef_max"][pos], coef.max(0), rtol=1e-12, atol=1e-12)
+        sparse = np.all(np.abs(raw) < eps * amax[i], axis=1) if amax[i] > 0 else np.ones(len(raw), bool)
+        assert part["sparse_count"][pos] == sparse.sum()
+        assert part["nonsparse_n"][pos] == (~sparse).sum()
+        np.testing.assert_allclose(part["nonsparse_sum"][pos], raw[~sparse].sum(0), rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(part["nonsparse_comoment"][pos], _np_comoment(raw[~sparse]), rtol=1e-8,
+                                   atol=1e-8)
+
+
+@pytest.mark.parametrize("bins", [70, 7])
+def test_hist_kernel_equals_np_histogram(bins):
+    w, starts = _data(4)
+    rng = np.random.default_rng(5)
+    mean = rng.standard_normal(9) * 0.1
+    comps = np.linalg.qr(rng.standard_normal((9, 9)))[0].T[:5]
+    coef = (_np_scale(w) - mean) @ comps.T
+    lo, hi = coef.min(), coef.max()
+    edges = np.linspace(lo, hi, bins + 1)
+    fine = np.linspace(lo, hi, 301)
+    counts = np.zeros((len(starts) - 1, 5, bins), np.int64)
+    fcounts = np.zeros((len(starts) - 1, 5, 300), np.int64)
+    histograms.hist_kernel(w, starts, mean, comps, edges, fine, counts, fcounts)
+    for i, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
+        for j in range(5):
+            np.testing.assert_array_equal(counts[i, j], np.histogram(coef[a:b, j], bins=bins, range=(lo, hi))[0])
+            np.testing.assert_array_equal(fcounts[i, j], np.histogram(coef[a:b, j], bins=300, range=(lo, hi))[0])
+    # values on the edges, and outside the range, follow np.histogram exactly
+    x = np.concatenate([edges, [lo - 1, hi + 1], rng.uniform(lo, hi, 1000)])
+    got = np.array([histograms.bin_index(v, edges) for v in x])
+    ref = np.histogram(x, bins=bins, range=(lo, hi))[0]
+    assert np.array_equal(np.bincount(got[got >= 0], minlength=bins), ref)
+    assert (got < 0).sum() == 2
+
+
+def test_runs_and_merge():
+    rec = np.array([3, 3, 5, 5, 5, 9], np.int32)
+    perm, ids, starts = engine.runs(rec)
+    assert perm is None and ids.tolist() == [3, 5, 9] and starts.tolist() == [0, 2, 5, 6]
+    perm, ids, starts = engine.runs(np.array([5, 5, 3, 5], np.int32))
+    assert ids.tolist() == [3, 5] and starts.tolist() == [0, 1, 4] and perm is not None
+
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((3000, 9)).astype(np.float32)
+    rec = np.repeat([0, 1, 2, 3], [500, 1200, 800, 500]).astype(np.int32)
+    whole = moments.moments_chunk(w, rec)
+    cuts = [0, 300, 1100, 1101, 2400, 3000]
+    parts = [moments.moments_chunk(w[a:b], rec[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+    # combine in an unusual order: ((p3, p0), (p4, (p2, p1)))
+    merged = moments.moments_combine(moments.moments_combine(parts[3], parts[0]),
+                                     moments.moments_combine(parts[4], moments.moments_combine(parts[2], parts[1])))
+    assert merged["record"].tolist() == [0, 1, 2, 3]
+    for k in ("n", "scaled_sum", "scaled_comoment", "raw_sum", "raw_comoment", "raw_absmax", "raw_l1_sum"):
+        np.testing.assert_allclose(merged[k], whole[k], rtol=1e-10, atol=1e-9)
+
+
+def test_group_sum_and_comoments_against_numpy():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((5000, 9)) + 2
+    rec = np.sort(rng.integers(0, 40, 5000))
+    ids = np.unique(rec)
+    n = np.array([(rec == r).sum() for r in ids])
+    sums = np.array([x[rec == r].sum(0) for r in ids])
+    com = np.array([_np_comoment(x[rec == r]) for r in ids])
+    codes = rng.integers(-1, 4, len(ids))
+    gn, gs, gc = engine.group_comoments(codes, n, sums, com, 5)
+    for g in range(5):
+        rows = np.isin(rec, ids[codes == g])
+        assert gn[g] == rows.sum()
+        np.testing.assert_allclose(gs[g], x[rows].sum(0), rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(gc[g], _np_comoment(x[rows]), rtol=1e-9, atol=1e-9)
