@@ -1,0 +1,132 @@
+"""Shift-analysis benchmark: the full 3-pass analysis against one read pass and an in-memory numpy pipeline.
+
+    python benchmarks/bench_shift.py --filters 10000000 [--workdir DIR] [--models 200] [--no-append]
+
+A synthetic store (``filtershift.synthesize``, not timed) is analysed in fresh processes, each timed with its
+peak RSS: (a) one plain read-and-decode pass over the filters (zarr, sequential; and dask, threaded); (b) the full
+out-of-core analysis on the threaded scheduler: basis, distributions and kl_sym drift matrices for task, visual
+category and depth, per-group bases for task and visual category (3 passes); (c) the in-memory pipeline the
+reference analysis runs: load every filter, scale, PCA (covariance eigendecomposition, what scikit-learn's PCA
+does for N >> 9), project, np.histogram per group and component, KL. Ratios compare timings of the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import append_section, gib, run_child  # noqa: E402
+
+SETUP = ("import numpy as np, pandas as pd, zarr, dask, filtershift as fs, filtershift.stats, "
+         "filtershift.store.dataset")
+
+MAKE = """
+from filtershift.ingest.synth import synthesize
+synthesize({path!r}, n_filters={n}, n_models={models}, seed=0, format="zarr", overwrite=True)
+"""
+
+READ_ZARR = """
+a = zarr.open_array({path!r} + "/weights", mode="r"); step = a.chunks[0]; s = 0.0
+for lo in range(0, a.shape[0], step):
+    s += float(a[lo:lo + step].sum(dtype=np.float64))
+"""
+
+READ_DASK = """
+with dask.config.set(scheduler="threads"):
+    float(fs.open_store({path!r})["weights"].sum(dtype="f8").compute())
+"""
+
+FULL = """
+from filtershift.stats import fit_basis, distributions, drift, group_bases
+with dask.config.set(scheduler="threads"):
+    ds = fs.open_store({path!r})
+    basis = fit_basis(ds)
+    for by in ("task", "visual_category", "depth"):
+        drift(distributions(ds, basis, by=by))
+    for by in ("task", "visual_category"):
+        group_bases(basis, by=by)
+    assert basis.stats_.passes == 3
+"""
+
+NUMPY = """
+g = zarr.open_group({path!r}, mode="r"); m = g.attrs["filtershift"]; v = m["version"]
+w = g["weights"][:m["n_filters"]]
+rec = pd.read_parquet({path!r} + f"/tables/records-v{{v}}.parquet")
+mod = pd.read_parquet({path!r} + f"/tables/models-v{{v}}.parquet").set_index("model_id")
+x = w.astype(np.float64)
+mx = np.abs(x).max(1, keepdims=True)
+x = np.divide(x, mx, out=np.zeros_like(x), where=mx > 0)
+mean = x.mean(0); x -= mean
+vals, vecs = np.linalg.eigh(x.T @ x / (len(x) - 1))
+order = np.argsort(vals)[::-1]; ratio = vals[order] / vals.sum(); comps = vecs[:, order].T
+coef = x @ comps.T
+lo, hi = coef.min(), coef.max()
+norm = rec["conv_depth_norm"].to_numpy(np.float64).round(7)
+for labels in (rec["model_id"].map(mod["Task"].map(lambda t: "Segmentation" if "Segmentation" in t else t)),
+               rec["model_id"].map(mod["Visual Category"]),
+               pd.cut(norm, np.arange(0, 1.1, 0.1), include_lowest=True).astype(str)):
+    lab = np.repeat(np.asarray(labels), rec["n"].to_numpy())
+    groups = sorted(set(lab))
+    p = {{}}
+    for gname in groups:
+        sel = coef[lab == gname]
+        hs = []
+        for k in range(9):
+            d = np.histogram(sel[:, k], 70, (lo, hi), density=True)[0]
+            d[d == 0] = np.finfo(np.float32).eps
+            hs.append(d / d.sum())
+        p[gname] = np.array(hs)
+    D = [[sum(ratio[k] * np.sum((p[a][k] - p[b][k]) * np.log(p[a][k] / p[b][k])) for k in range(9))
+          for b in groups] for a in groups]
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--filters", type=int, default=10_000_000)
+    ap.add_argument("--models", type=int, default=200)
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--no-numpy", action="store_true", help="skip the in-memory pipeline (it needs ~150 B/filter)")
+    ap.add_argument("--no-append", action="store_true", help="print only; do not append to BENCHMARKS.md")
+    args = ap.parse_args()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="fs-bench-shift-"))
+    work.mkdir(parents=True, exist_ok=True)
+    path = str(work / "db.zarr")
+    n = args.filters
+    t = time.perf_counter()
+    run_child(MAKE.format(path=path, n=n, models=args.models))
+    print(f"store: {n:,} filters in {time.perf_counter() - t:.1f} s", flush=True)
+    results = {}
+    for name, code in [("zarr read", READ_ZARR), ("dask read", READ_DASK), ("full analysis", FULL)] + \
+            ([] if args.no_numpy else [("in-memory numpy", NUMPY)]):
+        results[name] = run_child(code.format(path=path), setup=SETUP)
+        print(f"{name:>16}: {results[name]['wall_s']:.2f} s, peak RSS {gib(results[name]['peak_rss'])}", flush=True)
+    read = results["zarr read"]["wall_s"]
+    full = results["full analysis"]["wall_s"]
+    rows = [f"Synthetic store: {n:,} filters ({gib(n * 36)} as float32), {args.models} models, default chunks. "
+            "Full analysis = basis + distributions and kl_sym drift for task, visual category, depth + per-group "
+            "bases for task and visual category, threaded scheduler, 3 passes.", "",
+            "| step | wall s | / zarr read | filters/s | peak RSS |", "|---|---|---|---|---|"]
+    for name, r in results.items():
+        rows.append(f"| {name} | {r['wall_s']:.2f} | {r['wall_s'] / read:.2f} | {n / r['wall_s'] / 1e6:.1f} M | "
+                    f"{gib(r['peak_rss'])} |")
+    summary = f"\nFull analysis / one read-and-decode pass (zarr): {full / read:.2f}x"
+    if "in-memory numpy" in results:
+        summary += f"; full analysis / in-memory numpy pipeline: {full / results['in-memory numpy']['wall_s']:.2f}x"
+    rows.append(summary + ".")
+    body = "\n".join(rows)
+    if args.no_append:
+        print(body)
+    else:
+        append_section(f"Shift analysis, {n:,} filters", body)
+    if not args.workdir:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()
