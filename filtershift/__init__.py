@@ -19,6 +19,18 @@ _API = {
     "convert": "filtershift.store.convert",
     "verify": "filtershift.store.verify",
     "synthesize": "filtershift.ingest.synth",
+    "read_model": "filtershift.ingest",
+    "add_models": "filtershift.store.append",
+    "record_stats": "filtershift.stats",
+    "fit_basis": "filtershift.stats",
+    "distributions": "filtershift.stats",
+    "drift": "filtershift.stats",
+    "drift_ci": "filtershift.stats",
+    "group_bases": "filtershift.stats",
+    "kde": "filtershift.stats",
+    "density2d": "filtershift.stats",
+    "Basis": "filtershift.stats",
+    "RecordStats": "filtershift.stats",
 }
 
 __all__ = ["__version__", *_API]
