@@ -8,6 +8,7 @@ coordinate is computed per block with ``np.repeat`` from the small records table
 from __future__ import annotations
 
 import itertools
+import os
 
 import dask.array as da
 import numpy as np
@@ -43,28 +44,86 @@ def open_store(path_or_url, *, label_rules=None, **storage_options) -> xr.Datase
 
 
 class _ChunkReader:
-    """Array-like over a Zarr array whose read errors name the store, array and chunk (e.g. a checksum
-    mismatch from a flipped byte), instead of a bare codec error."""
+    """Array-like over a Zarr array for ``da.from_array``.
 
-    def __init__(self, array, display: str):
-        self.array, self.display = array, display
+    Read errors name the store, array and chunk (e.g. a checksum mismatch from a flipped byte) instead of a bare
+    codec error. For the layout filtershift writes by default on a local disk (no compressor, crc32c, default
+    chunk keys) chunks are read straight from their files and checked here, in the calling thread: zarr's
+    synchronous API funnels every read of every dask thread through one event-loop thread, which halved the
+    read throughput of a threaded dask pass (see BENCHMARKS.md).
+    """
+
+    def __init__(self, array, loc: fmt.Location):
+        self.array, self.display = array, loc.display
         self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+        self.rows = array.chunks[0]
+        self.direct = _direct_path(array, loc)
 
     def __getitem__(self, key):
+        rows = key[0] if isinstance(key, tuple) else key
+        if self.direct and isinstance(rows, slice) and rows.step in (None, 1) and \
+                all(k == slice(None) or k == slice(0, n) for k, n in zip(key[1:] if isinstance(key, tuple) else (),
+                                                                         self.shape[1:])):
+            lo, hi, _ = rows.indices(self.shape[0])
+            return self._read_direct(lo, hi)
         try:
             return self.array[key]
         except ValueError as exc:
-            rows = key[0] if isinstance(key, tuple) else key
-            first = rows.start or 0 if isinstance(rows, slice) else rows
-            chunk = int(first) // self.array.chunks[0]
-            raise StoreError(f"{self.display}: array '{self.array.basename}' chunk {chunk} (filters from "
-                             f"{first}) is corrupted: {exc}. Run `filtershift verify` and restore or "
-                             "re-convert the store.") from None
+            first = (rows.start or 0) if isinstance(rows, slice) else rows
+            raise self._corrupt(int(first) // self.rows, exc) from None
+
+    def _corrupt(self, chunk: int, exc) -> StoreError:
+        return StoreError(f"{self.display}: array '{self.array.basename}' chunk {chunk} (filters from "
+                          f"{chunk * self.rows}) is corrupted: {exc}. Run `filtershift verify` and restore or "
+                          "re-convert the store.")
+
+    def _read_direct(self, lo: int, hi: int) -> np.ndarray:
+        import google_crc32c
+
+        inner = self.shape[1:]
+        out = None
+        pieces = []
+        for i in range(lo // self.rows, (max(hi, lo + 1) - 1) // self.rows + 1):
+            path = os.path.join(self.direct, "c", str(i), *(["0"] * len(inner)))
+            nbytes = self.rows * int(np.prod(inner, dtype=np.int64)) * self.dtype.itemsize
+            buf = bytearray(nbytes + 4)
+            try:
+                with open(path, "rb") as f:
+                    got = f.readinto(buf)
+            except FileNotFoundError:
+                block = np.full((self.rows, *inner), self.array.fill_value, dtype=self.dtype)
+            else:
+                stored = int.from_bytes(buf[nbytes:], "little")
+                if got != nbytes + 4 or google_crc32c.value(bytes(buf[:nbytes])) != stored:
+                    raise self._corrupt(i, "stored and computed checksum do not match")
+                block = np.frombuffer(buf, dtype=self.dtype.newbyteorder("<"), count=nbytes // self.dtype.itemsize)
+                block = block.reshape(self.rows, *inner)
+            a, b = max(lo, i * self.rows) - i * self.rows, min(hi, (i + 1) * self.rows) - i * self.rows
+            pieces.append(block[a:b])
+        out = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        return out.astype(self.dtype, copy=False)
+
+
+def _direct_path(array, loc: fmt.Location) -> str | None:
+    """The array's directory when its chunks are plain little-endian bytes + crc32c in default keys on a local
+    disk (what filtershift writes with codec 'none'); None otherwise."""
+    if not loc.is_local:
+        return None
+    meta = array.metadata.to_dict()
+    codecs = [c.get("name") if isinstance(c, dict) else c for c in meta.get("codecs", [])]
+    first = meta.get("codecs", [{}])[0]
+    endian = first.get("configuration", {}).get("endian", "little") if isinstance(first, dict) else None
+    keys = meta.get("chunk_key_encoding", {})
+    if codecs != ["bytes", "crc32c"] or endian != "little" or keys.get("name") != "default" or \
+            keys.get("configuration", {}).get("separator", "/") != "/":
+        return None
+    root = loc.url[len("file://"):] if loc.url.startswith("file://") else loc.url
+    return os.path.join(root, array.path)
 
 
 def _lazy(array, loc: fmt.Location, n: int) -> da.Array:
     chunks = (array.chunks[0],) + tuple(array.shape[1:])
-    return da.from_array(_ChunkReader(array, loc.display), chunks=chunks, asarray=True,
+    return da.from_array(_ChunkReader(array, loc), chunks=chunks, asarray=True,
                          name=f"{array.basename}-{tokenize(loc.url, array.shape, n)}", fancy=False)[:n]
 
 
