@@ -86,22 +86,24 @@ class _ChunkReader:
         for i in range(lo // self.rows, (max(hi, lo + 1) - 1) // self.rows + 1):
             path = os.path.join(self.direct, "c", str(i), *(["0"] * len(inner)))
             nbytes = self.rows * int(np.prod(inner, dtype=np.int64)) * self.dtype.itemsize
-            buf = bytearray(nbytes + 4)
             try:
                 with open(path, "rb") as f:
-                    got = f.readinto(buf)
+                    raw = f.read()
             except FileNotFoundError:
                 block = np.full((self.rows, *inner), self.array.fill_value, dtype=self.dtype)
             else:
-                stored = int.from_bytes(buf[nbytes:], "little")
-                if got != nbytes + 4 or google_crc32c.value(bytes(buf[:nbytes])) != stored:
+                if len(raw) != nbytes + 4 or google_crc32c.value(raw) != CRC32C_RESIDUE:
                     raise self._corrupt(i, "stored and computed checksum do not match")
-                block = np.frombuffer(buf, dtype=self.dtype.newbyteorder("<"), count=nbytes // self.dtype.itemsize)
+                block = np.frombuffer(raw, dtype=self.dtype.newbyteorder("<"), count=nbytes // self.dtype.itemsize)
                 block = block.reshape(self.rows, *inner)
             a, b = max(lo, i * self.rows) - i * self.rows, min(hi, (i + 1) * self.rows) - i * self.rows
             pieces.append(block[a:b])
         out = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
         return out.astype(self.dtype, copy=False)
+
+
+#: CRC-32C of any message followed by its own little-endian CRC: checks data + stored checksum in one call.
+CRC32C_RESIDUE = 0x48674BC7
 
 
 def _direct_path(array, loc: fmt.Location) -> str | None:
