@@ -22,8 +22,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import append_section, gib, run_child  # noqa: E402
 
-SETUP = ("import numpy as np, pandas as pd, zarr, dask, filtershift as fs, filtershift.stats, "
-         "filtershift.store.dataset")
+SETUP = """
+import numpy as np, pandas as pd, zarr, dask, filtershift as fs, filtershift.stats, filtershift.store.dataset
+from filtershift.stats import fit_basis, distributions, drift, group_bases
+# warm-up, not timed: numba kernels load from their on-disk cache (or compile once) here
+_w = np.random.default_rng(0).normal(size=(5000, 9)).astype("f4")
+_ds = fs.from_arrays(_w, pd.DataFrame({"model_id": [0, 1], "conv_depth": [0, 0], "n": [2500, 2500]}),
+                     pd.DataFrame({"model_id": [0, 1], "Task": ["a", "b"]}))
+drift(distributions(_ds, fit_basis(_ds), by="task")); group_bases(fit_basis(_ds), by="task")
+"""
 
 MAKE = """
 from filtershift.ingest.synth import synthesize
