@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import append_section, gib, run_child  # noqa: E402
 
@@ -111,7 +113,15 @@ def main() -> None:
     results = {}
     for name, code in [("zarr read", READ_ZARR), ("dask read", READ_DASK), ("full analysis", FULL)] + \
             ([] if args.no_numpy else [("in-memory numpy", NUMPY)]):
-        results[name] = run_child(code.format(path=path), setup=SETUP)
+        try:
+            results[name] = run_child(code.format(path=path), setup=SETUP)
+        except RuntimeError as exc:
+            if name != "in-memory numpy":
+                raise
+            failed = f"failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else 'killed'}"
+            print(f"{name:>16}: {failed} (the kernel's OOM killer ends it when it outgrows memory)", flush=True)
+            results[name] = {"failed": failed}
+            continue
         print(f"{name:>16}: {results[name]['wall_s']:.2f} s, peak RSS {gib(results[name]['peak_rss'])}", flush=True)
     read = results["zarr read"]["wall_s"]
     full = results["full analysis"]["wall_s"]
@@ -120,10 +130,14 @@ def main() -> None:
             "bases for task and visual category, threaded scheduler, 3 passes.", "",
             "| step | wall s | / zarr read | filters/s | peak RSS |", "|---|---|---|---|---|"]
     for name, r in results.items():
+        if "failed" in r:
+            rows.append(f"| {name} | did not finish: killed by the out-of-memory killer in "
+                        f"{psutil.virtual_memory().total / 2**30:.0f} GiB | | | |")
+            continue
         rows.append(f"| {name} | {r['wall_s']:.2f} | {r['wall_s'] / read:.2f} | {n / r['wall_s'] / 1e6:.1f} M | "
                     f"{gib(r['peak_rss'])} |")
     summary = f"\nFull analysis / one read-and-decode pass (zarr): {full / read:.2f}x"
-    if "in-memory numpy" in results:
+    if "wall_s" in results.get("in-memory numpy", {}):
         summary += f"; full analysis / in-memory numpy pipeline: {full / results['in-memory numpy']['wall_s']:.2f}x"
     rows.append(summary + ".")
     body = "\n".join(rows)
