@@ -1,6 +1,7 @@
 """Scheduler choice and real multi-process clusters on 127.0.0.1 (dask CLI processes)."""
 
 import os
+import re
 import socket
 import time
 
@@ -218,3 +219,16 @@ def test_local_cluster_runs_in_worker_processes(capsys):
     assert os.getpid() not in pids and len(pids) == 1
     assert limit == 600_000_000
     assert f"1 workers x {THREADS_PER_WORKER} thread(s)" in capsys.readouterr().err
+
+
+def test_cli_check_and_defaults(local_cluster, capsys):
+    from filtershift.cli import main
+
+    assert main(["cluster", "check", "--scheduler", local_cluster]) == 0
+    out = capsys.readouterr().out
+    assert f"scheduler  {local_cluster}" in out and "workers    2, threads 2" in out
+    assert main(["cluster", "check", "--scheduler", f"tcp://127.0.0.1:{_closed_port()}", "--timeout", "1"]) == 2
+    assert "cannot reach a dask scheduler" in capsys.readouterr().err
+    assert main(["cluster", "defaults", "--workers", "4", "--memory-limit", "3GiB"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"workers\s+4\n", out) and re.search(r"memory/worker\s+3\.00 GiB\n", out)
