@@ -1,0 +1,162 @@
+"""The numbers of a report: one set of per-record statistics (three passes plus the optional 2D density pass)
+serves the basis, every grouping, every metric, the intervals and the quality tables.
+
+Nothing here draws or writes; :mod:`filtershift.report.figures` and :mod:`filtershift.report.build` consume
+:class:`Analysis`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from filtershift.report.config import grouping_name
+
+log = logging.getLogger("filtershift.report")
+
+
+@dataclass
+class GroupingResult:
+    """Everything computed for one grouping: distributions, drift per metric, intervals, orderings, bases."""
+
+    name: str
+    by: object
+    dist: xr.Dataset
+    drift: dict
+    ci: dict = field(default_factory=dict)
+    order: np.ndarray | None = None
+    cluster_order: np.ndarray | None = None
+    top: np.ndarray | None = None
+    bases: xr.Dataset | None = None
+    kde: xr.DataArray | None = None
+
+    @property
+    def labels(self) -> list[str]:
+        return [str(g) for g in self.dist["group"].values]
+
+    @property
+    def size(self) -> int:
+        return int(self.dist.sizes["group"])
+
+
+@dataclass
+class Analysis:
+    """The results behind a report."""
+
+    info: dict
+    basis: object
+    moments: xr.Dataset
+    covariance: np.ndarray
+    groupings: dict
+    density: xr.DataArray | None
+    layer_quality: pd.DataFrame | None
+    model_quality: pd.DataFrame | None
+    passes: int
+    notes: list = field(default_factory=list)
+
+
+def mean_drift(matrix: np.ndarray) -> np.ndarray:
+    """Per group, the mean of its drift to every other group (diagonal and NaN left out)."""
+    m = np.array(matrix, dtype=np.float64, copy=True)
+    np.fill_diagonal(m, np.nan)
+    with np.errstate(all="ignore"):
+        valid = np.isfinite(m).sum(1)
+        total = np.where(np.isfinite(m), m, 0.0).sum(1)
+        return np.where(valid > 0, total / np.maximum(valid, 1), np.nan)
+
+
+def order_by_mean_drift(matrix: np.ndarray) -> np.ndarray:
+    """Group indices sorted by increasing mean drift (the paper's ordering); groups without values last."""
+    md = mean_drift(matrix)
+    return np.lexsort((md, ~np.isfinite(md)))
+
+
+def cluster_order(matrix: np.ndarray) -> np.ndarray:
+    """Hierarchical (average linkage, optimal leaf order) ordering of groups by their drift matrix."""
+    from scipy.cluster.hierarchy import leaves_list, linkage, optimal_leaf_ordering
+    from scipy.spatial.distance import squareform
+
+    m = np.array(matrix, dtype=np.float64, copy=True)
+    n = m.shape[0]
+    if n < 3:
+        return np.arange(n)
+    finite = np.isfinite(m)
+    fill = float(np.nanmax(np.where(finite, m, np.nan))) * 2 if finite.any() else 1.0
+    m = np.where(finite, m, fill)
+    m = (m + m.T) / 2
+    np.fill_diagonal(m, 0.0)
+    cond = squareform(np.clip(m, 0.0, None), checks=False)
+    z = linkage(cond, method="average")
+    if n <= 2000:
+        z = optimal_leaf_ordering(z, cond)
+    return leaves_list(z).astype(np.int64)
+
+
+def top_shifted(matrix: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` groups of largest mean drift, in decreasing order."""
+    md = mean_drift(matrix)
+    order = np.lexsort((-np.nan_to_num(md, nan=-np.inf), ~np.isfinite(md)))
+    return order[:k]
+
+
+def covariance(basis) -> np.ndarray:
+    """Covariance (9 x 9, ddof=1) of the scaled filters, rebuilt from the full-rank basis."""
+    c = np.asarray(basis.components_, np.float64)
+    return c.T @ np.diag(np.asarray(basis.explained_variance_, np.float64)) @ c
+
+
+def analyse(ds: xr.Dataset, info: dict, spec: dict, *, step=lambda name: None) -> Analysis:
+    """Run the whole analysis of ``ds`` for ``spec``; ``step(name)`` is called as each stage starts."""
+    from filtershift.stats import (density2d, distributions, drift, drift_ci, fit_basis, group_bases, kde,
+                                   record_stats)
+
+    th, boot, fig = spec["thresholds"], spec["bootstrap"], spec["figures"]
+    stats = record_stats(ds)
+    step("basis")
+    basis = fit_basis(stats)
+    log.info("basis fitted on %s filters; first three components explain %.1f%% of the variance",
+             f"{basis.n_samples_:,}", 100 * float(np.sum(basis.explained_variance_ratio_[:3])))
+    groupings = {}
+    notes = []
+    for by in spec["groupings"]:
+        name = grouping_name(by)
+        step(f"grouping {name}")
+        dist = distributions(stats, basis, by=by, bins=spec["bins"], min_filters=th["min_filters"],
+                             min_models=th["min_models"])
+        g = GroupingResult(name, by, dist, {m: drift(dist, m) for m in spec["metrics"]})
+        first = g.drift[spec["metrics"][0]].values
+        g.order = order_by_mean_drift(first)
+        if g.size > fig["max_groups"]:
+            g.cluster_order = cluster_order(first)
+            g.top = top_shifted(first, fig["top_k"])
+            notes.append(f"{name}: {g.size} groups, shown clustered and as the {len(g.top)} most shifted")
+        if boot["n_boot"] and 2 <= g.size <= boot["max_groups"]:
+            g.ci = {m: drift_ci(dist, m, n_boot=boot["n_boot"], seed=boot["seed"], level=boot["level"])
+                    for m in spec["metrics"]}
+        elif boot["n_boot"] and g.size > boot["max_groups"]:
+            notes.append(f"{name}: no bootstrap intervals ({g.size} groups > bootstrap.max_groups "
+                         f"{boot['max_groups']})")
+        if 1 <= g.size <= fig["max_groups"]:
+            g.bases = group_bases(stats, by, min_filters=th["min_filters"], min_models=th["min_models"])
+            g.kde = kde(dist, points=256, components=list(range(fig["ridge_components"])))
+        groupings[name] = g
+        log.info("grouping %s: %d groups (%d small)", name, g.size, int(dist["small"].values.sum()))
+    density = None
+    if fig["density_bins"]:
+        step("2D density")
+        density = density2d(stats, basis, components=(0, 1), bins=fig["density_bins"])
+    step("quality")
+    layer_q, model_q = quality_tables(stats, th["sparsity_eps"])
+    return Analysis(info, basis, stats.moments(), covariance(basis), groupings, density, layer_q, model_q, stats.passes, notes)
+
+
+def quality_tables(stats, eps: float):
+    """Per-layer and per-model quality tables, finalized from the same passes 1 and 2 as the shift analysis."""
+    from filtershift.stats.quality import layer_quality, model_quality
+
+    layer = layer_quality(stats, sparsity_eps=eps)
+    return layer, model_quality(layer)

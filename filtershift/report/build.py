@@ -1,0 +1,280 @@
+"""``build_report``: one scheduled report run, from the spec to a published, self-contained directory.
+
+Flow: validate the spec → identify the store snapshot (manifest) → take the output lock → reuse a published run
+with the same identity, or analyse in a staging directory (figures, tables, results.json, index.html, run.log)
+→ rename it into ``runs/`` → switch ``latest`` → rewrite the history page. Any failure before the rename leaves
+the published runs untouched and keeps the failed run's log under ``failed/``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from filtershift import progress
+from filtershift._version import __version__
+from filtershift.errors import InputError
+from filtershift.report import figures as F
+from filtershift.report import html, publish
+from filtershift.report.config import load_config, spec_hash
+
+log = logging.getLogger("filtershift.report")
+
+
+@dataclass
+class ReportResult:
+    """What a run did: ``status`` is ``"built"``, ``"skipped"`` (latest already covers this store snapshot and
+    spec) or ``"reused"`` (an older published run did; ``latest`` now points to it)."""
+
+    status: str
+    out: Path
+    run: str
+    run_dir: Path
+    spec_hash: str
+    identity: dict
+    results: dict | None = None
+    removed_unfinished: list = field(default_factory=list)
+
+    @property
+    def index_html(self) -> Path:
+        """The run's report page."""
+        return self.run_dir / "index.html"
+
+    @property
+    def history_html(self) -> Path:
+        """The history page of the output directory."""
+        return self.out / "index.html"
+
+    @property
+    def results_json(self) -> Path:
+        return self.run_dir / "results.json"
+
+    @property
+    def exit_code(self) -> int:
+        return 0
+
+
+def store_identity(store: str, shash: str) -> dict:
+    """What makes two runs interchangeable: the store (location, snapshot version, size and whole-store sum),
+    the spec hash and the filtershift version. Reads the manifest only; refuses incomplete stores (exit 3)."""
+    from filtershift.store import format as fmt
+
+    loc = fmt.Location.of(store, {})
+    manifest = fmt.read_manifest(fmt.open_group(loc, "r"), loc)
+    return {"store": loc.display, "store_version": int(manifest["version"]),
+            "n_filters": int(manifest["n_filters"]),
+            "weights_sum": manifest.get("integrity", {}).get("weights_sum"),
+            "spec_hash": shash, "filtershift_version": __version__}
+
+
+def build_report(store=None, out=None, config=None, scheduler=None, *, force: bool = False,
+                 default_scheduler: str = "threads") -> ReportResult:
+    """Build (or reuse) the report of ``store`` into ``out``.
+
+    ``config`` is a report.yaml path or a spec dict (see :mod:`filtershift.report.config`); ``store``, ``out`` and
+    ``scheduler`` override its keys. ``force`` builds a new run even when one with the same identity exists.
+    """
+    overrides = {"store": None if store is None else str(store), "output": None if out is None else str(out),
+                 "scheduler": scheduler}
+    spec = load_config(config, overrides)
+    if not spec["store"]:
+        raise InputError("no store given: pass STORE on the command line or set 'store' in report.yaml.")
+    if not spec["output"]:
+        raise InputError("no output directory given: pass --out DIR or set 'output' in report.yaml.")
+    shash = spec_hash(spec)
+    identity = store_identity(spec["store"], shash)
+    out_dir = publish.prepare_output(spec["output"])
+    with publish.exclusive(out_dir):
+        removed = publish.clean_staging(out_dir)
+        existing = None if force else publish.find_run(out_dir, identity)
+        if existing is not None:
+            status = "skipped" if publish.latest(out_dir) == existing else "reused"
+            if status == "reused":
+                publish.point_latest(out_dir, existing)
+            write_history(out_dir)
+            log.info("%s: run %s already covers store version %s with spec %s; nothing to compute",
+                     status, existing, identity["store_version"], shash[:8])
+            return ReportResult(status, out_dir, existing, out_dir / publish.RUNS / existing, shash, identity,
+                                removed_unfinished=removed)
+        name = publish.unique_run_name(out_dir, shash)
+        staging = publish.inside(out_dir, publish.STAGING_PREFIX + name)
+        staging.mkdir()
+        handler = logging.FileHandler(staging / "run.log", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger("filtershift")
+        root.addHandler(handler)
+        level = root.level
+        if root.getEffectiveLevel() > logging.INFO:
+            root.setLevel(logging.INFO)
+        try:
+            log.info("run %s: store %s (version %s), spec %s, output %s", name, identity["store"],
+                     identity["store_version"], shash[:8], out_dir)
+            results = _build_run(spec, identity, name, staging, default_scheduler)
+            final = publish.promote(out_dir, staging, name)
+            write_history(out_dir)
+            log.info("published %s", final)
+        except BaseException as exc:
+            log.error("run %s failed: %s: %s", name, type(exc).__name__, exc,
+                      exc_info=not isinstance(exc, (InputError, KeyboardInterrupt)))
+            kept = publish.discard(out_dir, staging, name)
+            if kept is not None:
+                log.error("the failed run's files and log are in %s; the published report is unchanged", kept)
+            raise
+        finally:
+            root.removeHandler(handler)
+            handler.close()
+            root.setLevel(level)
+    return ReportResult("built", out_dir, name, final, shash, identity, results, removed)
+
+
+def _build_run(spec: dict, identity: dict, name: str, staging: Path, default_scheduler: str) -> dict:
+    from filtershift.cluster import scheduler_context
+    from filtershift.report.analysis import analyse
+    from filtershift.report.results import build_results, write_json
+    from filtershift.store.dataset import models, open_store, records
+    from filtershift.store.format import utc_now
+    from filtershift.store.verify import info
+
+    (staging / "figures").mkdir()
+    (staging / "tables").mkdir()
+    created = utc_now()
+    n_steps = 3 + len(spec["groupings"]) + (1 if spec["figures"]["density_bins"] else 0)
+    with progress.bar(total=n_steps, desc="report", unit="stage") as bar:
+        def step(label):
+            log.info("stage: %s", label)
+            bar.set_postfix_str(label)
+            bar.update(1)
+
+        with scheduler_context(spec["scheduler"], default=default_scheduler, quiet=True) as conn:
+            log.info("computing on %s", conn.describe())
+            ds = open_store(spec["store"])
+            summary = info(spec["store"])
+            analysis = analyse(ds, summary, spec, step=step)
+            scheduler = conn.describe()
+        step("figures and tables")
+        run = {"name": name, "created": created, "spec_hash": identity["spec_hash"], "identity": identity,
+               "filtershift_version": __version__, "passes": analysis.passes, "scheduler": scheduler}
+        results, _ = build_results(analysis, spec, run, staging / "tables", models(ds), records(ds))
+        results["figures"] = draw(analysis, results, spec, staging / "figures")
+        write_json_file = staging / "results.json"
+        write_json(results, write_json_file)
+        (staging / "index.html").write_text(html.run_page(_reloaded(write_json_file)), encoding="utf-8")
+        publish.write_text_atomic(staging / publish.RUN_JSON, _run_json(results))
+        bar.update(1)
+    return results
+
+
+def _reloaded(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
+
+
+def _run_json(results: dict) -> str:
+    import json
+
+    from filtershift.report.results import clean
+
+    run = dict(results["run"])
+    run.update({"status": "complete", "headline": results["headline"]})
+    return json.dumps(clean(run), indent=1) + "\n"
+
+
+def draw(analysis, results: dict, spec: dict, directory: Path) -> dict:
+    """Draw every figure into ``directory``; returns the registry {key: {format: 'figures/<file>'}}."""
+    fig_spec = spec["figures"]
+    formats, dpi = fig_spec["formats"], fig_spec["dpi"]
+    reg = {}
+
+    def put(key, fig, stem, vector=True):
+        files = F.save(fig, directory, publish.safe_name(stem), formats, vector=vector, dpi=dpi)
+        reg[key] = {k: f"figures/{v}" for k, v in files.items()}
+
+    b = analysis.basis
+    put("basis.explained_variance", F.explained_variance(b.explained_variance_ratio_), "basis-explained-variance")
+    put("basis.eigenimages", F.eigenimages(b.components_, b.explained_variance_ratio_,
+                                           fig_spec["eigenimage_components"]), "basis-eigenimages")
+    put("basis.covariance", F.covariance(analysis.covariance), "basis-covariance")
+    metric0 = spec["metrics"][0]
+    for name, g in analysis.groupings.items():
+        r = results["groupings"][name]
+        key, slug = f"grouping.{name}", r["slug"]
+        labels, nm, nf, small = g.labels, r["n_models"], r["n_filters"], r["small"]
+        if g.size == 0:
+            continue
+        if r["display"] == "matrix":
+            for metric, da in g.drift.items():
+                put(f"{key}.drift.{metric}",
+                    F.heatmap(da.values, labels, nm, nf, small, g.order, title=f"{metric} drift by {name}",
+                              metric=metric), f"drift-{slug}-{metric}", vector=False)
+            if "depth" in g.dist.attrs["by"]:
+                put(f"{key}.drift.{metric0}.unsorted",
+                    F.heatmap(g.drift[metric0].values, labels, nm, nf, small, np.arange(g.size),
+                              title=f"{metric0} drift by {name} (depth order)", metric=metric0),
+                    f"drift-{slug}-{metric0}-unsorted", vector=False)
+            put(f"{key}.boxes", F.boxes(g.drift[metric0].values, labels, small, g.order, metric=metric0,
+                                        title=f"{metric0} drift by {name}"), f"boxes-{slug}")
+        else:
+            put(f"{key}.overview", F.overview(g.drift[metric0].values, g.cluster_order,
+                                              title=f"{metric0} drift by {name} ({g.size} groups, clustered)",
+                                              metric=metric0), f"drift-{slug}-{metric0}-clustered", vector=False)
+            put(f"{key}.top", F.heatmap(g.drift[metric0].values, labels, nm, nf, small, g.top,
+                                        title=f"{metric0} drift: {len(g.top)} most shifted groups by {name}",
+                                        metric=metric0), f"drift-{slug}-{metric0}-top", vector=False)
+            put(f"{key}.boxes", F.boxes(g.drift[metric0].values, labels, small, g.top, metric=metric0,
+                                        title=f"{metric0} drift of the most shifted groups by {name}"),
+                f"boxes-{slug}")
+        for metric, ci in g.ci.items():
+            pairs = _pairs(ci, labels, fig_spec["top_k"])
+            if pairs:
+                put(f"{key}.intervals.{metric}", F.intervals(pairs, metric=metric, level=ci.attrs["level"],
+                                                             title=f"{metric} drift by {name}"),
+                    f"intervals-{slug}-{metric}")
+        if g.bases is not None and g.bases["valid"].values.any():
+            put(f"{key}.eigenimages", F.group_eigenimages(g.bases, fig_spec["eigenimage_components"]),
+                f"eigenimages-{slug}")
+        if g.kde is not None and np.isfinite(g.kde.values).any():
+            put(f"{key}.ridges", F.ridges(g.kde, g.order, small, g.kde["component"].values), f"ridges-{slug}")
+    if analysis.density is not None:
+        d = analysis.density
+        put("density2d", F.density(d.values, d.attrs["bin_edges"], d.attrs["components"]), "density2d",
+            vector=False)
+    q = results.get("quality")
+    if q:
+        from filtershift.report.results import QUALITY_BY
+
+        keys = [k for k in QUALITY_BY if k in analysis.layer_quality]
+        put("quality", F.quality_panels(analysis.layer_quality, keys), "quality")
+    return reg
+
+
+def _pairs(ci, labels: list, k: int) -> list:
+    """(label, drift, lower, upper) of the ``k`` pairs of largest drift (a < b), largest first."""
+    d, lo, hi = ci["drift"].values, ci["lower"].values, ci["upper"].values
+    a, b = np.triu_indices(len(labels), 1)
+    keep = np.isfinite(d[a, b])
+    a, b = a[keep], b[keep]
+    order = np.argsort(-d[a, b], kind="stable")[:k]
+    return [(f"{labels[a[i]]} vs {labels[b[i]]}", d[a[i], b[i]], lo[a[i], b[i]], hi[a[i], b[i]]) for i in order]
+
+
+def write_history(out: Path) -> None:
+    """Rewrite ``OUT/index.html`` (atomically) from the published runs."""
+    import io
+
+    runs = publish.list_runs(out)
+    svg = ""
+    if len(runs) >= 1:
+        keys = list(dict.fromkeys(k for r in runs for k in r.get("headline", {}) if k not in ("filters", "models")))
+        series = {k: [r.get("headline", {}).get(k) for r in runs] for k in keys[:5]}
+        series = {"filters": [r.get("headline", {}).get("filters") for r in runs], **series}
+        fig = F.trend(runs, series)
+        buf = io.StringIO()
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+        F.plt.close(fig)
+        svg = buf.getvalue()
+        svg = svg[svg.index("<svg"):]
+    publish.write_text_atomic(out / "index.html", html.history_page(runs, publish.latest(out), svg))

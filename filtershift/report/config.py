@@ -1,0 +1,215 @@
+"""The report specification (``report.yaml``): defaults, validation with messages naming key and allowed values,
+and the spec hash that makes scheduled runs idempotent.
+
+Only keys that change the report's content enter the spec hash; where it is written (``output``) and where it is
+computed (``scheduler``) do not, nor does the store (identified separately by its manifest).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+
+from filtershift.errors import InputError
+
+#: Version of the results.json schema and of the report layout; part of the spec hash.
+SCHEMA = "filtershift-report/1"
+
+METRICS = ("kl_sym", "js", "w1")
+FORMATS = ("png", "svg")
+
+DEFAULTS: dict = {
+    "store": None,
+    "output": None,
+    "scheduler": None,
+    "groupings": ["task", "visual_category", "training_dataset", "depth", "model"],
+    "metrics": ["kl_sym", "js", "w1"],
+    "bins": 70,
+    "thresholds": {
+        "min_filters": 1000,
+        "min_models": 2,
+        "sparsity_eps": 0.01,
+    },
+    "bootstrap": {
+        "n_boot": 200,
+        "seed": 0,
+        "level": 0.95,
+        "max_groups": 40,
+    },
+    "figures": {
+        "formats": ["png", "svg"],
+        "dpi": 110,
+        "density_bins": 512,
+        "ridge_components": 3,
+        "eigenimage_components": 9,
+        "max_groups": 40,
+        "top_k": 25,
+        "degenerated_top": 20,
+    },
+}
+
+#: (key path, kind, lower bound, upper bound) for every scalar number.
+_NUMBERS = [
+    (("bins",), int, 2, 4096),
+    (("thresholds", "min_filters"), int, 0, None),
+    (("thresholds", "min_models"), int, 0, None),
+    (("thresholds", "sparsity_eps"), float, 0.0, 0.999999),
+    (("bootstrap", "n_boot"), int, 0, 100_000),
+    (("bootstrap", "seed"), int, 0, None),
+    (("bootstrap", "level"), float, 0.5, 0.999),
+    (("bootstrap", "max_groups"), int, 2, 1000),
+    (("figures", "dpi"), int, 30, 600),
+    (("figures", "density_bins"), int, 0, 2048),
+    (("figures", "ridge_components"), int, 1, 9),
+    (("figures", "eigenimage_components"), int, 1, 9),
+    (("figures", "max_groups"), int, 2, 200),
+    (("figures", "top_k"), int, 2, 200),
+    (("figures", "degenerated_top"), int, 1, 1000),
+]
+
+
+def load_config(source=None, overrides: dict | None = None) -> dict:
+    """The validated spec: defaults, then ``source`` (a report.yaml path or a mapping), then non-None
+    ``overrides``."""
+    spec = copy.deepcopy(DEFAULTS)
+    where = "report config"
+    if isinstance(source, dict):
+        _merge(spec, copy.deepcopy(source), where, ())
+    elif source is not None:
+        where = str(source)
+        data = _read_yaml(Path(source))
+        _merge(spec, data, where, ())
+        for key in ("store", "output"):
+            value = data.get(key)
+            if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
+                spec[key] = str(Path(source).resolve().parent / value)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            spec[key] = value
+    spec = validate(spec, where)
+    if spec["store"] and "://" not in spec["store"]:
+        spec["store"] = str(Path(spec["store"]).absolute())
+    return spec
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InputError(f"{path}: report config not found; give an existing YAML file (see "
+                         "examples/report.yaml).") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the report config ({exc.strerror}).") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}); fix the syntax "
+                         "(see examples/report.yaml).") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: the report config must be a mapping of keys (store, groupings, metrics, ...), "
+                         f"not a {type(data).__name__}.")
+    return data
+
+
+def _merge(spec: dict, data: dict, where: str, prefix: tuple) -> None:
+    for key, value in data.items():
+        name = ".".join(prefix + (str(key),))
+        if key not in spec:
+            raise InputError(f"{where}: unknown key {name!r}; allowed keys here: {sorted(spec)}.")
+        if isinstance(spec[key], dict):
+            if not isinstance(value, dict):
+                raise InputError(f"{where}: {name!r} must be a mapping with keys {sorted(spec[key])}.")
+            _merge(spec[key], value, where, prefix + (key,))
+        else:
+            spec[key] = value
+
+
+def _get(spec: dict, path: tuple):
+    node = spec
+    for p in path:
+        node = node[p]
+    return node
+
+
+def _set(spec: dict, path: tuple, value) -> None:
+    node = spec
+    for p in path[:-1]:
+        node = node[p]
+    node[path[-1]] = value
+
+
+def validate(spec: dict, where: str = "report config") -> dict:
+    """Check types and ranges in place and return ``spec``; errors name the key and the allowed values."""
+    for key in ("store", "output", "scheduler"):
+        if spec[key] is not None and not isinstance(spec[key], (str, Path)):
+            raise InputError(f"{where}: {key!r} must be a string (a path or address); got {spec[key]!r}.")
+        if spec[key] is not None:
+            spec[key] = str(spec[key])
+    groupings = spec["groupings"]
+    if isinstance(groupings, str):
+        groupings = [groupings]
+    if not isinstance(groupings, list) or not groupings:
+        raise InputError(f"{where}: 'groupings' must be a non-empty list of grouping names (task, visual_category, "
+                         "training_dataset, depth, model, a meta column) or lists of names to combine.")
+    clean = []
+    for g in groupings:
+        if isinstance(g, str) and g.strip():
+            clean.append(g.strip())
+        elif isinstance(g, list) and g and all(isinstance(x, str) and x.strip() for x in g):
+            clean.append([x.strip() for x in g] if len(g) > 1 else g[0].strip())
+        else:
+            raise InputError(f"{where}: 'groupings' entry {g!r} must be a name or a list of names.")
+    names = [grouping_name(g) for g in clean]
+    if len(set(names)) != len(names):
+        raise InputError(f"{where}: 'groupings' lists the same grouping twice: {names}.")
+    spec["groupings"] = clean
+    metrics = spec["metrics"]
+    metrics = [metrics] if isinstance(metrics, str) else metrics
+    if not isinstance(metrics, list) or not metrics or any(m not in METRICS for m in metrics):
+        raise InputError(f"{where}: 'metrics' must be a non-empty list of {list(METRICS)}; got {spec['metrics']!r}.")
+    spec["metrics"] = list(dict.fromkeys(metrics))
+    formats = spec["figures"]["formats"]
+    formats = [formats] if isinstance(formats, str) else formats
+    if not isinstance(formats, list) or "png" not in formats or any(f not in FORMATS for f in formats):
+        raise InputError(f"{where}: 'figures.formats' must be a list of {list(FORMATS)} that includes 'png'; "
+                         f"got {spec['figures']['formats']!r}.")
+    spec["figures"]["formats"] = list(dict.fromkeys(formats))
+    for path, kind, lo, hi in _NUMBERS:
+        value = _get(spec, path)
+        name = ".".join(path)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is int:
+            ok = ok and float(value).is_integer()
+        if ok:
+            value = kind(value)
+            ok = (lo is None or value >= lo) and (hi is None or value <= hi)
+        if not ok:
+            bounds = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+            raise InputError(f"{where}: {name!r} must be {'an integer' if kind is int else 'a number'} {bounds}; "
+                             f"got {_get(spec, path)!r}.")
+        _set(spec, path, value)
+    if spec["bootstrap"]["n_boot"] == 1:
+        raise InputError(f"{where}: 'bootstrap.n_boot' must be 0 (no intervals) or at least 2; got 1.")
+    return spec
+
+
+def grouping_name(grouping) -> str:
+    """The display and file-name key of a grouping: its name, or names joined with '+'."""
+    return grouping if isinstance(grouping, str) else "+".join(grouping)
+
+
+def content_spec(spec: dict) -> dict:
+    """The part of the spec that determines the report's content."""
+    return {k: v for k, v in spec.items() if k not in ("store", "output", "scheduler")}
+
+
+def spec_hash(spec: dict) -> str:
+    """SHA-256 (hex) of the content spec and the report schema."""
+    blob = json.dumps({"schema": SCHEMA, "spec": content_spec(spec)}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()

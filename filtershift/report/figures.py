@@ -1,0 +1,288 @@
+"""The report's figures, drawn with matplotlib's Agg backend from the labelled results (no data access).
+
+Each function returns a matplotlib Figure; :func:`save` writes it as PNG (and SVG for line and box figures, where
+a vector file is small and useful for papers) and closes it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
+
+DIVERGING = "RdBu_r"
+SEQUENTIAL = "viridis"
+SMALL_COLOUR = "#b0413e"
+
+plt.rcParams.update({"font.size": 9, "axes.titlesize": 10, "axes.spines.top": False, "axes.spines.right": False,
+                     "svg.hashsalt": "filtershift", "figure.max_open_warning": 0})
+
+
+def save(fig, directory: Path, stem: str, formats, *, vector: bool = True, dpi: int = 110) -> dict:
+    """Write ``fig`` as ``directory/stem.png`` (and ``.svg`` when asked and ``vector``); returns {format: name}."""
+    out = {}
+    for fmt in formats:
+        if fmt == "svg" and not vector:
+            continue
+        name = f"{stem}.{fmt}"
+        kwargs = {"dpi": dpi} if fmt == "png" else {"metadata": {"Date": None}}
+        fig.savefig(Path(directory) / name, bbox_inches="tight", **kwargs)
+        out[fmt] = name
+    plt.close(fig)
+    return out
+
+
+def group_label(label: str, n_models: int, n_filters: int, small: bool, width: int = 28) -> str:
+    """A tick label with the group size; small groups carry a trailing '*'."""
+    text = label if len(label) <= width else label[: width - 1] + "…"
+    return f"{text} ({n_models}m, {_short(n_filters)}){' *' if small else ''}"
+
+
+def _short(n: int) -> str:
+    n = int(n)
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.3g}{suffix}"
+    return str(n)
+
+
+def explained_variance(ratio) -> plt.Figure:
+    """Explained variance ratio per component (bars) and its cumulative sum (line)."""
+    ratio = np.asarray(ratio, np.float64)
+    x = np.arange(len(ratio))
+    fig, ax = plt.subplots(figsize=(5.2, 3.2))
+    ax.bar(x, ratio, color="#4c72b0", label="per component")
+    ax.plot(x, np.cumsum(ratio), "o-", color="#dd8452", label="cumulative")
+    for xi, c in zip(x, np.cumsum(ratio)):
+        ax.annotate(f"{c:.0%}", (xi, c), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=7)
+    ax.set_xticks(x)
+    ax.set_xlabel("component")
+    ax.set_ylabel("explained variance ratio")
+    ax.set_ylim(0, 1.1)
+    ax.legend(frameon=False, loc="center right")
+    return fig
+
+
+def _kernel(ax, image, vmax, title=None):
+    im = ax.imshow(image, cmap=DIVERGING, vmin=-vmax, vmax=vmax)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for s in ax.spines.values():
+        s.set_visible(True)
+        s.set_color("#999")
+    if title:
+        ax.set_title(title, fontsize=8)
+    return im
+
+
+def eigenimages(components, ratio, n: int = 9) -> plt.Figure:
+    """The first ``n`` components as 3x3 images on one symmetric diverging scale."""
+    comps = np.asarray(components, np.float64)[:n].reshape(-1, 3, 3)
+    vmax = float(np.nanmax(np.abs(comps))) or 1.0
+    fig, axes = plt.subplots(1, len(comps), figsize=(1.05 * len(comps) + 0.8, 1.6), squeeze=False)
+    for j, ax in enumerate(axes[0]):
+        im = _kernel(ax, comps[j], vmax, f"c{j} ({ratio[j]:.0%})")
+    fig.colorbar(im, ax=list(axes[0]), fraction=0.02, pad=0.02)
+    return fig
+
+
+def covariance(cov) -> plt.Figure:
+    """The 9 x 9 covariance of the scaled filters (k = 3y + x) on a symmetric diverging scale."""
+    cov = np.asarray(cov, np.float64)
+    vmax = float(np.nanmax(np.abs(cov))) or 1.0
+    fig, ax = plt.subplots(figsize=(3.8, 3.3))
+    im = ax.imshow(cov, cmap=DIVERGING, vmin=-vmax, vmax=vmax)
+    ticks = [f"{k // 3},{k % 3}" for k in range(9)]
+    ax.set_xticks(range(9), ticks, fontsize=7, rotation=90)
+    ax.set_yticks(range(9), ticks, fontsize=7)
+    ax.set_xlabel("kernel position (y,x)")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return fig
+
+
+def group_eigenimages(bases, n: int = 9) -> plt.Figure:
+    """Rows of eigenimages, one per group (the same PCA fitted on each group's filters); one scale per figure."""
+    labels = [str(g) for g in bases["group"].values]
+    comps = bases["eigenimages"].values[:, :n]
+    valid = bases["valid"].values
+    vmax = float(np.nanmax(np.abs(comps[valid]))) if valid.any() else 1.0
+    rows = len(labels)
+    fig, axes = plt.subplots(rows, n, figsize=(0.85 * n + 2.6, 0.85 * rows + 0.5), squeeze=False)
+    for i, lab in enumerate(labels):
+        for j in range(n):
+            ax = axes[i, j]
+            if valid[i]:
+                im = _kernel(ax, comps[i, j], vmax, f"c{j}" if i == 0 else None)
+            else:
+                ax.axis("off")
+        size = group_label(lab, int(bases["n_models"][i]), int(bases["n_filters"][i]), bool(bases["small"][i]))
+        axes[i, 0].set_ylabel(size, rotation=0, ha="right", va="center", fontsize=7,
+                              color=SMALL_COLOUR if bases["small"][i] else "black")
+    if valid.any():
+        fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.015, pad=0.01)
+    return fig
+
+
+def ridges(kde, order, small, components) -> plt.Figure:
+    """Ridge plot: per component (column) one density curve per group (row), groups in ``order``."""
+    comps = list(components)
+    x = kde["x"].values
+    labels = [str(g) for g in kde["group"].values]
+    rows = len(order)
+    fig, axes = plt.subplots(1, len(comps), figsize=(2.6 * len(comps) + 1.8, 0.32 * rows + 1.2), squeeze=False,
+                             sharey=True)
+    colours = plt.cm.viridis(np.linspace(0.1, 0.9, max(rows, 1)))
+    for c, ax in zip(comps, axes[0]):
+        dens = kde.sel(component=c).values
+        peak = np.nanmax(dens) if np.isfinite(dens).any() else 1.0
+        for r, g in enumerate(order[::-1]):
+            y = dens[g] / peak * 1.8
+            if not np.isfinite(y).any():
+                continue
+            ax.fill_between(x, r, r + np.nan_to_num(y), color=colours[r], alpha=0.75, lw=0)
+            ax.plot(x, r + np.nan_to_num(y), color="k", lw=0.4)
+        ax.set_title(f"component {c}")
+        ax.set_xlabel("coefficient")
+        ax.spines["left"].set_visible(False)
+    axes[0, 0].set_yticks(range(rows), [labels[g] + (" *" if small[g] else "") for g in order[::-1]], fontsize=7)
+    axes[0, 0].tick_params(axis="y", length=0)
+    return fig
+
+
+def heatmap(matrix, labels, n_models, n_filters, small, order, *, title: str, metric: str,
+            annotate: bool = True) -> plt.Figure:
+    """A drift matrix in ``order`` with group sizes in the tick labels (small groups '*' and red)."""
+    m = np.asarray(matrix, np.float64)[np.ix_(order, order)]
+    n = len(order)
+    ticks = [group_label(labels[g], n_models[g], n_filters[g], small[g]) for g in order]
+    side = min(max(3.2, 0.42 * n + 2.2), 16)
+    fig, ax = plt.subplots(figsize=(side + 1.4, side))
+    im = ax.imshow(np.ma.masked_invalid(m), cmap="magma_r")
+    ax.set_xticks(range(n), ticks, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), ticks, fontsize=7)
+    for tick_set in (ax.get_xticklabels(), ax.get_yticklabels()):
+        for t, g in zip(tick_set, order):
+            if small[g]:
+                t.set_color(SMALL_COLOUR)
+    if annotate and n <= 16:
+        finite = m[np.isfinite(m)]
+        mid = (finite.max() + finite.min()) / 2 if finite.size else 0
+        for i in range(n):
+            for j in range(n):
+                if np.isfinite(m[i, j]):
+                    ax.text(j, i, f"{m[i, j]:.2g}", ha="center", va="center", fontsize=6,
+                            color="white" if m[i, j] > mid else "black")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046, label=metric)
+    return fig
+
+
+def overview(matrix, order, *, title: str, metric: str, max_pixels: int = 600) -> plt.Figure:
+    """A large drift matrix as an image in ``order`` (no tick labels), block-averaged to ``max_pixels``."""
+    m = np.asarray(matrix, np.float64)[np.ix_(order, order)]
+    n = m.shape[0]
+    f = max(1, int(np.ceil(n / max_pixels)))
+    if f > 1:
+        pad = (-n) % f
+        m = np.pad(m, ((0, pad), (0, pad)), constant_values=np.nan)
+        with np.errstate(all="ignore"):
+            m = np.nanmean(m.reshape(m.shape[0] // f, f, m.shape[1] // f, f), axis=(1, 3))
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    im = ax.imshow(np.ma.masked_invalid(m), cmap="magma_r", interpolation="nearest", extent=(0, n, n, 0))
+    ax.set_xlabel("group (clustered order)")
+    ax.set_ylabel("group (clustered order)")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046, label=metric)
+    return fig
+
+
+def boxes(matrix, labels, small, order, *, metric: str, title: str) -> plt.Figure:
+    """Per group, the distribution of its drift to every other group (one box each), groups in ``order``."""
+    m = np.asarray(matrix, np.float64)
+    data, names = [], []
+    for g in order:
+        row = np.delete(m[g], g)
+        data.append(row[np.isfinite(row)])
+        names.append(labels[g] + (" *" if small[g] else ""))
+    fig, ax = plt.subplots(figsize=(6.4, 0.3 * len(order) + 1.2))
+    ax.boxplot(data, orientation="horizontal", tick_labels=names, showfliers=True, widths=0.6,
+               flierprops={"markersize": 2})
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{metric} drift to the other groups")
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set_title(title)
+    return fig
+
+
+def intervals(pairs, *, metric: str, level: float, title: str) -> plt.Figure:
+    """Point estimate and bootstrap interval of the drift of each pair (rows of ``pairs``: label, d, lo, hi)."""
+    n = len(pairs)
+    fig, ax = plt.subplots(figsize=(6.4, 0.26 * n + 1.2))
+    y = np.arange(n)
+    d = np.array([p[1] for p in pairs])
+    lo = np.array([p[2] for p in pairs])
+    hi = np.array([p[3] for p in pairs])
+    ax.errorbar(d, y, xerr=[np.clip(d - lo, 0, None), np.clip(hi - d, 0, None)], fmt="o", ms=3, color="#4c72b0",
+                ecolor="#999", capsize=2)
+    ax.set_yticks(y, [p[0] for p in pairs], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{metric} drift, {level:.0%} bootstrap interval over models")
+    ax.set_title(title)
+    return fig
+
+
+def density(counts, edges, components=(0, 1)) -> plt.Figure:
+    """2D histogram of two components' coefficients on a log colour scale (empty bins blank)."""
+    c = np.asarray(counts, np.float64)
+    fig, ax = plt.subplots(figsize=(5.0, 4.4))
+    masked = np.ma.masked_less_equal(c, 0)
+    vmax = c.max() if c.max() > 0 else 1.0
+    im = ax.imshow(masked, origin="lower", extent=(edges[0], edges[-1], edges[0], edges[-1]), cmap="inferno",
+                   norm=LogNorm(vmin=1, vmax=max(vmax, 1.0)), interpolation="nearest", aspect="equal")
+    ax.set_xlabel(f"coefficient of component {components[1]}")
+    ax.set_ylabel(f"coefficient of component {components[0]}")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="filters per bin (log)")
+    return fig
+
+
+def quality_panels(table, keys) -> plt.Figure:
+    """Per-layer sparsity and normalised variance entropy (box plots) by each grouping column in ``keys``
+    (categorical columns of a layer_quality table; groups in category order, empty ones left out)."""
+    metrics = [(c, t) for c, t in (("sparsity", "sparsity"), ("variance_entropy_norm", "variance entropy (norm.)"))
+               if c in table]
+    fig, axes = plt.subplots(len(metrics), len(keys), figsize=(3.6 * len(keys), 3.0 * len(metrics)),
+                             squeeze=False)
+    for i, (col, title) in enumerate(metrics):
+        for j, key in enumerate(keys):
+            labels = table[key]
+            cats = [c for c in getattr(labels, "cat", None).categories if (labels == c).any()] \
+                if hasattr(labels, "cat") else sorted(set(labels.astype(str)))
+            data = [table[col].to_numpy(np.float64)[(labels == c).to_numpy()] for c in cats]
+            ax = axes[i, j]
+            ax.boxplot([d[np.isfinite(d)] for d in data], tick_labels=[str(c) for c in cats], widths=0.6,
+                       flierprops={"markersize": 2})
+            ax.tick_params(axis="x", labelrotation=60, labelsize=7)
+            ax.set_title(f"{title} by {key.replace('_', ' ')}")
+    fig.tight_layout()
+    return fig
+
+
+def trend(runs: list, series: dict) -> plt.Figure:
+    """Headline numbers across runs (x: run order), one small panel per series."""
+    keys = [k for k, v in series.items() if any(x is not None for x in v)]
+    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(2.8 * max(len(keys), 1), 2.2), squeeze=False)
+    x = np.arange(len(runs))
+    for ax, key in zip(axes[0], keys):
+        y = np.array([np.nan if v is None else v for v in series[key]], np.float64)
+        ax.plot(x, y, "o-", ms=3, color="#4c72b0")
+        ax.set_title(key, fontsize=8)
+        ax.set_xticks(x, [str(i + 1) for i in x], fontsize=7)
+        ax.set_xlabel("run", fontsize=7)
+    fig.tight_layout()
+    return fig

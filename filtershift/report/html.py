@@ -1,0 +1,288 @@
+"""HTML of a run's report and of the history page: plain strings, inline CSS, no script, no external resource.
+
+Pages are built from ``results.json`` content and the figure registry only, so what the page shows is what the
+JSON holds. Figures are relative links into ``figures/``; every label is escaped.
+"""
+
+from __future__ import annotations
+
+import math
+from html import escape
+
+CSS = """
+:root { --fg:#1f2328; --muted:#59636e; --line:#d1d9e0; --bg:#ffffff; --soft:#f6f8fa; --warn:#b0413e; }
+* { box-sizing: border-box; }
+body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg);
+       background: var(--bg); margin: 0; }
+header { background: #24292f; color: #fff; padding: 18px 32px; }
+header h1 { margin: 0; font-size: 22px; }
+header p { margin: 4px 0 0; color: #d0d7de; font-size: 13px; }
+header a { color: #9ecbff; }
+nav { position: sticky; top: 0; background: var(--soft); border-bottom: 1px solid var(--line); padding: 6px 32px;
+      font-size: 13px; z-index: 1; }
+nav a { margin-right: 14px; color: #0969da; text-decoration: none; white-space: nowrap; }
+main { max-width: 1180px; margin: 0 auto; padding: 8px 32px 48px; }
+h2 { border-bottom: 1px solid var(--line); padding-bottom: 4px; margin-top: 36px; }
+h3 { margin: 24px 0 6px; font-size: 16px; }
+p.note, .muted { color: var(--muted); font-size: 13px; }
+figure { margin: 10px 0 18px; }
+figure img { max-width: 100%; height: auto; border: 1px solid var(--line); background: #fff; }
+figcaption { color: var(--muted); font-size: 13px; margin-top: 4px; }
+table { border-collapse: collapse; font-size: 13px; margin: 8px 0 16px; }
+th, td { border: 1px solid var(--line); padding: 3px 8px; text-align: left; vertical-align: top; }
+th { background: var(--soft); }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.small td { color: var(--warn); }
+.row { display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; }
+.row > * { flex: 0 1 auto; min-width: 0; max-width: 100%; }
+.cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 12px 0; }
+.card { border: 1px solid var(--line); border-radius: 6px; padding: 10px 14px; min-width: 150px; background: var(--soft); }
+.card b { display: block; font-size: 20px; }
+.flag { color: var(--warn); font-weight: 600; }
+code { background: var(--soft); padding: 0 4px; border-radius: 4px; }
+"""
+
+
+def esc(value) -> str:
+    return escape(str(value), quote=True)
+
+
+def fmt(value, digits: int = 4) -> str:
+    """A number for a table cell: integers with separators, floats to ``digits`` significant digits, None as '–'."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else ""
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return esc(value)
+
+
+def document(title: str, body: str, *, subtitle: str = "", nav: list | None = None) -> str:
+    links = "".join(f'<a href="#{esc(a)}">{esc(t)}</a>' for a, t in (nav or []))
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+            f"<header><h1>{esc(title)}</h1><p>{subtitle}</p></header>\n"
+            + (f"<nav>{links}</nav>\n" if links else "")
+            + f"<main>\n{body}\n</main>\n</body>\n</html>\n")
+
+
+def figure(files: dict | None, caption: str, alt: str) -> str:
+    """An ``<img>`` of the PNG with a link to the SVG when there is one."""
+    if not files:
+        return ""
+    vector = f' <a href="{esc(files["svg"])}">SVG</a>' if "svg" in files else ""
+    return (f'<figure><img src="{esc(files["png"])}" alt="{esc(alt)}">'
+            f"<figcaption>{caption}{vector}</figcaption></figure>")
+
+
+def table(headers: list, rows: list, *, numeric=None, row_class=None) -> str:
+    numeric = set(numeric or [])
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = []
+    for i, row in enumerate(rows):
+        cls = f' class="{row_class(i)}"' if row_class and row_class(i) else ""
+        cells = "".join(f'<td class="num">{fmt(v)}</td>' if j in numeric else f"<td>{fmt(v)}</td>"
+                        for j, v in enumerate(row))
+        body.append(f"<tr{cls}>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def cards(items: list) -> str:
+    return '<div class="cards">' + "".join(f'<div class="card"><b>{fmt(v)}</b>{esc(k)}</div>' for k, v in items) + \
+        "</div>"
+
+
+def sizes_table(g: dict, order: list) -> str:
+    """Group sizes in display order; small groups in red with a flag."""
+    rows = [[g["labels"][i], g["n_models"][i], g["n_filters"][i], "small" if g["small"][i] else ""] for i in order]
+    return table(["group", "models", "filters", ""], rows, numeric={1, 2},
+                 row_class=lambda i: "small" if rows[i][3] else "")
+
+
+def _fig(figs: dict, key: str):
+    return figs.get(key)
+
+
+def overview_section(r: dict) -> str:
+    s = r["store"]
+    parts = ['<section id="overview"><h2>Overview</h2>',
+             cards([("filters", s["n_filters"]), ("models", s["n_models"]), ("records", s["n_records"]),
+                    ("store version", s["version"]), ("passes over the data", r["run"]["passes"])])]
+    for name, groups in s["groups"].items():
+        rows = [[label, v["n_models"], v["n_filters"]] for label, v in groups.items()]
+        parts.append(f"<h3>By {esc(name.replace('_', ' '))}</h3>"
+                     + table([name, "models", "filters"], rows, numeric={1, 2}))
+    share = r["overview"].get("share_3x3")
+    if share:
+        rows = [[k, v] for k, v in share.get("by_task", {}).items()]
+        parts.append("<h3>Share of 3x3 filters among all convolution filters</h3>"
+                     f"<p>Overall {fmt(share.get('overall'))} ({esc(share.get('method', ''))}).</p>"
+                     + (table(["task", "mean share"], rows, numeric={1}) if rows else ""))
+    prov = [[p.get("time"), p.get("kind"), p.get("source"), str(p.get("sha256") or "")[:16], p.get("converter")]
+            for p in s.get("provenance", [])]
+    parts.append("<h3>Provenance</h3>" + table(["time (UTC)", "kind", "source", "sha256 (first 16)", "converter"],
+                                               prov))
+    p = r["parameters"]
+    params = [["store", s["store"]], ["groupings", ", ".join(r["groupings"])], ["metrics", ", ".join(p["metrics"])],
+              ["bins", p["bins"]], ["min filters / min models (small groups)",
+                                     f"{p['thresholds']['min_filters']} / {p['thresholds']['min_models']}"],
+              ["sparsity eps", p["thresholds"]["sparsity_eps"]],
+              ["bootstrap", f"{p['bootstrap']['n_boot']} replicates, seed {p['bootstrap']['seed']}, "
+                            f"level {p['bootstrap']['level']}"],
+              ["spec hash", r["run"]["spec_hash"][:16]], ["filtershift", r["run"]["filtershift_version"]],
+              ["scheduler", r["run"].get("scheduler", "")]]
+    parts.append("<h3>Parameters of this report</h3>" + table(["parameter", "value"], params))
+    if r.get("notes"):
+        parts.append("<h3>Notes</h3><ul>" + "".join(f"<li>{esc(n)}</li>" for n in r["notes"]) + "</ul>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def basis_section(r: dict, figs: dict) -> str:
+    b = r["basis"]
+    return "\n".join([
+        '<section id="basis"><h2>Global basis</h2>',
+        f'<p class="note">PCA of {fmt(b["n_samples"])} filters, each scaled by its largest absolute weight '
+        "(the CNN-Filter-DB convention). Signs: each component's largest entry is positive.</p>",
+        '<div class="row">',
+        figure(_fig(figs, "basis.explained_variance"), "Explained variance ratio and its cumulative sum.",
+               "explained variance"),
+        figure(_fig(figs, "basis.covariance"), "Covariance of the scaled filters (k = 3y + x).", "covariance"),
+        "</div>",
+        figure(_fig(figs, "basis.eigenimages"), "Eigenimages (components as 3x3 kernels) on one symmetric "
+               "diverging scale: red positive, blue negative.", "eigenimages"),
+        "</section>"])
+
+
+def grouping_section(name: str, g: dict, figs: dict, r: dict) -> str:
+    key = f"grouping.{name}"
+    metric0 = r["parameters"]["metrics"][0]
+    small_note = (f'<p class="note">Groups marked <span class="flag">*</span> (red) are small: fewer than '
+                  f'{r["parameters"]["thresholds"]["min_filters"]:,} filters or '
+                  f'{r["parameters"]["thresholds"]["min_models"]} models; their drift is noisy.</p>')
+    order = g["order"]
+    parts = [f'<section id="{esc("g-" + g["slug"])}"><h2>Grouping: {esc(name)}</h2>',
+             f'<p class="note">{g["size"]} groups; drift weights are the global explained variance ratios; '
+             f"{r['parameters']['bins']} bins per component.</p>", small_note]
+    if g["display"] == "matrix":
+        parts.append('<div class="row">' + figure(_fig(figs, f"{key}.drift.{metric0}"),
+                                                  f"{esc(metric0)} drift, groups sorted by mean drift.",
+                                                  f"{name} drift") + sizes_table(g, order) + "</div>")
+        if _fig(figs, f"{key}.drift.{metric0}.unsorted"):
+            parts.append(figure(_fig(figs, f"{key}.drift.{metric0}.unsorted"),
+                                f"{esc(metric0)} drift in natural (depth) order.", f"{name} drift unsorted"))
+        others = [m for m in r["parameters"]["metrics"] if m != metric0]
+        if others:
+            parts.append("<h3>Jensen-Shannon and Wasserstein views</h3><div class=\"row\">"
+                         + "".join(figure(_fig(figs, f"{key}.drift.{m}"), f"{esc(m)} drift (same order).",
+                                          f"{name} {m}") for m in others) + "</div>")
+        parts.append(figure(_fig(figs, f"{key}.boxes"), "Drift of each group to every other group.",
+                            f"{name} drift boxes"))
+    else:
+        parts.append(f'<p class="note">Too many groups for a readable matrix: the full matrix is shown clustered '
+                     f'(average linkage, optimal leaf order) without labels, then the {len(g["top"])} most shifted '
+                     f'groups (largest mean drift) with labels. All values are in '
+                     f'<code>{esc(g["metrics"][metric0].get("table", ""))}</code>.</p>')
+        parts.append(figure(_fig(figs, f"{key}.overview"), f"{esc(metric0)} drift, clustered order.",
+                            f"{name} clustered drift"))
+        parts.append('<div class="row">' + figure(_fig(figs, f"{key}.top"), f"Top {len(g['top'])} most shifted "
+                                                  "groups.", f"{name} top shifted")
+                     + sizes_table(g, g["top"]) + "</div>")
+        parts.append(figure(_fig(figs, f"{key}.boxes"), "Drift of the most shifted groups to every other group.",
+                            f"{name} drift boxes"))
+    for m in r["parameters"]["metrics"]:
+        if _fig(figs, f"{key}.intervals.{m}"):
+            boot = g["bootstrap"]
+            parts.append(figure(_fig(figs, f"{key}.intervals.{m}"),
+                                f"{esc(m)} drift with {boot['level']:.0%} percentile bootstrap intervals "
+                                f"({boot['n_boot']} resamples of the models within each group).",
+                                f"{name} {m} intervals"))
+    if _fig(figs, f"{key}.eigenimages"):
+        parts.append("<h3>Eigenimages per group</h3>" + figure(_fig(figs, f"{key}.eigenimages"),
+                                                               "The same PCA fitted on each group's filters.",
+                                                               f"{name} eigenimages"))
+    if _fig(figs, f"{key}.ridges"):
+        parts.append("<h3>Coefficient distributions</h3>" + figure(
+            _fig(figs, f"{key}.ridges"), "Gaussian KDE of the coefficients per group (rows, sorted by mean "
+            "drift) and component (columns), each panel scaled to its highest peak.", f"{name} ridge plot"))
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def density_section(r: dict, figs: dict) -> str:
+    d = r.get("density2d")
+    if not d:
+        return ""
+    return ('<section id="density"><h2>Density of components 0 and 1</h2>'
+            + figure(_fig(figs, "density2d"), f"{d['bins']} x {d['bins']} histogram of the coefficients of "
+                     f"{fmt(d['total'])} filters, log colour scale.", "2D density") + "</section>")
+
+
+def quality_section(r: dict, figs: dict) -> str:
+    q = r.get("quality")
+    if not q:
+        return ('<section id="quality"><h2>Quality</h2><p class="note">Quality metrics are not available in this '
+                "build.</p></section>")
+    parts = ['<section id="quality"><h2>Quality</h2>',
+             cards([("layers", q["n_layers"]), ("degenerated layers", q["n_degenerated"]),
+                    ("sparsity eps", q["sparsity_eps"])]),
+             figure(_fig(figs, "quality"), "Per-layer sparsity and normalised variance entropy.", "quality")]
+    for by, rows in q["by"].items():
+        cols = [c for c in rows[0] if c != "group"] if rows else []
+        parts.append(f"<h3>By {esc(by)}</h3>" + table(["group", *cols], [[x["group"], *[x[c] for c in cols]]
+                                                                          for x in rows],
+                                                       numeric=set(range(1, len(cols) + 1))))
+    for title, key in (("Most degenerated layers", "most_degenerated_layers"),
+                       ("Most degenerated models", "most_degenerated_models")):
+        rows = q.get(key) or []
+        if rows:
+            cols = list(rows[0])
+            parts.append(f"<h3>{title}</h3>" + table(cols, [[x[c] for c in cols] for x in rows],
+                                                     numeric={i for i, c in enumerate(cols)
+                                                              if isinstance(rows[0][c], (int, float))
+                                                              and not isinstance(rows[0][c], bool)}))
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def run_page(r: dict) -> str:
+    """The report of one run."""
+    figs = r["figures"]
+    nav = [("overview", "Overview"), ("basis", "Basis")]
+    nav += [("g-" + g["slug"], name) for name, g in r["groupings"].items()]
+    nav += [("density", "2D density")] if r.get("density2d") else []
+    nav += [("quality", "Quality"), ("files", "Files")]
+    body = [overview_section(r), basis_section(r, figs)]
+    body += [grouping_section(name, g, figs, r) for name, g in r["groupings"].items()]
+    body += [density_section(r, figs), quality_section(r, figs)]
+    files = [[k, v.get("parquet"), v.get("csv")] for k, v in r["tables"].items()]
+    body.append('<section id="files"><h2>Files</h2><p><a href="results.json">results.json</a> (schema '
+                f'<code>{esc(r["schema"])}</code>) and <a href="run.log">run.log</a>.</p>'
+                + table(["table", "parquet", "csv"], files) + "</section>")
+    s = r["store"]
+    subtitle = (f"{esc(s['store'])} · store version {s['version']} · {s['n_filters']:,} filters · "
+                f"run {esc(r['run']['name'])} · generated {esc(r['run']['created'])}")
+    return document("filtershift report", "\n".join(body), subtitle=subtitle, nav=nav)
+
+
+def history_page(runs: list, latest: str | None, trend_svg: str) -> str:
+    """The history of published runs, newest first, with the trend of the headline numbers (inline SVG)."""
+    keys = list(dict.fromkeys(k for run in runs for k in run.get("headline", {})))
+    rows = []
+    for run in reversed(runs):
+        link = f'<a href="runs/{esc(run["name"])}/index.html">{esc(run["name"])}</a>'
+        mark = " (latest)" if run["name"] == latest else ""
+        cells = "".join(f'<td class="num">{fmt(run.get("headline", {}).get(k))}</td>' for k in keys)
+        rows.append(f"<tr><td>{link}{mark}</td><td>{esc(run.get('created', ''))}</td>"
+                    f"<td class=\"num\">{fmt(run['identity'].get('store_version'))}</td>{cells}</tr>")
+    head = "".join(f"<th>{esc(k)}</th>" for k in ["run", "created (UTC)", "store version", *keys])
+    top = (f'<p>Latest report: <a href="runs/{esc(latest)}/index.html">{esc(latest)}</a> '
+           '(also at <a href="latest/index.html">latest/</a>).</p>') if latest else "<p>No report yet.</p>"
+    body = (top + (f"<h2>Trend</h2><figure>{trend_svg}<figcaption>Headline numbers across runs (x: run number, "
+                   "oldest first).</figcaption></figure>" if trend_svg else "")
+            + f"<h2>Runs</h2><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    return document("filtershift reports", body, subtitle=f"{len(runs)} published run(s)")
