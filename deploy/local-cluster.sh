@@ -4,7 +4,7 @@
 #   deploy/local-cluster.sh status [-d DIR]
 #   deploy/local-cluster.sh stop [-d DIR]
 # start writes DIR/scheduler.json (pass it as --scheduler), DIR/*.pid and DIR/*.log and prints the address.
-# Defaults: 2 workers, port 8786 (0: any free port), 2 threads, memory "auto" (dask: RAM / workers),
+# Defaults: 2 workers, port 8786 (0: any free port), 2 threads, memory 0.8 x RAM / workers (as filtershift.cluster),
 # DIR ./.filtershift-cluster. DASK: the dask command (default: dask, else python3 -m dask).
 set -euo pipefail
 
@@ -13,7 +13,7 @@ usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 action="${1:-}"
 [ -n "$action" ] || usage
 shift
-workers=2 port=8786 threads=2 memory=auto dir=./.filtershift-cluster
+workers=2 port=8786 threads=2 memory="" dir=./.filtershift-cluster
 while getopts "n:p:t:m:d:h" opt; do
     case "$opt" in
         n) workers="$OPTARG" ;;
@@ -48,6 +48,14 @@ stop_pidfile() {
     kill -KILL -- "-$pid" 2> /dev/null || kill -KILL "$pid" 2> /dev/null || true
     rm -f "$pidfile"
 }
+
+if [ -z "$memory" ]; then
+    if [ -r /proc/meminfo ]; then
+        memory="$(awk -v n="$workers" '/^MemTotal:/ { printf "%.0f", $2 * 1024 * 0.8 / (n > 0 ? n : 1) }' /proc/meminfo)"
+    else
+        memory=auto
+    fi
+fi
 
 case "$action" in
 start)

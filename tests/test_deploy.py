@@ -155,7 +155,7 @@ def test_local_cluster_script_start_compute_stop(tmp_path):
                               timeout=60, check=check)
 
     try:
-        out = run("start", "-n", "1", "-p", "0", "-t", "1", "-m", "500MB").stdout
+        out = run("start", "-n", "1", "-p", "0", "-t", "1").stdout
         address = re.search(r"^scheduler (tcp://127\.0\.0\.1:\d+)$", out, re.M).group(1)
         pids = [int((state / f).read_text()) for f in ("scheduler.pid", "worker-0.pid")]
         data = np.arange(5000.0).reshape(500, 10)
@@ -164,7 +164,8 @@ def test_local_cluster_script_start_compute_stop(tmp_path):
             np.testing.assert_array_equal(da.from_array(data, chunks=(100, 10)).sum(axis=0).compute(),
                                           data.sum(axis=0))
             workers = conn.client.scheduler_info(n_workers=-1)["workers"]
-        assert [w["memory_limit"] for w in workers.values()] == [500_000_000]
+        mem_total = int(re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M).group(1)) * 1024
+        assert [w["memory_limit"] for w in workers.values()] == [round(0.8 * mem_total)]
         assert "workers running 1" in run("status").stdout
     finally:
         run("stop", check=False)
