@@ -163,8 +163,8 @@ def normalise_records(records: pd.DataFrame) -> pd.DataFrame:
     rec["start"] = stop - rec["n"].to_numpy(dtype=np.int64)
     rec["stop"] = stop
     rec["record"] = np.arange(len(rec), dtype=np.int32)
-    if "source_start" not in rec:
-        rec["source_start"] = rec["start"]
+    rec["source_start"] = rec["source_start"].fillna(pd.Series(rec["start"])) if "source_start" in rec \
+        else rec["start"]
     for col in ("layer",):
         if col not in rec:
             rec[col] = ""
