@@ -1,0 +1,120 @@
+"""``filtershift quality STORE``: filter quality and degeneration per layer (or per model), as a table."""
+
+import json
+import math
+import os
+import pathlib
+
+COLUMNS = ["record", "model_id", "conv_depth", "layer", "n", "sparsity", "variance_entropy_norm",
+           "variance_entropy_clean_norm", "orthogonality", "degeneration", "degenerated"]
+MODEL_COLUMNS = ["model_id", "n_layers", "n_filters", "sparsity", "variance_entropy_norm",
+                 "variance_entropy_clean_norm", "degenerated_share", "degenerated_filter_share"]
+#: Rows printed as text when neither --top nor --out/--json is given.
+TEXT_ROWS = 20
+
+
+def register(sub) -> None:
+    p = sub.add_parser("quality", help="filter quality and degeneration per layer or model",
+                       description="Sparsity, variance entropy (raw and of the non-sparse filters, normalised), "
+                                   "orthogonality (where channels are known), weight norms and a degenerated flag "
+                                   "per record, from the shared statistics passes (torchconvquality definitions).")
+    p.add_argument("store", help="store path or URL")
+    p.add_argument("--out", metavar="FILE", help="write the table to FILE (.parquet or .csv)")
+    p.add_argument("--json", action="store_true", help="print the rows as a JSON list of objects on stdout")
+    p.add_argument("--top", type=int, metavar="K", help="only the K most degenerated rows")
+    p.add_argument("--eps", type=float, default=0.01,
+                   help="sparsity eps: a filter is sparse when every |w| < eps * max |w| of its layer "
+                        "(default %(default)s)")
+    p.add_argument("--models", action="store_true", help="one row per model instead of per layer")
+    p.add_argument("--no-orthogonality", action="store_true", help="skip the orthogonality pass")
+    p.add_argument("--max-sparsity", type=float, default=0.5,
+                   help="degenerated when sparsity >= this (default %(default)s)")
+    p.add_argument("--entropy-low", type=float, default=0.5,
+                   help="degenerated when the clean normalised variance entropy <= this (default %(default)s)")
+    p.add_argument("--entropy-high", type=float, default=0.98,
+                   help="degenerated (random-like) when it is >= this (default %(default)s)")
+    p.add_argument("--min-filters", type=int, default=16,
+                   help="entropy criteria need this many non-sparse filters (default %(default)s)")
+    p.set_defaults(func=run)
+
+
+def _cell(v):
+    if v is None:
+        return None
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    try:
+        import pandas as pd
+
+        if v is pd.NA:
+            return None
+    except ImportError:  # pragma: no cover - pandas is a dependency
+        pass
+    return v
+
+
+def rows(table) -> list:
+    """The table's rows as JSON-ready dicts (NaN and missing values as null, labels as strings)."""
+    out = []
+    for rec in table.astype(object).to_dict(orient="records"):
+        out.append({str(k): _cell(v) for k, v in rec.items()})
+    return out
+
+
+def write(table, path: str) -> None:
+    from filtershift.errors import InputError
+
+    target = pathlib.Path(path)
+    suffix = target.suffix.lower()
+    if suffix not in (".parquet", ".csv"):
+        raise InputError(f"--out {path}: unknown table format {suffix or '(none)'!r}; use a .parquet or .csv name.")
+    if not target.parent.exists():
+        raise InputError(f"--out {path}: folder {target.parent} does not exist; create it or choose another path.")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        if suffix == ".parquet":
+            table.to_parquet(tmp, index=False)
+        else:
+            table.to_csv(tmp, index=False)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def run(args) -> int:
+    from filtershift.errors import InputError
+    from filtershift.stats.quality import Thresholds, layer_quality, model_quality, most_degenerated
+    from filtershift.store.dataset import open_store
+
+    if args.top is not None and args.top < 1:
+        raise InputError(f"--top must be a positive integer; got {args.top}.")
+    thresholds = Thresholds(sparsity=args.max_sparsity, entropy_low=args.entropy_low,
+                            entropy_high=args.entropy_high, min_filters=args.min_filters)
+    table = layer_quality(open_store(args.store), args.eps, thresholds=thresholds,
+                          orthogonality=not args.no_orthogonality)
+    if args.models:
+        table = model_quality(table)
+    total = len(table)
+    if args.top is not None:
+        table = most_degenerated(table, args.top)
+    if args.out:
+        write(table, args.out)
+    if args.json:
+        print(json.dumps(rows(table), indent=1))
+        return 0
+    n_bad = int(table["n_degenerated"].sum() if args.models else table["degenerated"].sum())
+    what = "models" if args.models else "records"
+    print(f"{total:,} {what}; sparsity eps {args.eps}; thresholds: sparsity >= {thresholds.sparsity}, clean "
+          f"normalised entropy <= {thresholds.entropy_low} or >= {thresholds.entropy_high} "
+          f"(with >= {thresholds.min_filters} non-sparse filters)")
+    if args.out:
+        print(f"wrote {len(table):,} rows to {args.out}")
+    shown = table if args.top is not None else most_degenerated(table, TEXT_ROWS)
+    if args.top is None:
+        print(f"{n_bad:,} degenerated {'layers' if not args.models else 'layers in these models'}; "
+              f"the {len(shown)} most degenerated:")
+    cols = [c for c in (MODEL_COLUMNS if args.models else COLUMNS) if c in shown.columns]
+    print(shown[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
