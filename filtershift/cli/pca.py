@@ -2,6 +2,8 @@
 
 import json
 
+from filtershift.cluster import add_scheduler_arguments, context_from_args
+
 
 def register(sub) -> None:
     p = sub.add_parser("pca", help="PCA basis of the scaled filters (mean, components, explained variance)",
@@ -9,10 +11,16 @@ def register(sub) -> None:
     p.add_argument("store", help="store path or URL")
     p.add_argument("--json", action="store_true",
                    help="print JSON: mean, components, explained_variance, explained_variance_ratio, n_samples")
+    add_scheduler_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    with context_from_args(args):
+        return _run(args)
+
+
+def _run(args) -> int:
     from filtershift.stats import fit_basis
     from filtershift.store.dataset import open_store
 

@@ -1,0 +1,60 @@
+"""``filtershift compare MODEL --store STORE``"""
+
+import json
+
+from filtershift.cluster import add_scheduler_arguments, context_from_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("compare", help="place a model against the database: drift to groups and models",
+                       description="Project a model's 3x3 filters on the database basis and report its drift "
+                                   "to every group of each grouping and to every database model (nearest "
+                                   "first), as a table, JSON (--json) and a figure (--figure).")
+    p.add_argument("model", help="model file (.onnx, .pt/.pth/.bin/.ckpt state_dict, .safetensors)")
+    p.add_argument("--store", required=True, help="database store path or URL")
+    p.add_argument("--by", action="append", default=None,
+                   help="grouping (repeatable; default task and visual_category)")
+    p.add_argument("--metric", choices=("kl_sym", "js", "w1"), default="kl_sym")
+    p.add_argument("--bins", type=int, default=70)
+    p.add_argument("--top", type=int, default=10, help="nearest database models to list")
+    p.add_argument("--figure", default=None, help="write the figure to this PNG/SVG path")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    add_scheduler_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    with context_from_args(args):
+        return _run(args)
+
+
+def _run(args) -> int:
+    from filtershift.compare import compare, plot, summary_table
+
+    result = compare(args.model, args.store, by=args.by or ["task", "visual_category"], metric=args.metric,
+                     bins=args.bins, top=args.top)
+    table = summary_table(result)
+    if args.figure:
+        plot(result, args.figure)
+    nearest = [{"model_id": int(i), "name": str(n), "drift": float(d)} for i, n, d in zip(
+        result["nearest_model_id"].values,
+        result["nearest_name"].values if "nearest_name" in result else result["nearest_model_id"].values,
+        result["nearest_drift"].values)]
+    if args.json:
+        print(json.dumps({**{k: v for k, v in result.attrs.items()}, "groups": table.to_dict("records"),
+                          "nearest_models": nearest}, indent=2, default=float))
+        return 0
+    a = result.attrs
+    print(f"{a['model']}: {a['n_filters']:,} 3x3 filters in {a['n_layers']} layers; {a['metric']} drift; "
+          f"{a['outside_range']:.1%} of coefficients outside the database range")
+    for key, t in table.groupby("grouping", sort=False):
+        print(f"\nby {key} (nearest first; * small group)")
+        for row in t.itertuples():
+            print(f"  {row.group:<32} {row.drift:10.4f}  {row.n_models:>5} models {row.n_filters:>12,} "
+                  f"filters{' *' if row.small else ''}")
+    print("\nnearest database models")
+    for n in nearest:
+        print(f"  {n['model_id']:>6}  {n['name']:<32} {n['drift']:10.4f}")
+    if args.figure:
+        print(f"\nfigure: {args.figure}")
+    return 0

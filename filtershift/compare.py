@@ -1,0 +1,131 @@
+"""Place a user's model against the database: drift to every group and model, and layer quality percentiles.
+
+The model's filters are projected on the database's basis and binned over the database's coefficient range, so
+its histograms are directly comparable with the database's groups (the drift definitions of
+:mod:`filtershift.stats`). Coefficients outside the database range cannot be binned comparably; their share is
+reported as ``outside_range`` (a large share is itself a sign that the model is unlike the database).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from filtershift.errors import InputError
+
+METRICS = ("kl_sym", "js", "w1")
+
+
+def model_dataset(model) -> xr.Dataset:
+    """The in-memory Dataset of one extracted model (``ModelFilters``), one record per layer."""
+    from filtershift.store.dataset import from_arrays
+
+    if not model.layers:
+        raise InputError(f"{model.source}: the model has no 3x3 convolutions; nothing to compare.")
+    records = pd.DataFrame([{"model_id": -1, "conv_depth": layer.conv_depth,
+                             "conv_depth_norm": layer.conv_depth_norm, "layer": layer.name,
+                             "in_channels": layer.in_channels, "out_channels": layer.out_channels,
+                             "groups": layer.groups, "n": layer.weights.shape[0]} for layer in model.layers])
+    models = pd.DataFrame({"model_id": [-1], "model": [str(model.source)], "Task": ["(this model)"]})
+    return from_arrays(model.filters(), records, models)
+
+
+def compare(model, store, *, by=("task",), metric: str = "kl_sym", bins: int = 70, top: int = 10,
+            min_filters: int = 1000, min_models: int = 2) -> xr.Dataset:
+    """Drift of ``model`` (a path, module or ``ModelFilters``) to each group of ``store`` for every grouping in
+    ``by`` and to every database model; returns a labelled Dataset (see the variables' descriptions)."""
+    from filtershift.ingest import read_model
+    from filtershift.ingest.model import ModelFilters
+    from filtershift.stats import distributions, fit_basis, record_stats
+    from filtershift.stats.divergence import _p_for, pairwise
+    from filtershift.store.dataset import models as models_table, open_store
+
+    if metric not in METRICS:
+        raise InputError(f"metric must be one of {list(METRICS)}; got {metric!r}.")
+    m = model if isinstance(model, ModelFilters) else read_model(model)
+    db = store if isinstance(store, xr.Dataset) else open_store(store)
+    stats = record_stats(db)
+    basis = fit_basis(stats)
+    lo, hi = stats.coef_range(basis)
+    mine = model_dataset(m)
+    own = distributions(mine, basis, by="model_id", bins=bins, range=(lo, hi), min_filters=1, min_models=1)
+    n_coef = int(own["n_filters"].values.sum()) * basis.components_.shape[0]
+    outside = 1.0 - float(own["counts"].values.sum()) / max(n_coef, 1)
+    edges = own["bin_edges"].values
+    widths = np.diff(edges)
+    weights = own["explained_variance_ratio"].values
+    out = {}
+    groupings = [by] if isinstance(by, str) else list(by)
+    for key in [*groupings, "model"]:
+        dist = distributions(stats, basis, by=key, bins=bins, min_filters=min_filters, min_models=min_models)
+        counts = np.concatenate([own["counts"].values, dist["counts"].values])
+        d = pairwise(_p_for(own, counts, metric), weights, metric, widths=widths)[0, 1:]
+        name = "model" if key == "model" else str(dist.attrs["by"][0] if len(dist.attrs["by"]) == 1 else key)
+        dim = f"{name}_group"
+        out[f"drift_{name}"] = xr.DataArray(d, dims=dim, coords={
+            dim: dist["group"].values, f"{name}_n_filters": (dim, dist["n_filters"].values),
+            f"{name}_n_models": (dim, dist["n_models"].values), f"{name}_small": (dim, dist["small"].values)},
+            attrs={"description": f"{metric} drift of the model to each {name} group"})
+    result = xr.Dataset(out)
+    mods = models_table(db).set_index("model_id")
+    nearest = result["drift_model"].sortby(result["drift_model"]).isel(model_group=slice(0, top))
+    ids = nearest["model_group"].values.astype(np.int64)
+    name_col = next((c for c in ("Name", "model") if c in mods.columns), None)
+    result["nearest_model_id"] = ("nearest", ids)
+    result["nearest_drift"] = ("nearest", nearest.values)
+    if name_col:
+        result["nearest_name"] = ("nearest", mods.reindex(ids)[name_col].astype(str).to_numpy(dtype=object))
+    result.attrs.update({"model": str(m.source), "model_sha256": m.sha256, "metric": metric, "bins": bins,
+                         "n_filters": int(m.filters().shape[0]), "n_layers": len(m.layers),
+                         "outside_range": outside, "range": [lo, hi], "store": db.attrs.get("store", "")})
+    return result
+
+
+def summary_table(result: xr.Dataset) -> pd.DataFrame:
+    """One row per (grouping, group): drift and group sizes, nearest first."""
+    rows = []
+    for name in result.data_vars:
+        if not name.startswith("drift_") or name == "drift_model":
+            continue
+        key = name[len("drift_"):]
+        da = result[name]
+        for i, label in enumerate(da[f"{key}_group"].values):
+            rows.append({"grouping": key, "group": label, "drift": float(da.values[i]),
+                         "n_filters": int(da[f"{key}_n_filters"].values[i]),
+                         "n_models": int(da[f"{key}_n_models"].values[i]),
+                         "small": bool(da[f"{key}_small"].values[i])})
+    return pd.DataFrame(rows).sort_values(["grouping", "drift"]).reset_index(drop=True)
+
+
+def plot(result: xr.Dataset, path) -> None:
+    """Bar chart of the model's drift to each group (small groups hatched) and to its nearest models."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = summary_table(result)
+    keys = list(dict.fromkeys(table["grouping"]))
+    fig, axes = plt.subplots(1, len(keys) + 1, figsize=(4.5 * (len(keys) + 1), 4.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        t = table[table.grouping == key]
+        bars = ax.barh(t["group"].astype(str), t["drift"], color="tab:blue")
+        for bar, small in zip(bars, t["small"]):
+            if small:
+                bar.set_hatch("//")
+                bar.set_alpha(0.5)
+        ax.invert_yaxis()
+        ax.set_title(f"drift to each {key}")
+        ax.set_xlabel(result.attrs["metric"])
+    ax = axes[0][-1]
+    labels = [f"{i}: {n}" for i, n in zip(result["nearest_model_id"].values,
+                                          result.get("nearest_name", result["nearest_model_id"]).values)]
+    ax.barh(labels, result["nearest_drift"].values, color="tab:green")
+    ax.invert_yaxis()
+    ax.set_title("nearest database models")
+    ax.set_xlabel(result.attrs["metric"])
+    fig.suptitle(f"{result.attrs['model']} ({result.attrs['n_filters']:,} 3x3 filters); hatched: small groups")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
