@@ -227,12 +227,14 @@ def draw(analysis, results: dict, spec: dict, directory: Path) -> dict:
             put(f"{key}.boxes", F.boxes(g.drift[metric0].values, labels, small, g.top, metric=metric0,
                                         title=f"{metric0} drift of the most shifted groups by {name}"),
                 f"boxes-{slug}")
-        for metric, ci in g.ci.items():
-            pairs = _pairs(ci, labels, fig_spec["top_k"])
+        if g.ci:
+            metric_ci = next(iter(g.ci.values()))
+            pairs, idx = _pairs(metric_ci, labels, fig_spec["top_k"])
             if pairs:
-                put(f"{key}.intervals.{metric}", F.intervals(pairs, metric=metric, level=ci.attrs["level"],
-                                                             title=f"{metric} drift by {name}"),
-                    f"intervals-{slug}-{metric}")
+                data = {m: tuple(ci[part].values[idx] for part in ("drift", "lower", "upper"))
+                        for m, ci in g.ci.items()}
+                put(f"{key}.intervals", F.intervals(pairs, data, level=metric_ci.attrs["level"],
+                                                    title=f"Largest drifts by {name}"), f"intervals-{slug}")
         if g.bases is not None and g.bases["valid"].values.any():
             put(f"{key}.eigenimages", F.group_eigenimages(g.bases, fig_spec["eigenimage_components"]),
                 f"eigenimages-{slug}")
@@ -251,14 +253,15 @@ def draw(analysis, results: dict, spec: dict, directory: Path) -> dict:
     return reg
 
 
-def _pairs(ci, labels: list, k: int) -> list:
-    """(label, drift, lower, upper) of the ``k`` pairs of largest drift (a < b), largest first."""
-    d, lo, hi = ci["drift"].values, ci["lower"].values, ci["upper"].values
+def _pairs(ci, labels: list, k: int):
+    """Labels and (row, column) indices of the ``k`` pairs (a < b) of largest drift in ``ci``, largest first."""
+    d = ci["drift"].values
     a, b = np.triu_indices(len(labels), 1)
     keep = np.isfinite(d[a, b])
     a, b = a[keep], b[keep]
     order = np.argsort(-d[a, b], kind="stable")[:k]
-    return [(f"{labels[a[i]]} vs {labels[b[i]]}", d[a[i], b[i]], lo[a[i], b[i]], hi[a[i], b[i]]) for i in order]
+    a, b = a[order], b[order]
+    return [f"{labels[i]} vs {labels[j]}" for i, j in zip(a, b)], (a, b)
 
 
 def write_history(out: Path) -> None:

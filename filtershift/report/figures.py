@@ -107,25 +107,33 @@ def covariance(cov) -> plt.Figure:
 
 
 def group_eigenimages(bases, n: int = 9) -> plt.Figure:
-    """Rows of eigenimages, one per group (the same PCA fitted on each group's filters); one scale per figure."""
+    """Rows of eigenimages, one per group (the same PCA fitted on each group's filters), drawn as one mosaic on
+    one symmetric diverging scale; groups without a basis stay blank."""
     labels = [str(g) for g in bases["group"].values]
     comps = bases["eigenimages"].values[:, :n]
     valid = bases["valid"].values
-    vmax = float(np.nanmax(np.abs(comps[valid]))) if valid.any() else 1.0
     rows = len(labels)
-    fig, axes = plt.subplots(rows, n, figsize=(0.85 * n + 2.6, 0.85 * rows + 0.5), squeeze=False)
-    for i, lab in enumerate(labels):
+    mosaic = np.full((rows * 4 - 1, n * 4 - 1), np.nan)
+    for i in range(rows):
         for j in range(n):
-            ax = axes[i, j]
             if valid[i]:
-                im = _kernel(ax, comps[i, j], vmax, f"c{j}" if i == 0 else None)
-            else:
-                ax.axis("off")
-        size = group_label(lab, int(bases["n_models"][i]), int(bases["n_filters"][i]), bool(bases["small"][i]))
-        axes[i, 0].set_ylabel(size, rotation=0, ha="right", va="center", fontsize=7,
-                              color=SMALL_COLOUR if bases["small"][i] else "black")
-    if valid.any():
-        fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.015, pad=0.01)
+                mosaic[4 * i:4 * i + 3, 4 * j:4 * j + 3] = comps[i, j]
+    vmax = float(np.nanmax(np.abs(mosaic))) if np.isfinite(mosaic).any() else 1.0
+    fig, ax = plt.subplots(figsize=(0.75 * n + 3.2, 0.75 * rows + 0.8))
+    cmap = plt.get_cmap(DIVERGING).with_extremes(bad="white")
+    im = ax.imshow(np.ma.masked_invalid(mosaic), cmap=cmap, vmin=-vmax, vmax=vmax, interpolation="nearest")
+    ax.set_xticks([4 * j + 1 for j in range(n)], [f"c{j}" for j in range(n)])
+    ax.xaxis.tick_top()
+    ticks = [group_label(lab, int(bases["n_models"][i]), int(bases["n_filters"][i]), bool(bases["small"][i]))
+             for i, lab in enumerate(labels)]
+    ax.set_yticks([4 * i + 1 for i in range(rows)], ticks, fontsize=7)
+    for t, small in zip(ax.get_yticklabels(), bases["small"].values):
+        if small:
+            t.set_color(SMALL_COLOUR)
+    ax.tick_params(length=0)
+    for s in ax.spines.values():
+        s.set_visible(False)
+    fig.colorbar(im, ax=ax, fraction=0.02, pad=0.02)
     return fig
 
 
@@ -220,20 +228,23 @@ def boxes(matrix, labels, small, order, *, metric: str, title: str) -> plt.Figur
     return fig
 
 
-def intervals(pairs, *, metric: str, level: float, title: str) -> plt.Figure:
-    """Point estimate and bootstrap interval of the drift of each pair (rows of ``pairs``: label, d, lo, hi)."""
+def intervals(pairs, metrics, *, level: float, title: str) -> plt.Figure:
+    """Point estimate and bootstrap interval of the drift of each pair, one panel per metric.
+
+    ``pairs``: list of pair labels; ``metrics``: {metric: (drift, lower, upper)} arrays aligned with ``pairs``.
+    """
     n = len(pairs)
-    fig, ax = plt.subplots(figsize=(6.4, 0.26 * n + 1.2))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.0 * len(metrics) + 2.4, 0.24 * n + 1.3), squeeze=False,
+                             sharey=True)
     y = np.arange(n)
-    d = np.array([p[1] for p in pairs])
-    lo = np.array([p[2] for p in pairs])
-    hi = np.array([p[3] for p in pairs])
-    ax.errorbar(d, y, xerr=[np.clip(d - lo, 0, None), np.clip(hi - d, 0, None)], fmt="o", ms=3, color="#4c72b0",
-                ecolor="#999", capsize=2)
-    ax.set_yticks(y, [p[0] for p in pairs], fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel(f"{metric} drift, {level:.0%} bootstrap interval over models")
-    ax.set_title(title)
+    for ax, (metric, (d, lo, hi)) in zip(axes[0], metrics.items()):
+        d, lo, hi = (np.asarray(v, np.float64) for v in (d, lo, hi))
+        ax.errorbar(d, y, xerr=[np.clip(d - lo, 0, None), np.clip(hi - d, 0, None)], fmt="o", ms=3,
+                    color="#4c72b0", ecolor="#999", capsize=2)
+        ax.set_xlabel(f"{metric} drift")
+    axes[0, 0].set_yticks(y, pairs, fontsize=7)
+    axes[0, 0].invert_yaxis()
+    fig.suptitle(f"{title} ({level:.0%} bootstrap intervals over models)", fontsize=10)
     return fig
 
 
@@ -274,11 +285,15 @@ def quality_panels(table, keys) -> plt.Figure:
 
 
 def trend(runs: list, series: dict) -> plt.Figure:
-    """Headline numbers across runs (x: run order), one small panel per series."""
-    keys = [k for k, v in series.items() if any(x is not None for x in v)]
-    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(2.8 * max(len(keys), 1), 2.2), squeeze=False)
+    """Headline numbers across runs (x: run order), one small panel per series, three per row."""
+    keys = [k for k, v in series.items() if any(x is not None for x in v)] or list(series)[:1]
+    cols = min(3, max(len(keys), 1))
+    rows = -(-max(len(keys), 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.1 * rows), squeeze=False)
     x = np.arange(len(runs))
-    for ax, key in zip(axes[0], keys):
+    for ax in axes.ravel()[len(keys):]:
+        ax.axis("off")
+    for ax, key in zip(axes.ravel(), keys):
         y = np.array([np.nan if v is None else v for v in series[key]], np.float64)
         ax.plot(x, y, "o-", ms=3, color="#4c72b0")
         ax.set_title(key, fontsize=8)

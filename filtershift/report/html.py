@@ -26,6 +26,7 @@ h2 { border-bottom: 1px solid var(--line); padding-bottom: 4px; margin-top: 36px
 h3 { margin: 24px 0 6px; font-size: 16px; }
 p.note, .muted { color: var(--muted); font-size: 13px; }
 figure { margin: 10px 0 18px; }
+figure svg { max-width: 100%; height: auto; }
 figure img { max-width: 100%; height: auto; border: 1px solid var(--line); background: #fff; }
 figcaption { color: var(--muted); font-size: 13px; margin-top: 4px; }
 table { border-collapse: collapse; font-size: 13px; margin: 8px 0 16px; }
@@ -194,13 +195,12 @@ def grouping_section(name: str, g: dict, figs: dict, r: dict) -> str:
                      + sizes_table(g, g["top"]) + "</div>")
         parts.append(figure(_fig(figs, f"{key}.boxes"), "Drift of the most shifted groups to every other group.",
                             f"{name} drift boxes"))
-    for m in r["parameters"]["metrics"]:
-        if _fig(figs, f"{key}.intervals.{m}"):
-            boot = g["bootstrap"]
-            parts.append(figure(_fig(figs, f"{key}.intervals.{m}"),
-                                f"{esc(m)} drift with {boot['level']:.0%} percentile bootstrap intervals "
-                                f"({boot['n_boot']} resamples of the models within each group).",
-                                f"{name} {m} intervals"))
+    if _fig(figs, f"{key}.intervals"):
+        boot = g["bootstrap"]
+        parts.append("<h3>Bootstrap intervals</h3>" + figure(
+            _fig(figs, f"{key}.intervals"), f"The largest drifts with {boot['level']:.0%} percentile bootstrap "
+            f"intervals ({boot['n_boot']} resamples of the models within each group), one panel per metric; "
+            "pairs ordered by the first metric.", f"{name} bootstrap intervals"))
     if _fig(figs, f"{key}.eigenimages"):
         parts.append("<h3>Eigenimages per group</h3>" + figure(_fig(figs, f"{key}.eigenimages"),
                                                                "The same PCA fitted on each group's filters.",

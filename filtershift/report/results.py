@@ -226,7 +226,7 @@ def build_results(analysis, spec: dict, run: dict, tables: Path, models: pd.Data
 def headline(results: dict, spec: dict) -> dict:
     """A few numbers tracked across runs on the history page."""
     out = {"filters": results["store"]["n_filters"], "models": results["store"]["n_models"],
-           "evr_c0_c2": float(np.sum(results["basis"]["explained_variance_ratio"][:3]))}
+           "explained variance c0-c2": float(np.sum(results["basis"]["explained_variance_ratio"][:3]))}
     metric = spec["metrics"][0]
     for name, g in results["groupings"].items():
         md = np.asarray(g["mean_drift"][metric], np.float64)

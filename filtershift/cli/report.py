@@ -1,0 +1,51 @@
+"""``filtershift report STORE --out DIR``: the scheduled aggregate report (see docs/report.md).
+
+Exit codes: 0 built, reused or skipped; 2 bad input or config; 3 store incomplete; 4 another report is being built
+into DIR; 1 unexpected failure (the traceback is in the failed run's run.log).
+"""
+
+import json
+import logging
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("report", help="build the HTML report, results.json, tables and figures of a store",
+                       description="Analyse a store (basis, drift per grouping and metric, intervals, quality) and "
+                                   "publish the report as a new run under DIR/runs/, switching DIR/latest "
+                                   "atomically. A run for the same store snapshot and spec is reused, not rebuilt.")
+    p.add_argument("store", nargs="?", default=None, help="store path or URL (default: 'store' of --config)")
+    p.add_argument("--out", default=None, metavar="DIR", help="report directory (default: 'output' of --config)")
+    p.add_argument("--config", default=None, metavar="REPORT.YAML",
+                   help="report spec: groupings, metrics, bins, thresholds, figures (see examples/report.yaml)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="tcp://HOST:PORT, a scheduler file, threads, processes, synchronous or local "
+                        "(default: 'scheduler' of --config, DASK_SCHEDULER_ADDRESS, dask config, else local)")
+    p.add_argument("--force", action="store_true", help="build a new run even if one covers this store and spec")
+    p.add_argument("--json", action="store_true", help="print status, run, paths and spec hash as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from filtershift.report import build_report
+
+    logger = logging.getLogger("filtershift")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    handler.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        result = build_report(args.store, args.out, args.config, args.scheduler, force=args.force,
+                              default_scheduler="local")
+    finally:
+        logger.removeHandler(handler)
+    summary = {"status": result.status, "run": result.run, "run_dir": str(result.run_dir),
+               "report": str(result.index_html), "history": str(result.history_html),
+               "spec_hash": result.spec_hash, "store_version": result.identity["store_version"]}
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(f"{result.status}: {result.index_html}")
+    return result.exit_code

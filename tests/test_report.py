@@ -1,0 +1,453 @@
+"""The scheduled report: results.json equals the engine's API computed here, every referenced file exists, the
+page renders in headless Chromium without errors, reuse, atomic publishing under SIGKILL and failures, config
+validation and exit codes, safe file names."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from filtershift.cli import main as cli
+from filtershift.errors import InputError
+from filtershift.ingest.synth import synthesize
+from filtershift.report import build_report, load_config
+from filtershift.report.publish import inside, safe_name
+from filtershift.stats import density2d, distributions, drift, drift_ci, fit_basis
+from filtershift.stats.quality import layer_quality
+from filtershift.store.dataset import open_store
+
+SPEC = {
+    "groupings": ["task", "visual_category", "depth", "model"],
+    "metrics": ["kl_sym", "js", "w1"],
+    "thresholds": {"min_filters": 1000, "min_models": 2, "sparsity_eps": 0.01},
+    "bootstrap": {"n_boot": 20, "seed": 3, "level": 0.9},
+    "figures": {"formats": ["png", "svg"], "density_bins": 64, "max_groups": 10, "top_k": 6},
+}
+#: A cheap spec for the runs that only exercise publishing.
+SMALL = {"groupings": ["task"], "metrics": ["kl_sym"], "bootstrap": {"n_boot": 0},
+         "figures": {"formats": ["png"], "density_bins": 0}}
+SHOTS = os.environ.get("FILTERSHIFT_REPORT_SCREENSHOTS")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("store") / "db.zarr"
+    synthesize(path, n_filters=20_000, n_models=12, seed=1, format="zarr")
+    return path
+
+
+@pytest.fixture(scope="module")
+def built(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reports")
+    result = build_report(store, out, SPEC, scheduler="threads")
+    return result, json.loads(result.results_json.read_text())
+
+
+def tree_digest(root: Path) -> dict:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def close(got, want):
+    """results.json stores NaN as null."""
+    got = np.array([np.nan if v is None else v for v in np.ravel(np.array(got, dtype=object))], dtype=np.float64)
+    np.testing.assert_allclose(got, np.ravel(np.asarray(want, np.float64)), rtol=1e-12, atol=0, equal_nan=True)
+
+
+# -- the numbers -----------------------------------------------------------------------------------------------------
+
+
+def test_results_equal_the_engine(store, built):
+    result, r = built
+    assert result.status == "built" and r["schema"] == "filtershift-report/1"
+    ds = open_store(store)
+    basis = fit_basis(ds)
+    close(r["basis"]["mean"], basis.mean_)
+    close(r["basis"]["components"], basis.components_)
+    close(r["basis"]["explained_variance_ratio"], basis.explained_variance_ratio_)
+    w = ds["weights"].values.astype(np.float64)
+    peak = np.abs(w).max(1, keepdims=True)
+    cov = np.cov(np.divide(w, peak, out=np.zeros_like(w), where=peak > 0), rowvar=False)  # zero filters stay zero
+    np.testing.assert_allclose(np.array(r["basis"]["covariance"]), cov, rtol=1e-6, atol=1e-9)
+    run = result.run_dir
+    for name in SPEC["groupings"]:
+        g = r["groupings"][name]
+        dist = distributions(ds, basis, by=name, bins=70, min_filters=1000, min_models=2)
+        assert g["labels"] == [str(x) for x in dist["group"].values]
+        assert g["n_filters"] == dist["n_filters"].values.tolist()
+        assert g["n_models"] == dist["n_models"].values.tolist()
+        assert g["small"] == dist["small"].values.tolist()
+        hist = pd.read_parquet(run / g["histograms_table"])
+        counts = hist.pivot_table(index=["group", "component"], columns="bin", values="count")
+        for i, label in enumerate(g["labels"]):
+            np.testing.assert_array_equal(counts.loc[label].to_numpy(), dist["counts"].values[i])
+        for metric in SPEC["metrics"]:
+            want = drift(dist, metric).values
+            entry = g["metrics"][metric]
+            if "matrix" in entry:
+                close(entry["matrix"], want)
+            else:
+                t = pd.read_parquet(run / entry["table"])
+                got = t.pivot(index="group_a", columns="group_b", values="value").loc[g["labels"], g["labels"]]
+                close(got.to_numpy(), want)
+            ci = drift_ci(dist, metric, n_boot=20, seed=3, level=0.9)
+            close(entry["lower"], ci["lower"].values)
+            close(entry["upper"], ci["upper"].values)
+            off = np.where(np.eye(len(want), dtype=bool), np.nan, want)
+            close(g["mean_drift"][metric], np.nanmean(off, axis=1))
+        mean0 = np.nanmean(np.where(np.eye(len(g["labels"]), dtype=bool), np.nan, drift(dist, "kl_sym").values), 1)
+        assert np.all(np.diff(mean0[g["order"]]) >= 0), "matrices are sorted by increasing mean drift"
+        assert sorted(g["order"]) == list(range(len(g["labels"])))
+    d = density2d(ds, basis, components=(0, 1), bins=64)
+    t = pd.read_parquet(run / r["density2d"]["table"])
+    dense = np.zeros((64, 64), np.int64)
+    dense[t["y_bin"], t["x_bin"]] = t["count"]
+    np.testing.assert_array_equal(dense, d.values)
+    assert r["density2d"]["total"] == ds.sizes["filter"]
+
+
+def test_large_grouping_is_clustered_and_top_k(built):
+    _, r = built
+    g = r["groupings"]["model"]
+    assert g["size"] == 12 > SPEC["figures"]["max_groups"] and g["display"] == "clustered"
+    assert sorted(g["cluster_order"]) == list(range(12))
+    md = np.array([np.nan if v is None else v for v in g["mean_drift"]["kl_sym"]])
+    assert g["top"] == list(np.argsort(-md, kind="stable")[:SPEC["figures"]["top_k"]])
+    assert "g-model" in built[0].index_html.read_text()
+    assert r["groupings"]["depth"]["display"] == "matrix"
+
+
+def test_quality_numbers(store, built):
+    result, r = built
+    want = layer_quality(open_store(store), sparsity_eps=0.01)
+    got = pd.read_parquet(result.run_dir / r["tables"]["layer_quality"]["parquet"])
+    for col in ("sparsity", "variance_entropy_norm", "variance_entropy_clean_norm", "n"):
+        np.testing.assert_allclose(got[col].to_numpy(np.float64), want[col].to_numpy(np.float64), equal_nan=True)
+    q = r["quality"]
+    assert q["n_layers"] == len(want) and q["n_degenerated"] == int(want["degenerated"].sum())
+    for row in q["by"]["task"]:
+        sel = want[want["task"].astype(str) == row["group"]]
+        assert row["layers"] == len(sel) and row["filters"] == int(sel["n"].sum())
+        w = sel["n"].to_numpy(np.float64)
+        v = sel["sparsity"].to_numpy(np.float64)
+        assert row["sparsity mean"] == pytest.approx(np.sum(v * w) / np.sum(w), rel=1e-12)
+        assert row["sparsity median"] == pytest.approx(np.median(v), rel=1e-12)
+        assert row["degenerated share"] == pytest.approx(sel["degenerated"].mean())
+    worst = q["most_degenerated_layers"]
+    scores = [x["degeneration"] for x in worst]
+    assert scores == sorted(scores, reverse=True)
+    assert scores[0] == pytest.approx(np.nanmax(want["degeneration"].to_numpy(np.float64)))
+
+
+# -- the page --------------------------------------------------------------------------------------------------------
+
+
+def test_every_reference_exists_and_stays_inside(built):
+    result, r = built
+    page = result.index_html.read_text()
+    refs = re.findall(r'(?:src|href)="([^"#]+)"', page)
+    assert refs and not [x for x in refs if "://" in x or x.startswith("/")], "only relative, local links"
+    for ref in refs:
+        path = (result.run_dir / ref).resolve()
+        assert path.is_file(), ref
+        assert result.run_dir.resolve() in path.parents
+    for key, files in r["figures"].items():
+        for f in files.values():
+            assert (result.run_dir / f).is_file(), key
+            assert f'src="{f}"' in page or f'href="{f}"' in page, f"{key} not shown"
+    assert len(re.findall(r"<img ", page)) == len(r["figures"])
+    for key in ("basis.eigenimages", "basis.covariance", "grouping.task.drift.kl_sym", "grouping.task.drift.js",
+                "grouping.task.drift.w1", "grouping.depth.drift.kl_sym.unsorted", "grouping.task.boxes",
+                "grouping.task.intervals", "grouping.task.eigenimages", "grouping.task.ridges",
+                "grouping.model.overview", "grouping.model.top", "density2d", "quality"):
+        assert key in r["figures"], key
+    for label, n in zip(r["groupings"]["task"]["labels"], r["groupings"]["task"]["n_filters"]):
+        assert f"<td>{label}</td>" in page and f"{n:,}" in page
+    history = result.history_html.read_text()
+    assert f'href="runs/{result.run}/index.html"' in history and "<svg" in history
+
+
+def test_page_renders_in_chromium(built, tmp_path):
+    result, _ = built
+    shot = Path(SHOTS) / "report.png" if SHOTS else tmp_path / "report.png"
+    state = inspect_page(result.index_html, shot)
+    assert state["errors"] == []
+    assert state["title"] == "filtershift report"
+    n_img = len(re.findall(r"<img ", result.index_html.read_text()))
+    assert len(state["images"]) == n_img > 10
+    broken = [i["src"] for i in state["images"] if not (i["complete"] and i["width"] > 0)]
+    assert broken == []
+    assert shot.stat().st_size > 10_000
+    hist = inspect_page(result.history_html, Path(SHOTS) / "history.png" if SHOTS else tmp_path / "history.png",
+                        height=900)
+    assert hist["errors"] == []
+
+
+# -- publishing ------------------------------------------------------------------------------------------------------
+
+
+def test_second_run_reuses_and_spec_change_builds(store, tmp_path):
+    out = tmp_path / "out"
+    first = build_report(store, out, SMALL, scheduler="threads")
+    assert first.status == "built"
+    before = tree_digest(first.run_dir)
+    again = build_report(store, out, SMALL, scheduler="threads")
+    assert (again.status, again.run) == ("skipped", first.run)
+    assert tree_digest(first.run_dir) == before
+    other = build_report(store, out, {**SMALL, "bins": 50}, scheduler="threads")
+    assert other.status == "built" and other.run != first.run and other.spec_hash != first.spec_hash
+    assert os.readlink(out / "latest") == f"runs/{other.run}"
+    back = build_report(store, out, SMALL, scheduler="threads")
+    assert (back.status, back.run) == ("reused", first.run)
+    assert os.readlink(out / "latest") == f"runs/{first.run}"
+    assert (out / "latest.txt").read_text().strip() == first.run
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted([first.run, other.run])
+    assert cli(["report", str(store), "--out", str(out), "--config", str(_yaml(tmp_path, SMALL)), "--scheduler",
+                "threads", "-q"]) == 0
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted([first.run, other.run])
+
+
+def _yaml(tmp_path, spec) -> Path:
+    import yaml
+
+    path = tmp_path / "report.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_sigkill_midway_leaves_the_last_report_intact(store, tmp_path):
+    out = tmp_path / "out"
+    good = build_report(store, out, SMALL, scheduler="threads")
+    before = tree_digest(out / "runs")
+    history = (out / "index.html").read_text()
+    cfg = _yaml(tmp_path, {**SPEC, "bins": 40})
+    env = {**os.environ, "FILTERSHIFT_PROGRESS": "0",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "filtershift.cli", "report", str(store), "--out", str(out),
+                             "--config", str(cfg), "--scheduler", "threads"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    staging = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        staging = [p for p in out.glob(".staging-*") if (p / "run.log").is_file()
+                   and "stage: grouping" in (p / "run.log").read_text()]
+        if staging:
+            break
+        time.sleep(0.05)
+    assert staging and proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert tree_digest(out / "runs") == before
+    assert os.readlink(out / "latest") == f"runs/{good.run}"
+    assert (out / "index.html").read_text() == history
+    nxt = build_report(store, out, SMALL, scheduler="threads")
+    assert nxt.status == "skipped" and nxt.removed_unfinished == [staging[0].name]
+    assert not list(out.glob(".staging-*"))
+
+
+def test_failure_keeps_log_and_published_report(store, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    good = build_report(store, out, SMALL, scheduler="threads")
+    before = tree_digest(out / "runs")
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("planted failure")
+
+    monkeypatch.setattr("filtershift.report.analysis.analyse", boom)
+    with pytest.raises(RuntimeError, match="planted failure"):
+        build_report(store, out, {**SMALL, "bins": 33}, scheduler="threads")
+    assert tree_digest(out / "runs") == before
+    assert os.readlink(out / "latest") == f"runs/{good.run}"
+    (failed,) = list((out / "failed").iterdir())
+    log = (failed / "run.log").read_text()
+    assert "planted failure" in log and "Traceback" in log
+    code = subprocess.run([sys.executable, "-c", "import sys; from filtershift.cli import main; "
+                           "import filtershift.report.analysis as a; "
+                           "a.analyse = lambda *x, **k: 1 / 0; "
+                           f"sys.exit(main(['report', {str(store)!r}, '--out', {str(out)!r}, '--scheduler', "
+                           "'threads', '--force', '-q']))"], capture_output=True, text=True,
+                          env={**os.environ, "FILTERSHIFT_PROGRESS": "0"}).returncode
+    assert code == 1
+    assert os.readlink(out / "latest") == f"runs/{good.run}"
+
+
+# -- input errors and names ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("colour: red\n", "'colour'"),
+    ("metrics: [kl]\n", "'metrics'"),
+    ("bins: 1\n", "'bins'"),
+    ("thresholds: {sparsity_eps: 2}\n", "'thresholds.sparsity_eps'"),
+    ("figures: {formats: [svg]}\n", "'figures.formats'"),
+    ("bootstrap: {n_boot: 1}\n", "'bootstrap.n_boot'"),
+    ("groupings: []\n", "'groupings'"),
+    ("metrics: [kl_sym\n", "not valid YAML"),
+])
+def test_config_errors_name_the_key(tmp_path, text, needle, store, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=re.escape(needle)):
+        load_config(path)
+    assert cli(["report", str(store), "--out", str(tmp_path / "out"), "--config", str(path)]) == 2
+    assert str(path) in capsys.readouterr().err
+
+
+def test_example_config_is_valid():
+    spec = load_config(Path(__file__).resolve().parent.parent / "examples" / "report.yaml")
+    assert spec["metrics"] == ["kl_sym", "js", "w1"] and Path(spec["store"]).is_absolute()
+
+
+def test_exit_codes_for_missing_and_incomplete_stores(store, tmp_path):
+    import zarr
+
+    assert cli(["report", str(tmp_path / "none.zarr"), "--out", str(tmp_path / "out")]) == 2
+    broken = tmp_path / "broken.zarr"
+    shutil.copytree(store, broken)
+    group = zarr.open_group(str(broken), mode="r+")
+    manifest = dict(group.attrs["filtershift"])
+    manifest["state"] = "appending"
+    group.attrs["filtershift"] = manifest
+    assert cli(["report", str(broken), "--out", str(tmp_path / "out"), "--scheduler", "threads"]) == 3
+    assert cli(["report", str(store)]) == 2  # no --out and no config
+
+
+def test_file_names_are_sanitised(tmp_path):
+    for label in ["../../etc/passwd", "a/b", ".hidden", "x" * 300, "Ünïcode label", "", "..", "CON"]:
+        name = safe_name(label)
+        assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name), name
+        assert len(name) <= 70
+        assert inside(tmp_path, name).parent == tmp_path.resolve()
+    assert safe_name("a/b") != safe_name("a_b")
+    with pytest.raises(InputError):
+        inside(tmp_path, "..", "escape")
+
+
+# -- headless Chromium over the DevTools protocol (tornado's websocket client) -------------------------------------
+
+
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    raise RuntimeError("headless Chromium is needed: apt-get install -y chromium")
+
+
+def inspect_page(page: Path, screenshot: Path | None = None, width: int = 1280, height: int = 2400,
+                 timeout: float = 60.0) -> dict:
+    """Load ``page`` and return {"errors": [...], "images": [{src, complete, width}], "title": str}."""
+    profile = tempfile.mkdtemp(prefix="fs-chromium-")
+    proc = subprocess.Popen([chromium(), *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
+                             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        ws = _devtools_url(proc, timeout)
+        port = re.search(r":(\d+)/", ws).group(1)
+        deadline = time.monotonic() + timeout
+        while True:
+            targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5).read())
+            pages = [t for t in targets if t.get("type") == "page"]
+            if pages or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        return asyncio.run(_inspect(pages[0]["webSocketDebuggerUrl"], page, screenshot, width, height, timeout))
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        proc.stderr.close()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _devtools_url(proc, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline().decode(errors="replace")
+        m = re.search(r"DevTools listening on (ws://\S+)", line)
+        if m:
+            return m.group(1)
+        if not line and proc.poll() is not None:
+            break
+    raise RuntimeError("Chromium did not start its DevTools endpoint")
+
+
+async def _inspect(url, page: Path, screenshot, width, height, timeout) -> dict:
+    from tornado.websocket import websocket_connect
+
+    conn = await websocket_connect(url, max_message_size=256 * 1024 * 1024)
+    ids = iter(range(1, 1_000_000))
+    errors, replies, loaded = [], {}, asyncio.Event()
+
+    async def reader():
+        while True:
+            msg = await conn.read_message()
+            if msg is None:
+                return
+            data = json.loads(msg)
+            if "id" in data:
+                replies[data["id"]] = data
+                continue
+            method, params = data.get("method"), data.get("params", {})
+            if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+                errors.append("console: " + " ".join(str(a.get("value", a.get("description"))) for a in
+                                                     params.get("args", [])))
+            elif method == "Runtime.exceptionThrown":
+                errors.append("exception: " + params["exceptionDetails"].get("text", ""))
+            elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
+                errors.append(f"log: {params['entry'].get('text')} {params['entry'].get('url', '')}")
+            elif method == "Network.loadingFailed":
+                errors.append(f"load failed: {params.get('errorText')}")
+            elif method == "Page.loadEventFired":
+                loaded.set()
+
+    task = asyncio.ensure_future(reader())
+
+    async def call(method, **params):
+        i = next(ids)
+        conn.write_message(json.dumps({"id": i, "method": method, "params": params}))
+        end = time.monotonic() + timeout
+        while i not in replies:
+            if time.monotonic() > end:
+                raise TimeoutError(method)
+            await asyncio.sleep(0.01)
+        reply = replies.pop(i)
+        if "error" in reply:
+            raise RuntimeError(f"{method}: {reply['error']}")
+        return reply.get("result", {})
+
+    for domain in ("Runtime", "Log", "Page", "Network"):
+        await call(f"{domain}.enable")
+    await call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+    await call("Page.navigate", url=Path(page).resolve().as_uri())
+    await asyncio.wait_for(loaded.wait(), timeout)
+    expr = ("JSON.stringify({title: document.title, images: Array.from(document.images).map(i => "
+            "({src: i.getAttribute('src'), complete: i.complete, width: i.naturalWidth}))})")
+    state = json.loads((await call("Runtime.evaluate", expression=expr, returnByValue=True))["result"]["value"])
+    if screenshot is not None:
+        shot = await call("Page.captureScreenshot", format="png")
+        Path(screenshot).write_bytes(base64.b64decode(shot["data"]))
+    task.cancel()
+    conn.close()
+    return {"errors": errors, **state}
