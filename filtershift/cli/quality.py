@@ -39,19 +39,14 @@ def register(sub) -> None:
 
 
 def _cell(v):
-    if v is None:
+    import pandas as pd
+
+    if v is None or v is pd.NA:
         return None
     if hasattr(v, "item"):
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
         return None
-    try:
-        import pandas as pd
-
-        if v is pd.NA:
-            return None
-    except ImportError:  # pragma: no cover - pandas is a dependency
-        pass
     return v
 
 

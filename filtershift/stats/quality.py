@@ -15,12 +15,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import dask
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from filtershift import progress
 from filtershift.errors import InputError
 from filtershift.stats import engine
 
