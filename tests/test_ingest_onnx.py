@@ -182,6 +182,17 @@ def test_depths_of_random_dags_match_a_recursive_reference(tmp_path, seed):
     assert m.meta["depth"] == max(depth) + 2
 
 
+def test_deep_graph_needs_no_recursion(tmp_path):
+    n = 5000
+    w1, w2 = rand(2, 1, 3, 3), rand(2, 2, 3, 3)
+    nodes = [helper.make_node("Conv", ["X", "w1"], ["r0"], name="first")]
+    nodes += [helper.make_node("Relu", [f"r{k}"], [f"r{k + 1}"], name=f"relu{k}") for k in range(n)]
+    nodes += [helper.make_node("Conv", [f"r{n}", "w2"], ["out"], name="last")]
+    m = read_onnx(save(make_model(nodes, [init("w1", w1), init("w2", w2)]), tmp_path / "deep.onnx"))
+    assert [(lay.name, lay.conv_depth) for lay in m.layers] == [("first", 0), ("last", 1)]
+    assert (m.meta["depth"], m.meta["Relu"]) == (n + 2, n)
+
+
 # ---------------------------------------------------------------------------------------------- weight routes
 
 
@@ -279,8 +290,8 @@ def test_weight_as_graph_input_is_skipped_with_warning(tmp_path):
     path = save(make_model(nodes, [init("w", w)], inputs=("X", "wIn")), tmp_path / "inw.onnx")
     with pytest.warns(UserWarning, match="graph input"):
         m = read_onnx(path)
-    assert [lay.name for lay in m.layers] == ["stored"]
-    # the skipped conv still sits at depth 0, so the stored one is the second conv depth
+    # the skipped conv has no weight to rank: the stored one is the only, first conv depth
+    assert [(lay.name, lay.conv_depth) for lay in m.layers] == [("stored", 0)]
     np.testing.assert_array_equal(m.filters(), rows(w))
 
 

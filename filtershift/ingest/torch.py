@@ -83,7 +83,7 @@ def read_state_dict(path, *, module=None) -> ModelFilters:
     convs = []
     for key, t in tensors.items():
         if t.ndim == 4 and (t.is_floating_point() or t.is_quantized):
-            convs.append(Conv(_layer_name(key), len(convs), len(convs), _numpy(torch, t)))
+            convs.append(Conv(_layer_name(str(key)), len(convs), len(convs), _numpy(torch, t)))
     return assemble(path, "torch", convs, {"producer": producer, "Conv": len(convs)})
 
 
