@@ -32,6 +32,7 @@ figcaption { color: var(--muted); font-size: 13px; margin-top: 4px; }
 table { border-collapse: collapse; font-size: 13px; margin: 8px 0 16px; }
 th, td { border: 1px solid var(--line); padding: 3px 8px; text-align: left; vertical-align: top; }
 th { background: var(--soft); }
+.scroll { overflow-x: auto; max-width: 100%; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.small td { color: var(--warn); }
 .row { display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; }
@@ -82,14 +83,14 @@ def figure(files: dict | None, caption: str, alt: str) -> str:
 
 def table(headers: list, rows: list, *, numeric=None, row_class=None) -> str:
     numeric = set(numeric or [])
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    head = "".join(f"<th>{esc(str(h).replace('_', ' '))}</th>" for h in headers)
     body = []
     for i, row in enumerate(rows):
         cls = f' class="{row_class(i)}"' if row_class and row_class(i) else ""
         cells = "".join(f'<td class="num">{fmt(v)}</td>' if j in numeric else f"<td>{fmt(v)}</td>"
                         for j, v in enumerate(row))
         body.append(f"<tr{cls}>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
 def cards(items: list) -> str:
