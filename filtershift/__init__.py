@@ -31,6 +31,15 @@ _API = {
     "density2d": "filtershift.stats",
     "Basis": "filtershift.stats",
     "RecordStats": "filtershift.stats",
+    "layer_quality": "filtershift.stats.quality",
+    "model_quality": "filtershift.stats.quality",
+    "quality_by": "filtershift.stats.quality",
+    "most_degenerated": "filtershift.stats.quality",
+    "layer_metrics": "filtershift.stats.quality",
+    "compare": "filtershift.compare",
+    "build_report": "filtershift.report",
+    "run_demo": "filtershift.demo",
+    "scheduler_context": "filtershift.cluster",
 }
 
 __all__ = ["__version__", *_API]

@@ -113,11 +113,11 @@ def test_planted_sparsity_recomputed(base):
 
 
 def variance_entropy(x: np.ndarray) -> float:
-    """Entropy of the normalised singular values of a record's filters (0: one direction; 1: all nine equal)."""
-    s = np.linalg.svd(x.astype(np.float64), compute_uv=False)
-    p = s / s.sum()
+    """Base-10 entropy of the shares of the covariance eigenvalues of a record's filters (0: one direction)."""
+    vals = np.clip(np.linalg.eigvalsh(np.cov(x.astype(np.float64).T)), 0, None)
+    p = vals / vals.sum()
     p = p[p > 0]
-    return float(-(p * np.log(p)).sum() / np.log(9))
+    return float(-(p * np.log10(p)).sum())
 
 
 def test_near_duplicate_records_have_low_variance_entropy(base):
@@ -128,10 +128,12 @@ def test_near_duplicate_records_have_low_variance_entropy(base):
     for d in dups:
         x = w[ids[(d["model_id"], d["conv_depth"])]]
         assert variance_entropy(x) < 0.05
-        assert np.ptp(x, axis=0).max() < 0.02 * np.abs(x).max()
+        direction = x.mean(0) / np.linalg.norm(x.mean(0))
+        cosine = (x @ direction) / np.linalg.norm(x, axis=1)
+        assert cosine.min() > 0.99
     planted = {(d["model_id"], d["conv_depth"]) for d in truth["degenerate"]}
     normal = [k for k in ids if k not in planted and len(ids[k]) >= 50]
-    assert min(variance_entropy(w[ids[k]]) for k in normal) > 0.5
+    assert min(variance_entropy(w[ids[k]]) for k in normal) > 0.3
 
 
 def sym_kl_by_group(w, labels, reference, normalise):

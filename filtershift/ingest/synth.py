@@ -18,7 +18,8 @@ meta table) whose filters carry known structure, and a JSON sidecar ``<OUT>.trut
   a per-component histogram divergence recovers the planted order with wide margins on unit-normalised filters and
   with smaller margins on raw filters (checked over many seeds; the tests re-check it).
 - **Degenerate records.** A few records hold an exact share ``k/n`` of all-zero filters, and a few hold copies of
-  one filter plus noise of relative size 1e-3 (variance entropy near 0).
+  scaled copies of one filter (scale 1 +- 0.3) plus isotropic noise of relative size 1e-3: their variance lies
+  along one direction, so their variance entropy (torchconvquality's definition, centred) is near 0.
 
 Generation is block by block (``BLOCK`` filters), so memory does not grow with N. Filters are assembled from
 small banks of kernels indexed by one 64-bit PCG64 draw per filter, which keeps generation well above 10 M
@@ -58,6 +59,7 @@ NOISE = 0.3
 SCALE_SIGMA = 0.5
 DEPTH_DECAY = 0.4
 DUPLICATE_NOISE = 1e-3
+DUPLICATE_SPREAD = 0.3
 SPARSITIES = (0.5, 0.9, 0.75)
 TRUTH_SCHEMA = 1
 
@@ -473,7 +475,7 @@ def _fill(out, raw, q0, rec_lo, rec_hi, start, n, p_task, p_cat, scale, kind, n_
                     continue
             if kind[r] == 2:
                 for k in range(9):
-                    out[i, k] = base[r, k] + dup_noise * s * noise[b, k]
+                    out[i, k] = base[r, k] * (1.0 + DUPLICATE_SPREAD * noise[b, 0]) + dup_noise * s * noise[b, k]
                 continue
             f = s * scales[v]
             if u < t_cut:

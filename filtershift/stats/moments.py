@@ -299,7 +299,8 @@ def second_reference(w, starts, absmax, mean, components, eps) -> dict:
         c = coefficients(raw, mean, components)
         out["coef_min"].append(c.min(0) if len(c) else np.full(len(mean), np.inf))
         out["coef_max"].append(c.max(0) if len(c) else np.full(len(mean), -np.inf))
-        sp = np.all(np.abs(raw) < eps * absmax[r], axis=1) if absmax[r] > 0 else np.ones(len(raw), bool)
+        threshold = np.float64(np.float32(eps * absmax[r]))
+        sp = np.all(np.abs(raw) < threshold, axis=1) if absmax[r] > 0 else np.ones(len(raw), bool)
         keep = raw[~sp]
         out["sparse_count"].append(int(sp.sum()))
         out["nonsparse_sum"].append(keep.sum(0))
@@ -328,7 +329,9 @@ def second_chunk(weights, record, params) -> dict:
     out = {"record": ids, "coef_min": np.empty((r, nc)), "coef_max": np.empty((r, nc)),
            "sparse_count": np.zeros(r, np.int64), "nonsparse_n": np.zeros(r, np.int64),
            "nonsparse_sum": np.zeros((r, K)), "nonsparse_comoment": np.zeros((r, K, K))}
-    second_kernel(w, starts, shift, params["eps"] * absmax, absmax <= 0, params["mean"], params["components"],
+    # the threshold rounded to float32 as torchconvquality compares it (it works on float32 tensors)
+    threshold = (params["eps"] * absmax).astype(np.float32).astype(np.float64)
+    second_kernel(w, starts, shift, threshold, absmax <= 0, params["mean"], params["components"],
                   out["coef_min"], out["coef_max"], out["sparse_count"], out["nonsparse_n"], out["nonsparse_sum"],
                   out["nonsparse_comoment"])
     # shifted one-pass sums -> sum and centred co-moment

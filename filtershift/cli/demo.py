@@ -1,0 +1,31 @@
+"""``filtershift demo``: the main job on built-in synthetic data."""
+
+from filtershift.cluster import add_scheduler_arguments, context_from_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="synthesize, convert, analyse and report on built-in data",
+                       description="Synthesize about a million filters in the CNN-Filter-DB layout (with planted "
+                                   "shifts and degenerate layers), convert them to a store, analyse and write "
+                                   "the report into --out.")
+    p.add_argument("--out", default="filtershift-demo", help="output directory (default %(default)s)")
+    p.add_argument("--filters", type=int, default=1_000_000, help="number of filters (default %(default)s)")
+    p.add_argument("--models", type=int, default=48, help="number of models (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    add_scheduler_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from filtershift.demo import run_demo
+
+    with context_from_args(args):
+        summary = run_demo(args.out, n_filters=args.filters, n_models=args.models, seed=args.seed)
+    info = summary["info"]
+    t = summary["timings"]
+    print(f"synthesized {info['n_filters']:,} filters of {info['n_models']} models "
+          f"({info['n_records']} records) in {t['synthesize_s']:.1f} s; converted in {t['convert_s']:.1f} s")
+    print(f"store:  {summary['store']}")
+    if "report" in summary:
+        print(f"report: {summary['report']}  ({t.get('report_s', 0):.1f} s)")
+    return 0
