@@ -16,6 +16,20 @@ from filtershift._version import __version__
 from filtershift.errors import FiltershiftError
 
 
+def computing(parser: argparse.ArgumentParser, func) -> None:
+    """Make ``func`` a sub-command that computes: add the scheduler options and run it inside the chosen
+    scheduler (see :mod:`filtershift.cluster`)."""
+    from filtershift.cluster import add_scheduler_arguments, context_from_args
+
+    add_scheduler_arguments(parser)
+
+    def run(args) -> int:
+        with context_from_args(args):
+            return func(args)
+
+    parser.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="filtershift",

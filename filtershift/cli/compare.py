@@ -2,7 +2,7 @@
 
 import json
 
-from filtershift.cluster import add_scheduler_arguments, context_from_args
+from filtershift.cli import computing
 
 
 def register(sub) -> None:
@@ -19,16 +19,10 @@ def register(sub) -> None:
     p.add_argument("--top", type=int, default=10, help="nearest database models to list")
     p.add_argument("--figure", default=None, help="write the figure to this PNG/SVG path")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
-    add_scheduler_arguments(p)
-    p.set_defaults(func=run)
+    computing(p, run)
 
 
 def run(args) -> int:
-    with context_from_args(args):
-        return _run(args)
-
-
-def _run(args) -> int:
     from filtershift.compare import compare, plot, summary_table
 
     result = compare(args.model, args.store, by=args.by or ["task", "visual_category"], metric=args.metric,

@@ -1,6 +1,6 @@
 """``filtershift demo``: the main job on built-in synthetic data."""
 
-from filtershift.cluster import add_scheduler_arguments, context_from_args
+from filtershift.cli import computing
 
 
 def register(sub) -> None:
@@ -12,15 +12,13 @@ def register(sub) -> None:
     p.add_argument("--filters", type=int, default=1_000_000, help="number of filters (default %(default)s)")
     p.add_argument("--models", type=int, default=48, help="number of models (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
-    add_scheduler_arguments(p)
-    p.set_defaults(func=run)
+    computing(p, run)
 
 
 def run(args) -> int:
     from filtershift.demo import run_demo
 
-    with context_from_args(args):
-        summary = run_demo(args.out, n_filters=args.filters, n_models=args.models, seed=args.seed)
+    summary = run_demo(args.out, n_filters=args.filters, n_models=args.models, seed=args.seed)
     info = summary["info"]
     t = summary["timings"]
     print(f"synthesized {info['n_filters']:,} filters of {info['n_models']} models "

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from filtershift.cluster import add_scheduler_arguments, context_from_args
+from filtershift.cli import computing
 
 
 def register(sub) -> None:
@@ -22,8 +22,7 @@ def register(sub) -> None:
     p.add_argument("--min-models", type=int, default=2, help="flag groups with fewer models")
     p.add_argument("--json", action="store_true",
                    help="print JSON: labels, matrix, n_filters, n_models, small, metric, bins, by")
-    add_scheduler_arguments(p)
-    p.set_defaults(func=run)
+    computing(p, run)
 
 
 def _num(v):
@@ -31,11 +30,6 @@ def _num(v):
 
 
 def run(args) -> int:
-    with context_from_args(args):
-        return _run(args)
-
-
-def _run(args) -> int:
     from filtershift.errors import InputError
     from filtershift.stats import distributions, drift, fit_basis
     from filtershift.store.dataset import open_store

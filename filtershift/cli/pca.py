@@ -2,7 +2,7 @@
 
 import json
 
-from filtershift.cluster import add_scheduler_arguments, context_from_args
+from filtershift.cli import computing
 
 
 def register(sub) -> None:
@@ -11,16 +11,10 @@ def register(sub) -> None:
     p.add_argument("store", help="store path or URL")
     p.add_argument("--json", action="store_true",
                    help="print JSON: mean, components, explained_variance, explained_variance_ratio, n_samples")
-    add_scheduler_arguments(p)
-    p.set_defaults(func=run)
+    computing(p, run)
 
 
 def run(args) -> int:
-    with context_from_args(args):
-        return _run(args)
-
-
-def _run(args) -> int:
     from filtershift.stats import fit_basis
     from filtershift.store.dataset import open_store
 

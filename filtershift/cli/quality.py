@@ -5,6 +5,8 @@ import math
 import os
 import pathlib
 
+from filtershift.cli import computing
+
 COLUMNS = ["record", "model_id", "conv_depth", "layer", "n", "sparsity", "variance_entropy_norm",
            "variance_entropy_clean_norm", "orthogonality", "degeneration", "degenerated"]
 MODEL_COLUMNS = ["model_id", "n_layers", "n_filters", "sparsity", "variance_entropy_norm",
@@ -35,7 +37,7 @@ def register(sub) -> None:
                    help="degenerated (random-like) when it is >= this (default %(default)s)")
     p.add_argument("--min-filters", type=int, default=16,
                    help="entropy criteria need this many non-sparse filters (default %(default)s)")
-    p.set_defaults(func=run)
+    computing(p, run)
 
 
 def _cell(v):
