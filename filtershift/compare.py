@@ -15,6 +15,19 @@ import xarray as xr
 from filtershift.errors import InputError
 
 METRICS = ("kl_sym", "js", "w1")
+#: Layer quality metrics placed against the database's distribution of the same metric over its records.
+QUALITY = ("sparsity", "variance_entropy_norm", "variance_entropy_clean_norm", "orthogonality")
+
+
+def percentile_of(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Percentile rank (0-100, ties counted half) of each value among the finite reference values."""
+    ref = np.sort(reference[np.isfinite(reference)])
+    if ref.size == 0:
+        return np.full(len(values), np.nan)
+    below = np.searchsorted(ref, values, side="left")
+    upto = np.searchsorted(ref, values, side="right")
+    out = 100.0 * (below + upto) / (2 * ref.size)
+    return np.where(np.isfinite(values), out, np.nan)
 
 
 def model_dataset(model) -> xr.Dataset:
@@ -76,10 +89,39 @@ def compare(model, store, *, by=("task",), metric: str = "kl_sym", bins: int = 7
     result["nearest_drift"] = ("nearest", nearest.values)
     if name_col:
         result["nearest_name"] = ("nearest", mods.reindex(ids)[name_col].astype(str).to_numpy(dtype=object))
+    _layer_quality(result, mine, stats)
     result.attrs.update({"model": str(m.source), "model_sha256": m.sha256, "metric": metric, "bins": bins,
                          "n_filters": int(m.filters().shape[0]), "n_layers": len(m.layers),
                          "outside_range": outside, "range": [lo, hi], "store": db.attrs.get("store", "")})
     return result
+
+
+def _layer_quality(result: xr.Dataset, mine: xr.Dataset, stats) -> None:
+    """Per-layer quality of the model and its percentile among the database's records (passes shared)."""
+    from filtershift.stats import record_stats
+    from filtershift.stats.quality import layer_quality
+
+    own = layer_quality(record_stats(mine))
+    db = layer_quality(stats, orthogonality=False)
+    result.coords["layer"] = ("layer", own["layer"].astype(str).to_numpy(dtype=object))
+    result["layer_n"] = ("layer", own["n"].to_numpy(np.int64))
+    result["layer_degenerated"] = ("layer", own["degenerated"].to_numpy(bool))
+    for metric in QUALITY:
+        values = own[metric].to_numpy(np.float64)
+        result[f"layer_{metric}"] = ("layer", values)
+        result[f"layer_{metric}_percentile"] = ("layer", percentile_of(db[metric].to_numpy(np.float64), values))
+        result[f"layer_{metric}_percentile"].attrs["description"] = (
+            f"percentile of the layer's {metric} among the database's records (model x conv depth)")
+
+
+def layer_table(result: xr.Dataset) -> pd.DataFrame:
+    """One row per layer of the model: its quality metrics and their database percentiles."""
+    cols = {"layer": result["layer"].values, "n": result["layer_n"].values,
+            "degenerated": result["layer_degenerated"].values}
+    for metric in QUALITY:
+        cols[metric] = result[f"layer_{metric}"].values
+        cols[f"{metric}_percentile"] = result[f"layer_{metric}_percentile"].values
+    return pd.DataFrame(cols)
 
 
 def summary_table(result: xr.Dataset) -> pd.DataFrame:

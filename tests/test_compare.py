@@ -92,3 +92,25 @@ def test_cli_on_a_store_and_an_onnx_file(tmp_path, capsys):
     assert {g["grouping"] for g in out["groups"]} == {"task", "visual_category"}
     assert len(out["nearest_models"]) == 8
     assert (tmp_path / "c.png").exists()
+
+
+def test_layer_quality_percentiles(db):
+    from scipy.stats import percentileofscore
+
+    from filtershift.compare import QUALITY, layer_table, model_dataset
+    from filtershift.stats.quality import layer_quality
+
+    w, recs, mods, ds = db
+    model = fake_model(9, layers=((16, 8), (16, 16), (8, 16)))
+    model.layers[1].weights[: 200] = 0.0  # a sparse layer
+    with dask.config.set(scheduler="threads"):
+        result = compare(model, ds, by=["task"])
+        own = layer_quality(model_dataset(model))
+        ref = layer_quality(ds)
+    table = layer_table(result)
+    assert list(table["layer"]) == [layer.name for layer in model.layers]
+    for metric in QUALITY[:3]:
+        np.testing.assert_allclose(table[metric], own[metric])
+        want = [percentileofscore(ref[metric].dropna(), v, kind="mean") for v in own[metric]]
+        np.testing.assert_allclose(table[f"{metric}_percentile"], want)
+    assert table["sparsity"][1] == pytest.approx(200 / 256)

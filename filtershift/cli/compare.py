@@ -23,7 +23,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from filtershift.compare import compare, plot, summary_table
+    from filtershift.compare import compare, layer_table, plot, summary_table
 
     result = compare(args.model, args.store, by=args.by or ["task", "visual_category"], metric=args.metric,
                      bins=args.bins, top=args.top)
@@ -35,8 +35,10 @@ def run(args) -> int:
         result["nearest_name"].values if "nearest_name" in result else result["nearest_model_id"].values,
         result["nearest_drift"].values)]
     if args.json:
+        layers = layer_table(result).astype(object).where(lambda t: t.notna(), None)
         print(json.dumps({**{k: v for k, v in result.attrs.items()}, "groups": table.to_dict("records"),
-                          "nearest_models": nearest}, indent=2, default=float))
+                          "nearest_models": nearest, "layers": layers.to_dict("records")}, indent=2,
+                         default=float))
         return 0
     a = result.attrs
     print(f"{a['model']}: {a['n_filters']:,} 3x3 filters in {a['n_layers']} layers; {a['metric']} drift; "
@@ -49,6 +51,11 @@ def run(args) -> int:
     print("\nnearest database models")
     for n in nearest:
         print(f"  {n['model_id']:>6}  {n['name']:<32} {n['drift']:10.4f}")
+    print("\nlayer quality (value, percentile among database records)")
+    for row in layer_table(result).itertuples():
+        print(f"  {row.layer:<28} n={row.n:<7} sparsity {row.sparsity:.3f} ({row.sparsity_percentile:5.1f}%)  "
+              f"entropy {row.variance_entropy_norm:.3f} ({row.variance_entropy_norm_percentile:5.1f}%)"
+              f"{'  DEGENERATED' if row.degenerated else ''}")
     if args.figure:
         print(f"\nfigure: {args.figure}")
     return 0
