@@ -171,3 +171,38 @@ def test_reader_during_append_sees_a_whole_snapshot(tmp_path):
     for n, total in totals:
         assert n in snapshots, f"a reader saw {n} filters, not a committed snapshot"
         assert total == pytest.approx(snapshots[n], rel=1e-12, abs=1e-9)
+
+
+def test_extract_cli_with_meta_csv(tmp_path, capsys):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from filtershift.cli import main as cli
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(2):
+        w1 = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+        w2 = rng.normal(size=(6, 4, 3, 3)).astype(np.float32)
+        graph = helper.make_graph(
+            [helper.make_node("Conv", ["x", "w1"], ["h"], name="first"),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"], name="second")],
+            "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 9, 9])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 5, 5])],
+            [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+        paths.append(tmp_path / f"net{i}.onnx")
+        onnx.save(helper.make_model(graph), str(paths[-1]))
+    (tmp_path / "models.csv").write_text("model,Name,Task,Visual Category\n"
+                                         "net0.onnx,Tiny,Classification,natural\n"
+                                         "net1.onnx,Tiny2,Detection,\n")
+    db = tmp_path / "db.zarr"
+    assert cli(["extract", *map(str, paths), "--store", str(db), "--meta", str(tmp_path / "models.csv")]) == 0
+    ds = fs.open_store(db)
+    mods = fs.models(ds).set_index("model_id")
+    assert list(mods["Name"]) == ["Tiny", "Tiny2"] and mods["Visual Category"].isna().tolist() == [False, True]
+    assert ds["visual_category"].attrs["labels"] == ["natural", "unknown"]
+    recs = fs.records(ds)
+    assert list(recs["layer"]) == ["first", "second"] * 2 and list(recs["n"]) == [12, 24] * 2
+    assert cli(["extract", str(paths[0]), "--store", str(db)]) == 0
+    assert "already stored" in capsys.readouterr().out

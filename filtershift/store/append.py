@@ -251,6 +251,5 @@ def _parquet_types(models: pd.DataFrame) -> pd.DataFrame:
         if s.notna().any() and num.notna().sum() == s.notna().sum() and not pd.api.types.is_string_dtype(s):
             out[col] = num
         else:
-            out[col] = s.map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
-                             ).astype("string")
+            out[col] = s.map(lambda v: None if fmt.is_missing(v) else str(v)).astype("string")
     return out

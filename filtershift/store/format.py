@@ -213,7 +213,7 @@ def grouping_columns(models: pd.DataFrame) -> dict[str, str]:
 def apply_label_rules(values: pd.Series, column: str, rules) -> pd.Series:
     """Clean raw labels for grouping: a rule maps every label containing ``contains`` to ``value``;
     a missing label becomes ``"unknown"``."""
-    labels = ["unknown" if _missing(v) else str(v) for v in values.tolist()]
+    labels = ["unknown" if is_missing(v) else str(v) for v in values.tolist()]
     for rule in rules:
         if rule.get("column") not in (column, COLUMN_ALIASES.get(column, column)):
             continue
@@ -222,7 +222,8 @@ def apply_label_rules(values: pd.Series, column: str, rules) -> pd.Series:
     return pd.Series(labels, index=values.index, dtype=object)
 
 
-def _missing(value) -> bool:
+def is_missing(value) -> bool:
+    """True for None, NaN and pd.NA (a missing meta value)."""
     return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
 
 
