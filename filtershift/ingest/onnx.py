@@ -51,7 +51,15 @@ def read_onnx(path) -> ModelFilters:
     if not model.ir_version or not model.HasField("graph") or not model.graph.node:
         raise InputError(f"{path}: not an ONNX model (no IR version or no graph nodes); give an .onnx file "
                          "exported by a framework.")
-    return _Graph(path, onnx, model).extract()
+    try:
+        return _Graph(path, onnx, model).extract()
+    except InputError:
+        raise
+    except (TypeError, KeyError, IndexError, ValueError, OverflowError, UnicodeDecodeError, AttributeError,
+            MemoryError) as e:
+        raise InputError(f"{path}: malformed ONNX model: a node, attribute or tensor does not follow the ONNX "
+                         f"specification ({type(e).__name__}: {e}); run onnx.checker.check_model on it, or "
+                         "export it again.") from None
 
 
 class _Graph:

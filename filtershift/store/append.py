@@ -46,10 +46,11 @@ def create_empty(dst, *, chunk_filters: int | None = None, codec: str = fmt.DEFA
     """A complete store with no filters, ready for :func:`add_models`."""
     loc = fmt.Location.of(dst, storage_options)
     fs, root = loc.fs()
-    if fs.exists(f"{root}/zarr.json"):
+    if fs.exists(f"{root}/zarr.json") and _state(loc) != "creating":
         raise StoreError(f"{loc.display}: a store already exists here.")
     chunk = int(chunk_filters or fmt.DEFAULT_CHUNK_FILTERS)
-    group = zarr.open_group(store=loc.zarr_store(read_only=False), mode="w", zarr_format=3)
+    group = zarr.open_group(store=loc.zarr_store(read_only=False), mode="w", zarr_format=3,
+                            attributes={fmt.MANIFEST_KEY: fmt.new_manifest(chunk, codec, "creating")})
     group.create_array(fmt.WEIGHTS, shape=(0, 9), chunks=(chunk, 9), dtype="float32",
                        compressors=compressors(codec), fill_value=0.0, dimension_names=("filter", "k"))
     empty_records = normalise_records(pd.DataFrame({"model_id": pd.Series([], dtype="int64"),
@@ -62,6 +63,12 @@ def create_empty(dst, *, chunk_filters: int | None = None, codec: str = fmt.DEFA
     manifest = fmt.new_manifest(chunk, codec, "complete")
     manifest["version"] = 1
     fmt.write_manifest(group, manifest)
+
+
+def _state(loc: fmt.Location) -> str | None:
+    """The manifest state of the store at ``loc`` (``"creating"`` when a creation was interrupted)."""
+    manifest = fmt.open_group(loc, "r").attrs.asdict().get(fmt.MANIFEST_KEY) or {}
+    return manifest.get("state")
 
 
 @contextmanager
@@ -130,7 +137,7 @@ def add_models(store, models, *, meta=None, create: bool = True, storage_options
         if not isinstance(m, ModelFilters):
             raise InputError(f"add_models takes extracted models (ModelFilters), got {type(m).__name__}; "
                              "read files with filtershift.ingest.read_model(path) first.")
-    if not fs.exists(f"{root}/zarr.json"):
+    if not fs.exists(f"{root}/zarr.json") or _state(loc) == "creating":
         if not create:
             raise StoreError(f"{loc.display}: no store here; create it first.")
         create_empty(loc.url, storage_options=storage_options)

@@ -58,7 +58,8 @@ def convert(src, dst, *, chunk_filters: int | None = None, codec: str = fmt.DEFA
     loc = fmt.Location.of(dst, storage_options)
     identity = _source_identity(source.path)
     settings = {"chunk_filters": chunk, "codec": codec, "nonfinite": nonfinite}
-    state = _prepare_destination(loc, identity, settings, overwrite=overwrite, resume=resume)
+    with fmt.remote_errors(loc, "write"):
+        state = _prepare_destination(loc, identity, settings, overwrite=overwrite, resume=resume)
     if state is None:
         return loc.url
     writer = _Writer(loc, source, settings, state, provenance_kind)
@@ -90,7 +91,10 @@ def _prepare_destination(loc: fmt.Location, identity: dict, settings: dict, *, o
                 print(f"{loc.display}: already complete; nothing to resume.")
                 return None
             saved = _read_progress(loc)
-            if saved is None or saved.get("identity") != identity or saved.get("settings") != settings:
+            if saved is None:  # killed before the first progress record: nothing to keep, start from chunk 0
+                return {"identity": identity, "settings": settings, "done": 0, "chunk_sums": [],
+                        "n_nonfinite": 0, "sha256": None}
+            if saved.get("identity") != identity or saved.get("settings") != settings:
                 raise StoreError(f"{loc.display}: the interrupted conversion was of another source file or "
                                  "with other settings (chunk size, codec, nonfinite policy); resume needs the "
                                  "same ones. Use --overwrite to start again.")
@@ -191,8 +195,9 @@ class _Writer:
         if self._store_exists():
             group = fmt.open_group(self.loc, "r+")
         else:
-            group = zarr.open_group(store=self.loc.zarr_store(read_only=False), mode="w", zarr_format=3)
-            fmt.write_manifest(group, fmt.new_manifest(self.chunk, self.settings["codec"], "converting"))
+            manifest = fmt.new_manifest(self.chunk, self.settings["codec"], "converting")
+            group = zarr.open_group(store=self.loc.zarr_store(read_only=False), mode="w", zarr_format=3,
+                                    attributes={fmt.MANIFEST_KEY: manifest})
         if fmt.WEIGHTS not in group:
             group.create_array(fmt.WEIGHTS, shape=(self.n, 9), chunks=(self.chunk, 9), dtype="float32",
                                compressors=compressors(self.settings["codec"]), fill_value=0.0,
