@@ -30,14 +30,15 @@ def open_store(path_or_url, *, label_rules=None, **storage_options) -> xr.Datase
     ``storage_options`` go to fsspec for object storage (``s3://``, ``gs://``, ...).
     """
     loc = fmt.Location.of(path_or_url, storage_options)
-    group = fmt.open_group(loc, "r")
-    manifest = fmt.read_manifest(group, loc)
-    version = manifest["version"]
-    records = fmt.read_table(loc, "records", version)
-    models = fmt.read_table(loc, "models", version)
-    n = manifest["n_filters"]
-    weights = _lazy(group[fmt.WEIGHTS], loc, n)
-    filter_id = _lazy(group[fmt.FILTER_ID], loc, n) if manifest.get("reordered") else None
+    with fmt.remote_errors(loc, "open"):
+        group = fmt.open_group(loc, "r")
+        manifest = fmt.read_manifest(group, loc)
+        version = manifest["version"]
+        records = fmt.read_table(loc, "records", version)
+        models = fmt.read_table(loc, "models", version)
+        n = manifest["n_filters"]
+        weights = _lazy(group[fmt.WEIGHTS], loc, n)
+        filter_id = _lazy(group[fmt.FILTER_ID], loc, n) if manifest.get("reordered") else None
     rules = manifest.get("label_rules", fmt.DEFAULT_LABEL_RULES) if label_rules is None else label_rules
     attrs = {"store": loc.display, "version": version, "schema_version": manifest["schema_version"]}
     return _build(weights, records, models, rules, attrs, filter_id=filter_id)

@@ -11,6 +11,7 @@ import datetime as _dt
 import io
 import json
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +92,45 @@ class Location:
     def exists(self) -> bool:
         fs, root = self.fs()
         return fs.exists(root)
+
+
+#: Libraries whose exceptions mean "the object store could not be reached or refused the request".
+_REMOTE_ERROR_MODULES = ("botocore", "aiobotocore", "aiohttp", "s3fs", "gcsfs", "adlfs", "azure", "google",
+                         "urllib3", "requests", "fsspec")
+_SECRET_OPTION = re.compile(r"key|secret|token|password|credential|sas", re.IGNORECASE)
+
+
+def _secrets(options) -> list[str]:
+    """String values of credential-like storage options (``key``, ``secret``, ``token``, ...), nested too."""
+    found = []
+    for name, value in (options.items() if isinstance(options, dict) else ()):
+        if isinstance(value, dict):
+            found += _secrets(value)
+        elif isinstance(value, str) and len(value) >= 4 and _SECRET_OPTION.search(str(name)):
+            found.append(value)
+    return found
+
+
+@contextmanager
+def remote_errors(loc: Location, action: str = "open"):
+    """Turn a failure to reach object storage (connection refused, timeout, access denied) into a StoreError that
+    names the store and the remedy, without credentials; local paths and filtershift's own errors pass through."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except Exception as exc:
+        root = type(exc).__module__.split(".", 1)[0]
+        if loc.is_local or not (isinstance(exc, (OSError, TimeoutError)) or root in _REMOTE_ERROR_MODULES):
+            raise
+        text = str(exc)
+        for secret in _secrets(loc.storage_options):
+            text = text.replace(secret, "***")
+        text = re.sub(r"//[^/@\s]*@", "//", text)
+        raise StoreError(f"{loc.display}: cannot {action} the store ({type(exc).__name__}: {text}). Check the URL, "
+                         "the endpoint (storage option endpoint_url), the network and the credentials; s3fs "
+                         "storage options config_kwargs={'retries': {'max_attempts': N}, 'connect_timeout': S} "
+                         "bound the wait.") from None
 
 
 def utc_now() -> str:
