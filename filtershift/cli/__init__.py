@@ -56,6 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"filtershift {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if type(exc).__name__ != "KilledWorker":
+            raise
+        print(f"filtershift {args.command}: error: a dask worker died while computing ({exc}). Workers are "
+              "restarted when they exceed their memory limit: give them more (--memory-limit, or fewer "
+              "--workers), or convert the store with a smaller --chunk-filters.", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
