@@ -15,7 +15,6 @@ import os
 import threading
 
 import numpy as np
-import pandas as pd
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
@@ -311,8 +310,3 @@ class _Writer:
         path = fmt.fsspec.core.url_to_fs(_progress_path(self.loc), **self.loc.storage_options)[1]
         if fs.exists(path):
             fs.rm(path)
-
-
-def source_summary(src, *, trust_pickle: bool = False) -> pd.DataFrame:
-    """The records a conversion of ``src`` would write (validates the source, reads no filters)."""
-    return normalise_records(open_source(src, trust_pickle=trust_pickle).records)

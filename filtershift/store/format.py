@@ -13,7 +13,6 @@ import json
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import fsspec
 import numpy as np
@@ -88,10 +87,6 @@ class Location:
 
     def join(self, *parts: str) -> str:
         return "/".join([self.url, *parts])
-
-    def exists(self) -> bool:
-        fs, root = self.fs()
-        return fs.exists(root)
 
 
 #: Libraries whose exceptions mean "the object store could not be reached or refused the request".
@@ -276,14 +271,3 @@ def vocabulary_codes(labels: pd.Series) -> tuple[list[str], np.ndarray]:
 def vocabularies(models: pd.DataFrame, rules) -> dict[str, list[str]]:
     return {name: vocabulary_codes(apply_label_rules(models[col], col, rules))[0]
             for name, col in grouping_columns(models).items()}
-
-
-def json_safe(value: Any) -> Any:
-    """Plain-JSON version of a table value (for the CLI's --json output)."""
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return None if np.isnan(value) else float(value)
-    if value is pd.NA or value is pd.NaT:
-        return None
-    return value

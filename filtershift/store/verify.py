@@ -91,7 +91,6 @@ def info(path_or_url, **storage_options) -> dict:
     loc = fmt.Location.of(path_or_url, storage_options)
     group = fmt.open_group(loc, "r")
     manifest = fmt.read_manifest(group, loc)
-    records = fmt.read_table(loc, "records", manifest["version"])
     models = fmt.read_table(loc, "models", manifest["version"])
     rules = manifest.get("label_rules", fmt.DEFAULT_LABEL_RULES)
     per: dict[str, dict] = {}
