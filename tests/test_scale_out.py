@@ -113,9 +113,9 @@ def stores(s3, tmp_path_factory):
 
 
 def analyse(ds):
-    """Shift (PCA basis, per-task distributions, drift) and per-record quality of ``ds``."""
-    basis = fit_basis(ds)
-    return drift(distributions(ds, basis, by="task")), layer_quality(ds)
+    """Shift (per-task histogram counts in the PCA basis, drift) and per-record quality of ``ds``."""
+    dist = distributions(ds, fit_basis(ds), by="task")
+    return dist["counts"], drift(dist), layer_quality(ds)
 
 
 @pytest.fixture(scope="module")
@@ -126,12 +126,18 @@ def reference(stores):
 
 
 def assert_same(result, expected):
-    (d, q), (d_ref, q_ref) = result, expected
+    """Counts equal exactly (a lost or repeated chunk changes them); float results equal to within rounding: the
+    partials combine in the same tree everywhere, but a vectorised kernel's last bits may depend on how a block is
+    aligned in memory, which differs between processes (a CI machine showed it)."""
+    (c, d, q), (c_ref, d_ref, q_ref) = result, expected
+    xr.testing.assert_identical(c, c_ref)
+    assert int(c.sum()) == 60_000 * c.sizes["component"]
     assert d.dims == d_ref.dims and d.shape == d_ref.shape and d.shape[0] >= 2
     assert np.isfinite(d.values).any()
-    xr.testing.assert_identical(d, d_ref)
+    xr.testing.assert_allclose(d, d_ref, rtol=1e-10, atol=1e-14)
+    assert d.attrs == d_ref.attrs and d.coords.keys() == d_ref.coords.keys()
     assert len(q) == len(q_ref) > 0
-    pd.testing.assert_frame_equal(q, q_ref, check_exact=True)
+    pd.testing.assert_frame_equal(q, q_ref, rtol=1e-10, atol=1e-14)
 
 
 def assert_no_secret(*texts):
