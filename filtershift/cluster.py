@@ -75,7 +75,26 @@ class Choice:
     source: str = "default"
 
 
+class ClientScheduler:
+    """The dask ``scheduler`` setting that runs every graph of this process (any thread) on ``client``.
+
+    Setting the Client itself there breaks local clusters: a nanny starts or restarts its worker with a copy of this
+    process's dask config, the Client in it cannot pickle, and after a memory-limit restart the worker never came
+    back and the computation hung. This object pickles to ``"dask.distributed"`` (a worker's own client)."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def __call__(self, dsk, keys, **kwargs):
+        return self.client.get(dsk, keys, **kwargs)
+
+    def __reduce__(self):
+        return str, ("dask.distributed",)
+
+
 def _classify(value, source: str) -> Choice:
+    if isinstance(value, ClientScheduler):
+        return Choice("client", value.client, source)
     if not isinstance(value, str):
         from distributed import Client
 
@@ -119,7 +138,7 @@ def resolve_scheduler(scheduler=None, *, default: str = "threads") -> Choice:
         return _classify(address, "dask config scheduler-address")
     configured = dask.config.get("scheduler", None)
     if configured is not None and not (isinstance(configured, str) and configured.lower() in _DISTRIBUTED_NAMES):
-        if callable(configured) and not hasattr(configured, "submit"):
+        if callable(configured) and not isinstance(configured, ClientScheduler) and not hasattr(configured, "submit"):
             return Choice("config", configured, "dask config scheduler")
         return _classify(configured, "dask config scheduler")
     client = _active_client()
@@ -311,7 +330,7 @@ def scheduler_context(scheduler=None, *, n_workers: int | None = None, memory_li
         return
     if choice.kind == "client":
         client = choice.target
-        with client.as_current(), dask.config.set(scheduler=client):
+        with client.as_current(), dask.config.set(scheduler=ClientScheduler(client)):
             yield Connection("client", choice.source, client.scheduler.address, client, None, client.dashboard_link)
         return
     if choice.kind == "local":
@@ -329,7 +348,7 @@ def scheduler_context(scheduler=None, *, n_workers: int | None = None, memory_li
         _print(conn.describe(), quiet)
         if link:
             _print(f"dashboard: {redact(link)}", quiet)
-        with client.as_current(), dask.config.set(scheduler=client):
+        with client.as_current(), dask.config.set(scheduler=ClientScheduler(client)):
             yield conn
     finally:
         client.close()
@@ -356,7 +375,7 @@ def _local_cluster(choice, n_workers, memory_limit, threads_per_worker, dashboar
                 _print(f"dashboard: {redact(link)}", quiet)
             elif dashboard:
                 _print("dashboard: not available (pip install 'bokeh>=3.1' to get one)", quiet)
-            with client.as_current(), dask.config.set(scheduler=client):
+            with client.as_current(), dask.config.set(scheduler=ClientScheduler(client)):
                 yield conn
         finally:
             client.close()

@@ -221,6 +221,25 @@ def test_local_cluster_runs_in_worker_processes(capsys):
     assert f"1 workers x {THREADS_PER_WORKER} thread(s)" in capsys.readouterr().err
 
 
+def test_local_cluster_config_pickles_and_other_threads_use_the_cluster():
+    """A nanny (re)starts its worker with a pickled copy of this process's dask config: the scheduler set there
+    must pickle (to "dask.distributed"), and computations from any thread of this process must reach the cluster."""
+    import pickle
+    import threading
+
+    x = da.arange(2000, chunks=500)
+    out = {}
+    with scheduler_context("local", n_workers=1, memory_limit="600MB", dashboard=False, quiet=True):
+        copy = pickle.loads(pickle.dumps(dask.config.global_config))
+        worker = threading.Thread(target=lambda: out.setdefault("pids", set(x.map_blocks(
+            lambda b: np.full(1, os.getpid()), chunks=(1,), dtype=np.int64).compute().tolist())))
+        worker.start()
+        worker.join(60)
+        assert resolve_scheduler().kind == "client"
+    assert copy["scheduler"] == "dask.distributed"
+    assert out["pids"] and os.getpid() not in out["pids"]
+
+
 def test_cli_check_and_defaults(local_cluster, capsys):
     from filtershift.cli import main
 

@@ -78,3 +78,31 @@ def test_analysis_of_a_store_larger_than_worker_memory(tmp_path):
     assert int(d1["counts"].values.sum()) == N_FILTERS * d1.sizes["component"]
     np.testing.assert_allclose(k1.values, k2.values, rtol=1e-12, equal_nan=True)
     pd.testing.assert_frame_equal(q1, q2, rtol=1e-10)
+
+
+def test_worker_over_its_memory_limit_is_reported_clearly(tmp_path):
+    """One 4e6-filter chunk (144 MB, decoded twice over) cannot fit a 300 MiB worker: its nanny restarts it each
+    time, dask gives up after the allowed failures, and `filtershift pca` ends with a message naming the remedies.
+    A bounded run, not a hang: restarting a worker of a local cluster used to fail on an unpicklable dask config
+    (the client set as scheduler) and left the computation waiting forever."""
+    import subprocess
+    import sys
+
+    from filtershift.store.convert import convert
+
+    src = synthesize(tmp_path / "dataset.h5", n_filters=4_000_000, n_models=4, seed=2)
+    store = convert(src, tmp_path / "db.zarr", chunk_filters=4_000_000)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "filtershift.cli", "pca", str(store), "--scheduler", "local",
+                           "--workers", "1", "--memory-limit", "300MiB", "--no-dashboard"],
+                          capture_output=True, text=True, timeout=240)
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stdout == ""
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("filtershift pca: error: a dask worker died while computing"), last
+    for remedy in ("--memory-limit", "fewer --workers", "--chunk-filters"):
+        assert remedy in last
+    assert "exceeded 95% memory budget" in proc.stderr        # it really was the memory limit
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    print(f"memory-limit failure reported after {elapsed:.1f} s")

@@ -127,10 +127,12 @@ def reference(stores):
 
 def assert_same(result, expected):
     """Counts equal exactly (a lost or repeated chunk changes them); float results equal to within rounding: the
-    partials combine in the same tree everywhere, but a vectorised kernel's last bits may depend on how a block is
-    aligned in memory, which differs between processes (a CI machine showed it)."""
+    partials combine in the same tree everywhere, yet CI runs showed bin edges and drift values of a process cluster
+    differing from the threaded run in the last bits (not reproduced here; a vectorised kernel's summation order
+    may depend on memory alignment)."""
     (c, d, q), (c_ref, d_ref, q_ref) = result, expected
-    xr.testing.assert_identical(c, c_ref)
+    np.testing.assert_array_equal(c.values, c_ref.values)
+    xr.testing.assert_allclose(c, c_ref, rtol=1e-10, atol=1e-14)   # labels and bin edges
     assert int(c.sum()) == 60_000 * c.sizes["component"]
     assert d.dims == d_ref.dims and d.shape == d_ref.shape and d.shape[0] >= 2
     assert np.isfinite(d.values).any()
