@@ -182,6 +182,11 @@ def test_flipped_byte_is_detected(tmp_path, capsys):
     report = fs.verify(db)
     assert not report.ok and "chunk 3" in report.problems[0]
     assert cli(["verify", str(db)]) == 1
+    # truncated and emptied chunk files (read through the memory-mapped path) are errors too, not crashes
+    for size in (len(data) // 2, 0):
+        chunk.write_bytes(bytes(data[:size]))
+        with pytest.raises(StoreError, match="'weights' chunk 3"):
+            fs.open_store(db)["weights"].sum().compute()
 
 
 def test_nonfinite_policies(tmp_path):

@@ -25,6 +25,7 @@ import xarray as xr
 from filtershift import progress
 from filtershift.errors import InputError
 from filtershift.store import format as fmt
+from filtershift.store.dataset import PER_RECORD, RECORD_COORDS_ATTR
 
 SPLIT_EVERY = 8
 DEPTH_EDGES = np.arange(0, 1.1, 0.1)
@@ -327,7 +328,13 @@ class RecordStats:
 
             codes = _code_coords(self.ds)
             names = list(mo.META_FIELDS) + codes
-            part = self._reduce(mo.MOMENTS, coords=["record", *names], names=names, desc="moments (pass 1/3)")
+            table = self.ds.attrs.get(RECORD_COORDS_ATTR)
+            from_table = [n for n in names if table is not None and n in table.columns
+                          and self.ds[n].attrs.get(PER_RECORD) == "tables"]
+            rest = [n for n in names if n not in from_table]
+            part = self._reduce(mo.MOMENTS, coords=["record", *rest], names=rest, desc="moments (pass 1/3)")
+            rows = table.loc[part["record"]] if from_table else None
+            part.update({n: rows[n].to_numpy() for n in from_table})
             dims = {1: ("record",), 2: ("record", "k"), 3: ("record", "k", "k2")}
             data = {k: (dims[np.ndim(v)], v) for k, v in part.items() if k != "record"}
             m = xr.Dataset(data, coords={"record": part["record"].astype(np.int64)})

@@ -49,27 +49,29 @@ def bin_index(x, edges):
 
 
 @numba.njit(nogil=True, cache=True)
-def _bin_row(c, j, nb, edges, row):
-    """Add the bins of c[j, :nb] to ``row`` (np.histogram semantics, as :func:`bin_index`, hoisted)."""
+def _bin_row(c, j, nb, edges, row, idx):
+    """Add the bins of c[j, :nb] to ``row`` (np.histogram semantics, as :func:`bin_index`). ``row`` has one extra
+    slot that collects values outside the range. The estimate loop vectorises; the exact correction against the
+    edges and the counting follow in a second loop over ``idx`` (scratch of length >= nb)."""
     n_edges = edges.size - 1
     lo, hi = edges[0], edges[n_edges]
     scale = n_edges / (hi - lo)
     tol = EDGE_TOLERANCE * (hi - lo)
+    lo_t, hi_t = lo - tol, hi + tol
     for i in range(nb):
         x = c[j, i]
-        if not (x >= lo and x <= hi):
-            if x < lo and x >= lo - tol:
-                row[0] += 1
-            elif x > hi and x <= hi + tol:
-                row[n_edges - 1] += 1
-            continue
-        b = int((x - lo) * scale)
-        if b == n_edges:
-            b -= 1
-        if x < edges[b]:
-            b -= 1
-        if b != n_edges - 1 and x >= edges[b + 1]:
-            b += 1
+        inside = (x >= lo_t) & (x <= hi_t)
+        xc = min(max(x, lo), hi) if inside else lo
+        b = min(int((xc - lo) * scale), n_edges - 1)
+        idx[i] = b if inside else n_edges
+    for i in range(nb):
+        b = idx[i]
+        if b < n_edges:
+            x = min(max(c[j, i], lo), hi)
+            if x < edges[b]:
+                b -= 1
+            elif b != n_edges - 1 and x >= edges[b + 1]:
+                b += 1
         row[b] += 1
 
 
@@ -80,16 +82,24 @@ def hist_kernel(w, starts, mean, comps, edges, fine_edges, counts, fine_counts):
     mc = mean_projection(mean, comps)
     wt = np.empty((11, BLOCK))
     c = np.empty((nc, BLOCK))
+    idx = np.empty(BLOCK, np.int64)
     use_fine = fine_edges.size > 1
+    rows = np.zeros((nc, edges.size), np.int64)
+    fine_rows = np.zeros((nc, fine_edges.size if use_fine else 1), np.int64)
     for r in range(starts.size - 1):
+        rows[:] = 0
+        fine_rows[:] = 0
         for a in range(starts[r], starts[r + 1], BLOCK):
             nb = min(BLOCK, starts[r + 1] - a)
             load_block(w, a, nb, wt)
             coef_block(wt, nb, mc, comps, c)
             for j in range(nc):
-                _bin_row(c, j, nb, edges, counts[r, j])
+                _bin_row(c, j, nb, edges, rows[j], idx)
                 if use_fine:
-                    _bin_row(c, j, nb, fine_edges, fine_counts[r, j])
+                    _bin_row(c, j, nb, fine_edges, fine_rows[j], idx)
+        counts[r] += rows[:, :-1]
+        if use_fine:
+            fine_counts[r] += fine_rows[:, :-1]
 
 
 def hist_reference(w, starts, mean, components, edges) -> np.ndarray:
