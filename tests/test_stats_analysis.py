@@ -336,3 +336,39 @@ def test_errors_are_clear(data):
         fit_basis(ds, n_components=12)
     with pytest.raises(InputError, match="at least 2"):
         fit_basis(np.ones((1, 9), np.float32))
+
+
+def test_a_million_synthesized_filters_equal_numpy(tmp_path):
+    """The acceptance scale: 1e6 filters synthesized as a CNN-Filter-DB `dataset.h5`, converted, analysed out of
+    core; the reference reads the same file with h5py and pandas and applies the definitions in numpy."""
+    import warnings
+
+    import h5py
+
+    from filtershift.ingest.synth import synthesize
+    from filtershift.store.convert import convert
+    from filtershift.store.dataset import open_store
+
+    src = synthesize(tmp_path / "dataset.h5", n_filters=1_000_000, n_models=40, seed=11)
+    ds = open_store(convert(src, tmp_path / "db.zarr", chunk_filters=65_536))
+    with dask.config.set(scheduler="threads"):
+        basis = fit_basis(ds)
+        dist = distributions(ds, basis, by="task", min_filters=1)
+        got = drift(dist)
+    with h5py.File(src, "r") as h:
+        w = h["filters"][:].reshape(-1, 9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        meta = pd.read_hdf(src, "meta").reset_index()
+    task = meta["Task"].astype(str).where(~meta["Task"].astype(str).str.contains("Segmentation"), "Segmentation")
+    labels = np.empty(len(w), dtype=object)
+    for t, ids in zip(task, meta["filter_ids"]):
+        a, b = (int(x) for x in ids.split(":"))
+        labels[a:b + 1] = t
+    assert len(w) == 1_000_000 and not any(v is None for v in labels)
+    mean, comps, var, ratio = ref_pca(w)
+    np.testing.assert_allclose(basis.explained_variance_, var, rtol=1e-6)
+    np.testing.assert_allclose(np.abs(np.sum(basis.components_ * comps, axis=1)), 1.0, atol=1e-6)
+    groups = list(dist["group"].values)
+    assert groups == sorted(set(labels)) and len(groups) >= 3
+    np.testing.assert_allclose(got.values, ref_drift(w, labels, groups), rtol=1e-6, atol=1e-12)
