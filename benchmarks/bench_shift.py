@@ -27,11 +27,16 @@ from _common import append_section, gib, run_child  # noqa: E402
 SETUP = """
 import numpy as np, pandas as pd, zarr, dask, filtershift as fs, filtershift.stats, filtershift.store.dataset
 from filtershift.stats import fit_basis, distributions, drift, group_bases
-# warm-up, not timed: numba kernels load from their on-disk cache (or compile once) here
+# warm-up, not timed: numba kernels load from their on-disk cache (or compile once) here, for the argument types
+# of a store on disk (read-only chunk arrays) as well as of in-memory arrays
+import tempfile as _tf, dask as _dask
+from filtershift.ingest.synth import synthesize as _synth
 _w = np.random.default_rng(0).normal(size=(5000, 9)).astype("f4")
 _ds = fs.from_arrays(_w, pd.DataFrame({"model_id": [0, 1], "conv_depth": [0, 0], "n": [2500, 2500]}),
                      pd.DataFrame({"model_id": [0, 1], "Task": ["a", "b"]}))
-drift(distributions(_ds, fit_basis(_ds), by="task")); group_bases(fit_basis(_ds), by="task")
+with _tf.TemporaryDirectory() as _d, _dask.config.set(scheduler="threads"):
+    for _x in (_ds, fs.open_store(_synth(_d + "/w.zarr", n_filters=20000, n_models=4, format="zarr"))):
+        drift(distributions(_x, fit_basis(_x), by="task")); group_bases(fit_basis(_x), by="task")
 """
 
 MAKE = """

@@ -156,3 +156,18 @@ def test_group_sum_and_comoments_against_numpy():
         assert gn[g] == rows.sum()
         np.testing.assert_allclose(gs[g], x[rows].sum(0), rtol=1e-10, atol=1e-10)
         np.testing.assert_allclose(gc[g], _np_comoment(x[rows]), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("n_groups", [3, 65, 300])     # both strategies: masked sums, sorted reduceat
+def test_group_sum_counts_and_floats(n_groups):
+    rng = np.random.default_rng(n_groups)
+    codes = rng.integers(-1, n_groups, 2000)
+    counts = rng.integers(0, 1000, (2000, 9, 7))
+    floats = rng.standard_normal((2000, 9, 9))
+    got_c = engine.group_sum(codes, counts, n_groups)
+    got_f = engine.group_sum(codes, floats, n_groups)
+    assert got_c.dtype == np.int64 and got_c.shape == (n_groups, 9, 7)
+    for g in range(n_groups):
+        np.testing.assert_array_equal(got_c[g], counts[codes == g].sum(0))
+        np.testing.assert_allclose(got_f[g], floats[codes == g].sum(0), rtol=1e-12, atol=1e-12)
+    assert engine.group_sum(np.full(5, -1), np.ones((5, 2)), 70).sum() == 0

@@ -247,15 +247,17 @@ def group_sum(codes: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarra
     values = np.asarray(values)
     out = np.zeros((n_groups,) + values.shape[1:], dtype=np.result_type(values, np.int64)
                    if values.dtype.kind in "iub" else values.dtype)
-    keep = codes >= 0
-    if not keep.any():
+    if n_groups <= 64:      # a masked sum per group beats sorting the records for a handful of groups
+        for g in range(n_groups):
+            out[g] = values[codes == g].sum(axis=0, dtype=out.dtype)
         return out
-    c = codes[keep]
-    v = values[keep]
-    order = np.argsort(c, kind="stable")
-    c, v = c[order], v[order]
+    idx = np.flatnonzero(codes >= 0)
+    if not len(idx):
+        return out
+    idx = idx[np.argsort(codes[idx], kind="stable")]   # one gather of the values, in group order
+    c = codes[idx]
     first = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
-    out[c[first]] = np.add.reduceat(v.astype(out.dtype, copy=False), first, axis=0)
+    out[c[first]] = np.add.reduceat(values[idx].astype(out.dtype, copy=False), first, axis=0)
     return out
 
 
