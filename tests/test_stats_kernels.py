@@ -120,6 +120,26 @@ def test_hist_kernel_equals_np_histogram(bins):
     assert (got < 0).sum() == 2
 
 
+@pytest.mark.parametrize("uniform", [True, False])
+def test_bin_row_on_and_next_to_every_edge(uniform):
+    """The binning loop against np.histogram on the hardest values: every edge, its neighbours, out of range, NaN.
+    Non-linspace edges (one moved by an ulp) take the edge-lookup path."""
+    edges = np.linspace(-2.37, 3.11, 71)
+    if not uniform:
+        edges[5] = np.nextafter(edges[5], np.inf)
+    assert histograms.linspace_edges(edges) == uniform
+    inner = edges[1:-1]
+    rng = np.random.default_rng(9)
+    x = np.concatenate([edges, np.nextafter(inner, -np.inf), np.nextafter(inner, np.inf),
+                        [np.nextafter(edges[0], np.inf), np.nextafter(edges[-1], -np.inf), -5.0, 7.0, np.nan],
+                        rng.uniform(edges[0], edges[-1], 3000)])
+    c = x[None, :]
+    row = np.zeros(71, np.int64)
+    histograms._bin_row(c, 0, x.size, edges, row, np.empty(x.size, np.int64), uniform)
+    np.testing.assert_array_equal(row[:70], np.histogram(x[np.isfinite(x)], bins=edges)[0])
+    assert row[70] == 3            # -5, 7 and NaN
+
+
 def test_runs_and_merge():
     rec = np.array([3, 3, 5, 5, 5, 9], np.int32)
     perm, ids, starts = engine.runs(rec)

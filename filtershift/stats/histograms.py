@@ -49,30 +49,53 @@ def bin_index(x, edges):
 
 
 @numba.njit(nogil=True, cache=True)
-def _bin_row(c, j, nb, edges, row, idx):
-    """Add the bins of c[j, :nb] to ``row`` (np.histogram semantics, as :func:`bin_index`). ``row`` has one extra
-    slot that collects values outside the range. The estimate loop vectorises; the exact correction against the
-    edges and the counting follow in a second loop over ``idx`` (scratch of length >= nb)."""
+def linspace_edges(edges):
+    """True when ``edges`` are exactly numpy.linspace(edges[0], edges[-1], len(edges)): edge b is then
+    ``b * step + lo`` (linspace's own arithmetic), so :func:`_bin_row` need not look the edges up."""
+    n = edges.size - 1
+    lo, hi = edges[0], edges[n]
+    step = (hi - lo) / n
+    for b in range(n):
+        if edges[b] != b * step + lo:
+            return False
+    return True
+
+
+@numba.njit(nogil=True, cache=True)
+def _bin_row(c, j, nb, edges, row, idx, uniform):
+    """Add the bins of c[j, :nb] to ``row`` with np.histogram's semantics (as :func:`bin_index`); ``row`` has one
+    extra slot that collects values outside the range. For ``uniform`` edges (see :func:`linspace_edges`) the
+    estimate and its exact correction against the edges run in one branch-free loop that vectorises; the counting
+    follows over ``idx`` (scratch of length >= nb)."""
     n_edges = edges.size - 1
+    last = n_edges - 1
     lo, hi = edges[0], edges[n_edges]
     scale = n_edges / (hi - lo)
+    step = (hi - lo) / n_edges
     tol = EDGE_TOLERANCE * (hi - lo)
     lo_t, hi_t = lo - tol, hi + tol
     for i in range(nb):
         x = c[j, i]
         inside = (x >= lo_t) & (x <= hi_t)
         xc = min(max(x, lo), hi) if inside else lo
-        b = min(int((xc - lo) * scale), n_edges - 1)
+        b = min(int((xc - lo) * scale), last)
+        if uniform:
+            e_lo = b * step + lo
+            e_hi = hi if b == last else (b + 1) * step + lo
+            dec = xc < e_lo
+            b = b - dec + ((not dec) & (b != last) & (xc >= e_hi))
         idx[i] = b if inside else n_edges
+    if not uniform:
+        for i in range(nb):
+            b = idx[i]
+            if b < n_edges:
+                x = min(max(c[j, i], lo), hi)
+                if x < edges[b]:
+                    idx[i] = b - 1
+                elif b != last and x >= edges[b + 1]:
+                    idx[i] = b + 1
     for i in range(nb):
-        b = idx[i]
-        if b < n_edges:
-            x = min(max(c[j, i], lo), hi)
-            if x < edges[b]:
-                b -= 1
-            elif b != n_edges - 1 and x >= edges[b + 1]:
-                b += 1
-        row[b] += 1
+        row[idx[i]] += 1
 
 
 @numba.njit(nogil=True, cache=True)
@@ -84,6 +107,8 @@ def hist_kernel(w, starts, mean, comps, edges, fine_edges, counts, fine_counts):
     c = np.empty((nc, BLOCK))
     idx = np.empty(BLOCK, np.int64)
     use_fine = fine_edges.size > 1
+    uniform = linspace_edges(edges)
+    fine_uniform = use_fine and linspace_edges(fine_edges)
     rows = np.zeros((nc, edges.size), np.int64)
     fine_rows = np.zeros((nc, fine_edges.size if use_fine else 1), np.int64)
     for r in range(starts.size - 1):
@@ -94,9 +119,9 @@ def hist_kernel(w, starts, mean, comps, edges, fine_edges, counts, fine_counts):
             load_block(w, a, nb, wt)
             coef_block(wt, nb, mc, comps, c)
             for j in range(nc):
-                _bin_row(c, j, nb, edges, rows[j], idx)
+                _bin_row(c, j, nb, edges, rows[j], idx, uniform)
                 if use_fine:
-                    _bin_row(c, j, nb, fine_edges, fine_rows[j], idx)
+                    _bin_row(c, j, nb, fine_edges, fine_rows[j], idx, fine_uniform)
         counts[r] += rows[:, :-1]
         if use_fine:
             fine_counts[r] += fine_rows[:, :-1]
