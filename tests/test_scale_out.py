@@ -128,8 +128,9 @@ def reference(stores):
 def assert_same(result, expected):
     """Counts equal exactly (a lost or repeated chunk changes them); float results equal to within rounding: the
     partials combine in the same tree everywhere, yet CI runs showed bin edges and drift values of a process cluster
-    differing from the threaded run in the last bits (not reproduced here; a vectorised kernel's summation order
-    may depend on memory alignment)."""
+    differing from the threaded run in the last bits: a numba kernel's last bits can depend on which
+    specialisations the process compiled before (shown with a non-contiguous call; the trigger in the test
+    session is not identified)."""
     (c, d, q), (c_ref, d_ref, q_ref) = result, expected
     np.testing.assert_array_equal(c.values, c_ref.values)
     xr.testing.assert_allclose(c, c_ref, rtol=1e-10, atol=1e-14)   # labels and bin edges
