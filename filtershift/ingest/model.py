@@ -9,12 +9,29 @@ that every format yields the same kind of :class:`ModelFilters`. See ``docs/inge
 from __future__ import annotations
 
 import hashlib
+import importlib
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from filtershift.errors import InputError
+
+
+def require(package: str, where: str, reading: str, extra: str):
+    """Import the optional ``package`` a reader needs, or raise an ``InputError`` naming the extra to install."""
+    try:
+        return importlib.import_module(package)
+    except ImportError:
+        raise InputError(f"{where}: reading {reading} needs the '{package}' package; install it with "
+                         f"pip install 'filtershift[{extra}]'.") from None
+
+
+def check_model_file(path: str) -> None:
+    """A clear error for a model path that is not a file."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such model file; check the path.")
 
 
 @dataclass

@@ -15,7 +15,8 @@ from collections import Counter
 import numpy as np
 
 from filtershift.errors import InputError
-from filtershift.ingest.model import Conv, ModelFilters, assemble, longest_path_depths
+from filtershift.ingest.model import (Conv, ModelFilters, assemble, check_model_file, longest_path_depths,
+                                      require)
 
 CONV_OPS = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}
 PASS_THROUGH = {"Identity", "Cast"}
@@ -27,22 +28,12 @@ class _Skip(Exception):
     """A convolution whose weight is not a constant of the file (a graph input, a computed tensor)."""
 
 
-def _import_onnx(path: str):
-    try:
-        import onnx
-    except ImportError:
-        raise InputError(f"{path}: reading ONNX models needs the 'onnx' package; install it with "
-                         "pip install 'filtershift[onnx]'.") from None
-    return onnx
-
-
 def read_onnx(path) -> ModelFilters:
     """The 3x3 convolution filters of an ONNX model file, with its meta row; raises ``InputError`` for a
     missing, corrupt, unsafe or conv-less file."""
     path = os.fspath(path)
-    onnx = _import_onnx(path)
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: no such model file; check the path.")
+    onnx = require("onnx", path, "ONNX models", "onnx")
+    check_model_file(path)
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as e:

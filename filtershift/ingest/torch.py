@@ -17,24 +17,15 @@ from collections.abc import Mapping
 import numpy as np
 
 from filtershift.errors import InputError
-from filtershift.ingest.model import Conv, ModelFilters, assemble, longest_path_depths
+from filtershift.ingest.model import (Conv, ModelFilters, assemble, check_model_file, longest_path_depths,
+                                      require)
 
 #: Keys under which training scripts nest the state_dict of a checkpoint, tried in this order.
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "ema", "model_ema")
 
 
 def _import_torch(where: str):
-    try:
-        import torch
-    except ImportError:
-        raise InputError(f"{where}: reading PyTorch models needs the 'torch' package; install it with "
-                         "pip install 'filtershift[torch]'.") from None
-    return torch
-
-
-def _check_file(path: str) -> None:
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: no such model file; check the path.")
+    return require("torch", where, "PyTorch models", "torch")
 
 
 def read_module(module, *, name: str | None = None, trace: bool = True) -> ModelFilters:
@@ -58,7 +49,7 @@ def read_state_dict(path, *, module=None) -> ModelFilters:
     ``nn.Module`` the weights belong to, for exact depths and groups."""
     path = os.fspath(path)
     torch = _import_torch(path)
-    _check_file(path)
+    check_model_file(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -91,12 +82,8 @@ def read_safetensors(path, *, module=None) -> ModelFilters:
     """The 3x3 filters of a ``.safetensors`` file. The format keeps no tensor order, so without ``module``
     the depth order is the natural order of the tensor names (``layer.2`` before ``layer.10``)."""
     path = os.fspath(path)
-    _check_file(path)
-    try:
-        from safetensors import safe_open
-    except ImportError:
-        raise InputError(f"{path}: reading safetensors files needs the 'safetensors' package; install it "
-                         "with pip install 'filtershift[torch]'.") from None
+    check_model_file(path)
+    safe_open = require("safetensors", path, "safetensors files", "torch").safe_open
     try:
         with safe_open(path, framework="numpy") as f:
             info = f.metadata() or {}
