@@ -14,6 +14,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
 
+#: One plain read-and-decode pass over a store's filters with zarr, sequential (the baseline of every ratio).
+READ_ZARR = """
+import numpy as np, zarr
+a = zarr.open_array({path!r} + "/weights", mode="r"); step = a.chunks[0]; s = 0.0
+for lo in range(0, a.shape[0], step):
+    s += float(a[lo:lo + step].sum(dtype=np.float64))
+"""
+
+#: The same pass through filtershift's Dataset on the threaded dask scheduler.
+READ_DASK = """
+import dask, filtershift as fs
+with dask.config.set(scheduler="threads"):
+    float(fs.open_store({path!r})["weights"].sum(dtype="f8").compute())
+"""
+
 DEFAULT_SETUP = ("import numpy, h5py, zarr, dask, dask.array, xarray, pandas, filtershift.store.dataset, "
                  "filtershift.store.convert")
 

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import append_section, gib, run_child  # noqa: E402
+from _common import READ_DASK, append_section, gib, run_child  # noqa: E402
 
 MAX_FILTERS = 100_000_000
 
@@ -39,11 +39,6 @@ layer_quality(_ds)
 MAKE = """
 from filtershift.ingest.synth import synthesize
 synthesize({path!r}, n_filters={n}, n_models={models}, seed=0, format="zarr", overwrite=True)
-"""
-
-READ = """
-with dask.config.set(scheduler="threads"):
-    float(sd.open_store({path!r})["weights"].sum(dtype="f8").compute())
 """
 
 QUALITY = """
@@ -122,7 +117,7 @@ def main(argv=None) -> int:
     path = str(work / "q.zarr")
     try:
         run_child(MAKE.format(path=path, n=args.filters, models=args.models))
-        read = run_child(READ.format(path=path), setup=SETUP)
+        read = run_child(READ_DASK.format(path=path), setup=SETUP)
         quality = run_child(QUALITY.format(path=path), setup=SETUP)
         ref = run_child(REFERENCE.format(path=path), setup=SETUP)
         o_pass = run_child(ORTHO_PASS.format(resnets=args.resnets), setup=SETUP)

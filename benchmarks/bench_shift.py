@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import append_section, gib, run_child  # noqa: E402
+from _common import READ_DASK, READ_ZARR, append_section, gib, run_child  # noqa: E402
 
 SETUP = """
 import numpy as np, pandas as pd, zarr, dask, filtershift as fs, filtershift.stats, filtershift.store.dataset
@@ -42,17 +42,6 @@ with _tf.TemporaryDirectory() as _d, _dask.config.set(scheduler="threads"):
 MAKE = """
 from filtershift.ingest.synth import synthesize
 synthesize({path!r}, n_filters={n}, n_models={models}, seed=0, format="zarr", overwrite=True)
-"""
-
-READ_ZARR = """
-a = zarr.open_array({path!r} + "/weights", mode="r"); step = a.chunks[0]; s = 0.0
-for lo in range(0, a.shape[0], step):
-    s += float(a[lo:lo + step].sum(dtype=np.float64))
-"""
-
-READ_DASK = """
-with dask.config.set(scheduler="threads"):
-    float(fs.open_store({path!r})["weights"].sum(dtype="f8").compute())
 """
 
 FULL = """

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import append_section, gib, run_child  # noqa: E402
+from _common import READ_DASK, READ_ZARR, append_section, gib, run_child  # noqa: E402
 
 MAKE_SOURCE = """
 import h5py, numpy as np, pandas as pd, warnings
@@ -57,19 +57,6 @@ from filtershift.store.convert import convert
 convert({src!r}, {dst!r}, chunk_filters={chunk}, codec={codec!r}, overwrite=True)
 """
 
-READ_STORE = """
-import numpy as np, zarr
-a = zarr.open_array({dst!r} + "/weights", mode="r"); step = a.chunks[0]; s = 0.0
-for lo in range(0, a.shape[0], step):
-    s += float(a[lo:lo + step].sum(dtype=np.float64))
-"""
-
-READ_DASK = """
-import dask, filtershift as fs
-with dask.config.set(scheduler="threads"):
-    float(fs.open_store({dst!r})["weights"].sum(dtype="f8").compute())
-"""
-
 
 def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
@@ -103,8 +90,8 @@ def main() -> None:
     for codec, chunk in configs:
         dst = work / f"db-{codec}-{chunk}.zarr"
         conv = run_child(CONVERT.format(src=str(src), dst=str(dst), chunk=chunk, codec=codec))
-        read = run_child(READ_STORE.format(dst=str(dst)))
-        dread = run_child(READ_DASK.format(dst=str(dst)))
+        read = run_child(READ_ZARR.format(path=str(dst)))
+        dread = run_child(READ_DASK.format(path=str(dst)))
         size = du(dst)
         rows.append(f"| {codec} | {chunk:,} | {conv['wall_s']:.2f} | {conv['wall_s'] / raw['wall_s']:.2f} | "
                     f"{gib(conv['peak_rss'])} | {size / (n * 36):.3f} | {read['wall_s']:.2f} | "
