@@ -92,6 +92,13 @@ class ClientScheduler:
         return str, ("dask.distributed",)
 
 
+@contextmanager
+def _using(client):
+    """Run every dask computation of this process on ``client`` while the context is open."""
+    with client.as_current(), dask.config.set(scheduler=ClientScheduler(client)):
+        yield
+
+
 def _classify(value, source: str) -> Choice:
     if isinstance(value, ClientScheduler):
         return Choice("client", value.client, source)
@@ -330,7 +337,7 @@ def scheduler_context(scheduler=None, *, n_workers: int | None = None, memory_li
         return
     if choice.kind == "client":
         client = choice.target
-        with client.as_current(), dask.config.set(scheduler=ClientScheduler(client)):
+        with _using(client):
             yield Connection("client", choice.source, client.scheduler.address, client, None, client.dashboard_link)
         return
     if choice.kind == "local":
@@ -348,7 +355,7 @@ def scheduler_context(scheduler=None, *, n_workers: int | None = None, memory_li
         _print(conn.describe(), quiet)
         if link:
             _print(f"dashboard: {redact(link)}", quiet)
-        with client.as_current(), dask.config.set(scheduler=ClientScheduler(client)):
+        with _using(client):
             yield conn
     finally:
         client.close()
@@ -375,7 +382,7 @@ def _local_cluster(choice, n_workers, memory_limit, threads_per_worker, dashboar
                 _print(f"dashboard: {redact(link)}", quiet)
             elif dashboard:
                 _print("dashboard: not available (pip install 'bokeh>=3.1' to get one)", quiet)
-            with client.as_current(), dask.config.set(scheduler=ClientScheduler(client)):
+            with _using(client):
                 yield conn
         finally:
             client.close()
