@@ -88,10 +88,10 @@ class _ChunkReader:
         import google_crc32c
 
         inner = self.shape[1:]
+        nbytes = self.rows * int(np.prod(inner, dtype=np.int64)) * self.dtype.itemsize
         pieces = []
         for i in range(lo // self.rows, (max(hi, lo + 1) - 1) // self.rows + 1):
             path = os.path.join(self.direct, "c", str(i), *(["0"] * len(inner)))
-            nbytes = self.rows * int(np.prod(inner, dtype=np.int64)) * self.dtype.itemsize
             try:
                 raw = _read_file(path)
             except FileNotFoundError:
