@@ -182,7 +182,8 @@ def scale(w: np.ndarray) -> np.ndarray:
     return np.divide(x, m, out=np.zeros_like(x), where=m > 0)
 
 
-def _comoment(x: np.ndarray) -> np.ndarray:
+def comoment(x: np.ndarray) -> np.ndarray:
+    """Plain numpy co-moment of the rows of ``x``: sum (x - mean)(x - mean)^T (zeros for no rows)."""
     d = x - x.mean(axis=0) if len(x) else x
     return d.T @ d
 
@@ -196,9 +197,9 @@ def moments_reference(w: np.ndarray, starts: np.ndarray) -> dict:
         sc = scale(raw)
         out["n"].append(b - a)
         out["scaled_sum"].append(sc.sum(0))
-        out["scaled_comoment"].append(_comoment(sc))
+        out["scaled_comoment"].append(comoment(sc))
         out["raw_sum"].append(raw.sum(0))
-        out["raw_comoment"].append(_comoment(raw))
+        out["raw_comoment"].append(comoment(raw))
         out["raw_absmax"].append(np.abs(raw).max() if len(raw) else 0.0)
         out["raw_l1_sum"].append(np.abs(raw).sum())
         out["raw_l2_sum"].append(np.sqrt((raw ** 2).sum(1)).sum())
@@ -337,7 +338,7 @@ def second_reference(w, starts, absmax, mean, components, eps) -> dict:
         keep = raw[~sp]
         out["sparse_count"].append(int(sp.sum()))
         out["nonsparse_sum"].append(keep.sum(0))
-        out["nonsparse_comoment"].append(_comoment(keep))
+        out["nonsparse_comoment"].append(comoment(keep))
     return {k: np.asarray(v) for k, v in out.items()}
 
 

@@ -21,6 +21,7 @@ import xarray as xr
 
 from filtershift.errors import InputError
 from filtershift.stats import engine
+from filtershift.stats.moments import comoment
 
 K = 9
 #: torchconvquality's entropy threshold (a logistic in log2 n fitted to a "min distribution"): l, x0, k, b.
@@ -130,13 +131,6 @@ def sparse_mask(w, sparsity_eps: float = 0.01) -> np.ndarray:
     return np.all(np.abs(w) < w.dtype.type(t), axis=1)
 
 
-def _comoment(x: np.ndarray) -> np.ndarray:
-    if len(x) == 0:
-        return np.zeros((K, K))
-    d = x - x.mean(axis=0)
-    return d.T @ d
-
-
 def layer_orthogonality(w, out_channels: int) -> float:
     """1 - mean |cosine similarity| between the out-channel weight vectors of one layer (off-diagonal pairs).
 
@@ -179,8 +173,8 @@ def layer_metrics(w, sparsity_eps: float = 0.01, out_channels: int | None = None
     mask = sparse_mask(a, sparsity_eps)
     raw = a.astype(np.float64)
     keep = raw[~mask]
-    res = finalize(np.array([len(raw)]), raw.sum(0)[None], _comoment(raw)[None], [np.abs(raw).sum()],
-                   [np.sqrt((raw ** 2).sum(1)).sum()], [int(mask.sum())], [len(keep)], _comoment(keep)[None])
+    res = finalize(np.array([len(raw)]), raw.sum(0)[None], comoment(raw)[None], [np.abs(raw).sum()],
+                   [np.sqrt((raw ** 2).sum(1)).sum()], [int(mask.sum())], [len(keep)], comoment(keep)[None])
     out = {k: (int(v[0]) if v.dtype.kind == "i" else float(v[0])) for k, v in res.items()}
     out["orthogonality"] = (layer_orthogonality(raw, out_channels) if out_channels is not None
                             else float("nan"))
