@@ -35,9 +35,9 @@ def test_moments_kernel_equals_numpy():
     w, starts = _data()
     r = len(starts) - 1
     out = [np.zeros(r, np.int64), np.zeros((r, 9)), np.zeros((r, 9, 9)), np.zeros((r, 9)), np.zeros((r, 9, 9)),
-           np.zeros(r), np.zeros(r), np.zeros(r)]
+           np.zeros(r), np.zeros(r), np.zeros(r), np.zeros(r)]
     moments.moments_kernel(w, starts, *out)
-    n, s_sum, s_com, r_sum, r_com, amax, l1, l2 = out
+    n, s_sum, s_com, r_sum, r_com, amax, fmin, l1, l2 = out
     for i, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
         raw = w[a:b].astype(np.float64)
         sc = _np_scale(w[a:b])
@@ -47,6 +47,7 @@ def test_moments_kernel_equals_numpy():
         np.testing.assert_allclose(r_sum[i], raw.sum(0), rtol=1e-10, atol=1e-9)
         np.testing.assert_allclose(r_com[i], _np_comoment(raw), rtol=1e-10, atol=1e-9)
         assert amax[i] == (np.abs(raw).max() if b > a else 0.0)
+        assert fmin[i] == (np.abs(raw).max(1).min() if b > a else np.inf)
         np.testing.assert_allclose(l1[i], np.abs(raw).sum(), rtol=1e-12)
         np.testing.assert_allclose(l2[i], np.linalg.norm(raw, axis=1).sum(), rtol=1e-12)
     # the kernel's reference in the module agrees too
@@ -59,7 +60,7 @@ def test_moments_accurate_with_large_offset():
     w = (1000.0 + rng.standard_normal((20000, 9))).astype(np.float32)
     starts = np.array([0, 20000], np.int64)
     out = [np.zeros(1, np.int64), np.zeros((1, 9)), np.zeros((1, 9, 9)), np.zeros((1, 9)), np.zeros((1, 9, 9)),
-           np.zeros(1), np.zeros(1), np.zeros(1)]
+           np.zeros(1), np.zeros(1), np.zeros(1), np.zeros(1)]
     moments.moments_kernel(w, starts, *out)
     x = w.astype(np.float64)
     np.testing.assert_allclose(out[4][0] / 19999, np.cov(x.T), rtol=1e-9, atol=1e-9)
@@ -76,11 +77,18 @@ def test_second_kernel_equals_numpy():
                       for a, b in zip(starts[:-1], starts[1:])])
     rec = np.repeat(np.arange(len(starts) - 1), np.diff(starts)).astype(np.int32)
     eps = 0.05
+    runs = [w[a:b].astype(np.float64) for a, b in zip(starts[:-1], starts[1:])]
+    fmin = np.array([np.abs(x).max(1).min() if len(x) else np.inf for x in runs])
+    clean = moments.clean_records(amax, fmin, eps)
+    assert clean.any() and not clean.all()           # both paths of the kernel run
     params = {"record": np.arange(len(starts) - 1), "raw_absmax": amax, "raw_mean": rmean, "eps": eps,
-              "mean": mean, "components": comps}
-    part = moments.second_chunk(w, rec, params)
+              "clean": clean, "mean": mean, "components": comps}
     present = np.flatnonzero(np.diff(starts) > 0)
+    part = moments.second_chunk(w, rec, params)
     np.testing.assert_array_equal(part["record"], present)
+    part = moments.second_finalize(part, clean[present], np.diff(starts)[present],
+                                   np.array([x.sum(0) for x in runs])[present],
+                                   np.array([_np_comoment(x) for x in runs])[present])
     for pos, i in enumerate(present):
         a, b = starts[i], starts[i + 1]
         raw = w[a:b].astype(np.float64)
@@ -156,9 +164,14 @@ def test_runs_and_merge():
     # combine in an unusual order: ((p3, p0), (p4, (p2, p1)))
     merged = moments.moments_combine(moments.moments_combine(parts[3], parts[0]),
                                      moments.moments_combine(parts[4], moments.moments_combine(parts[2], parts[1])))
-    assert merged["record"].tolist() == [0, 1, 2, 3]
-    for k in ("n", "scaled_sum", "scaled_comoment", "raw_sum", "raw_comoment", "raw_absmax", "raw_l1_sum"):
-        np.testing.assert_allclose(merged[k], whole[k], rtol=1e-10, atol=1e-9)
+    # and in block order, all at once: the concatenating path, record 1 shared by three blocks
+    ordered = moments.moments_combine(*parts)
+    for m in (merged, ordered):
+        assert m["record"].tolist() == [0, 1, 2, 3]
+        for k in ("n", "scaled_sum", "scaled_comoment", "raw_sum", "raw_comoment", "raw_absmax", "raw_l1_sum"):
+            np.testing.assert_allclose(m[k], whole[k], rtol=1e-10, atol=1e-9)
+    assert moments.moments_combine(parts[0], {k: v[:0] for k, v in parts[1].items()}, parts[1])["n"].tolist() == \
+        moments.moments_combine(parts[0], parts[1])["n"].tolist() == [500, 600]
 
 
 def test_group_sum_and_comoments_against_numpy():
@@ -178,7 +191,7 @@ def test_group_sum_and_comoments_against_numpy():
         np.testing.assert_allclose(gc[g], _np_comoment(x[rows]), rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("n_groups", [3, 65, 300])     # both strategies: masked sums, sorted reduceat
+@pytest.mark.parametrize("n_groups", [1, 3, 300])
 def test_group_sum_counts_and_floats(n_groups):
     rng = np.random.default_rng(n_groups)
     codes = rng.integers(-1, n_groups, 2000)
@@ -191,3 +204,7 @@ def test_group_sum_counts_and_floats(n_groups):
         np.testing.assert_array_equal(got_c[g], counts[codes == g].sum(0))
         np.testing.assert_allclose(got_f[g], floats[codes == g].sum(0), rtol=1e-12, atol=1e-12)
     assert engine.group_sum(np.full(5, -1), np.ones((5, 2)), 70).sum() == 0
+    small = counts[:, 0, 0].astype(np.int32)            # 1-D values of a narrow integer type sum in int64
+    got = engine.group_sum(codes, small, n_groups)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, np.bincount(codes[codes >= 0], small[codes >= 0], n_groups))

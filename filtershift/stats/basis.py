@@ -68,17 +68,16 @@ class Basis:
             total, com = total[0], com[0]
             self.stats_ = stats
         else:
-            from filtershift.stats.moments import moments_kernel
+            from filtershift.stats.moments import moments_chunk
 
             w = np.asarray(X, dtype=np.float32)
             w = w.reshape(len(w), K) if w.ndim == 3 else w
             if w.ndim != 2 or w.shape[1] != K:
                 raise InputError(f"X has shape {np.shape(X)}; expected (N, 9) or (N, 3, 3).")
             n = len(w)
-            out = [np.zeros(1, np.int64), np.zeros((1, K)), np.zeros((1, K, K)), np.zeros((1, K)),
-                   np.zeros((1, K, K)), np.zeros(1), np.zeros(1), np.zeros(1)]
-            moments_kernel(np.ascontiguousarray(w), np.array([0, n], np.int64), *out)
-            total, com = out[1][0], out[2][0]
+            if n:
+                part = moments_chunk(w, np.zeros(n, np.int64))
+                total, com = part["scaled_sum"][0], part["scaled_comoment"][0]
             self.stats_ = None
         if n < 2:
             raise InputError(f"fit: a basis needs at least 2 filters; the data hold {n}.")

@@ -2,9 +2,9 @@
 
 A statistic is a :class:`Statistic`: a pure numpy ``chunk(weights_block, record_block, *coord_blocks, params)``
 returning a *partial* (a dict of arrays whose first axis is the sorted, unique ``record`` ids present in the block)
-and a ``combine(a, b)`` merging two partials with :func:`merge`. :func:`reduce` maps ``chunk`` over aligned blocks
-of ``weights`` and the coordinates with ``dask.delayed``, tree-reduces with ``combine`` and computes once on the
-current scheduler (threads, processes or a distributed client: every task argument pickles).
+and a ``combine(*partials)`` merging partials given in block order with :func:`merge`. :func:`reduce` maps ``chunk``
+over aligned blocks of ``weights`` and the coordinates with ``dask.delayed``, tree-reduces with ``combine`` and
+computes once on the current scheduler (threads, processes or a distributed client: every task argument pickles).
 
 :class:`RecordStats` holds the per-record results and runs each pass at most once per setting:
 pass 1 moments (:mod:`moments`), pass 2 coefficient range and sparsity, pass 3 histograms (:mod:`histograms`).
@@ -14,10 +14,12 @@ The full analysis (basis, any number of groupings, drift, intervals, per-group b
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass
 from typing import Callable
 
 import dask
+import numba
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -34,7 +36,8 @@ DEPTH_LABELS = ["[0.0, 0.1]"] + [f"({a / 10:.1f}, {(a + 1) / 10:.1f}]" for a in 
 
 @dataclass(frozen=True)
 class Statistic:
-    """A per-record reduction declared by its ``chunk`` and ``combine`` steps (finalize is done by the caller)."""
+    """A per-record reduction declared by its ``chunk`` and ``combine`` steps (finalize is done by the caller);
+    ``combine(*partials)`` merges any number of partials given in block order."""
 
     name: str
     chunk: Callable
@@ -59,17 +62,51 @@ def runs(record: np.ndarray):
     return perm, ids.astype(np.int64), starts
 
 
-def merge(a: dict, b: dict, how: dict) -> dict:
-    """Merge two partials keyed by ``record``. ``how`` maps each field to ``"sum"``, ``"max"``, ``"min"``,
-    ``"first"`` or ``("chan", n_field, sum_field)`` (co-moments, Chan et al.'s pairwise update);
-    ``("chan_sum", n_field)`` is a plain sum that a co-moment refers to."""
+def merge(parts, how: dict) -> dict:
+    """Merge partials keyed by ``record`` (a sequence, in block order). ``how`` maps each field to ``"sum"``,
+    ``"max"``, ``"min"``, ``"first"`` or ``("chan", n_field, sum_field)`` (co-moments, Chan et al.'s pairwise
+    update); ``("chan_sum", n_field)`` is a plain sum that a co-moment refers to.
+
+    Blocks of the store's layout hold increasing records and share at most the one record a block edge cuts: those
+    are joined with one concatenation per field, merging only the shared rows. Any other order is merged pairwise.
+    """
+    full = [p for p in parts if len(p["record"])]
+    if len(full) <= 1:
+        return full[0] if full else parts[0]
+    if all(a["record"][-1] <= b["record"][0] for a, b in itertools.pairwise(full)):
+        return _merge_ordered(full, how)
+    out = full[0]
+    for p in full[1:]:
+        out = _merge_pair(out, p, how)
+    return out
+
+
+def _rows(part: dict, lo, hi) -> dict:
+    return {k: v[lo:hi] for k, v in part.items()}
+
+
+def _merge_ordered(parts: list, how: dict) -> dict:
+    """Partials in record order, each sharing at most its first record with the one before."""
+    pieces = {k: [] for k in parts[0]}
+    tail = None
+    for p in parts:
+        if tail is not None and tail["record"][0] == p["record"][0]:
+            tail = _merge_pair(tail, _rows(p, 0, 1), how)
+            p = _rows(p, 1, None)
+            if not len(p["record"]):
+                continue
+        for k, out in pieces.items():
+            if tail is not None:
+                out.append(tail[k])
+            out.append(p[k][:-1])
+        tail = _rows(p, -1, None)
+    for k, out in pieces.items():
+        out.append(tail[k])
+    return {k: np.concatenate(v) for k, v in pieces.items()}
+
+
+def _merge_pair(a: dict, b: dict, how: dict) -> dict:
     ia, ib = a["record"], b["record"]
-    if len(ia) == 0:
-        return b
-    if len(ib) == 0:
-        return a
-    if ia[-1] < ib[0]:
-        return {k: np.concatenate([a[k], b[k]]) for k in a}
     ids = np.union1d(ia, ib)
     pa, pb = np.searchsorted(ids, ia), np.searchsorted(ids, ib)
     ca, cb = np.isin(ia, ib, assume_unique=True), np.isin(ib, ia, assume_unique=True)
@@ -111,13 +148,6 @@ def _apply_chunk_kw(stat_chunk, names, weights, record, *coords):
     return stat_chunk(np.asarray(weights), np.asarray(record), *coords, names=names)
 
 
-def _combine_many(combine, *parts):
-    out = parts[0]
-    for p in parts[1:]:
-        out = combine(out, p)
-    return out
-
-
 def _aligned_blocks(ds: xr.Dataset, names) -> list:
     w = ds["weights"].data
     chunks = w.chunks[0]
@@ -149,7 +179,7 @@ def reduce(ds: xr.Dataset, stat: Statistic, coords=("record",), params=None, nam
         p = dask.delayed(params, pure=True, traverse=False)
         parts = [dask.delayed(_apply_chunk, pure=True)(stat.chunk, *bl, p) for bl in zip(*blocks)]
     while len(parts) > 1:
-        parts = [dask.delayed(_combine_many, pure=True)(stat.combine, *parts[i:i + split_every])
+        parts = [dask.delayed(stat.combine, pure=True)(*parts[i:i + split_every])
                  for i in range(0, len(parts), split_every)]
     with progress.dask_progress(desc or stat.name):
         (out,) = dask.compute(parts[0])
@@ -242,22 +272,23 @@ def groups(meta: xr.Dataset, by, keep_empty: bool = False) -> Groups:
     return Groups(by=names, codes=group_codes, labels=labels, columns=columns)
 
 
+@numba.njit(nogil=True, cache=True)
+def _group_add(codes, values, out):
+    for r in range(codes.size):
+        g = codes[r]
+        if g >= 0:
+            for k in range(values.shape[1]):
+                out[g, k] += values[r, k]
+
+
 def group_sum(codes: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
-    """Sum of per-record ``values`` into groups (records with code -1 are left out)."""
+    """Sum of per-record ``values`` into groups (records with code -1 are left out), in record order: one loop
+    over the records, with no copy of the values per group."""
     values = np.asarray(values)
-    out = np.zeros((n_groups,) + values.shape[1:], dtype=np.result_type(values, np.int64)
-                   if values.dtype.kind in "iub" else values.dtype)
-    if n_groups <= 64:      # a masked sum per group beats sorting the records for a handful of groups
-        for g in range(n_groups):
-            out[g] = values[codes == g].sum(axis=0, dtype=out.dtype)
-        return out
-    idx = np.flatnonzero(codes >= 0)
-    if not len(idx):
-        return out
-    idx = idx[np.argsort(codes[idx], kind="stable")]   # one gather of the values, in group order
-    c = codes[idx]
-    first = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
-    out[c[first]] = np.add.reduceat(values[idx].astype(out.dtype, copy=False), first, axis=0)
+    dtype = np.result_type(values, np.int64) if values.dtype.kind in "iub" else values.dtype
+    out = np.zeros((n_groups,) + values.shape[1:], dtype=dtype)
+    flat = np.ascontiguousarray(values, dtype=dtype).reshape(len(values), -1)
+    _group_add(np.ascontiguousarray(codes, np.int64), flat, out.reshape(n_groups, -1))
     return out
 
 
@@ -294,7 +325,7 @@ class RecordStats:
     """Per-record sufficient statistics of one Dataset, each pass computed once and cached.
 
     - :meth:`moments` (pass 1): ``n``, ``scaled_sum``, ``scaled_comoment``, ``raw_sum``, ``raw_comoment``,
-      ``raw_absmax``, ``raw_l1_sum``, ``raw_l2_sum`` plus the meta (``model_id``, ``conv_depth``,
+      ``raw_absmax``, ``filter_absmax_min``, ``raw_l1_sum``, ``raw_l2_sum`` plus the meta (``model_id``, ``conv_depth``,
       ``conv_depth_norm``) and every group code of each record.
     - :meth:`second` (pass 2, for a basis and a sparsity eps): ``coef_min``, ``coef_max``, ``sparse_count``,
       ``nonsparse_n``, ``nonsparse_sum``, ``nonsparse_comoment``; :meth:`sparsity` runs it with the data's own
@@ -369,11 +400,13 @@ class RecordStats:
             n = m["n"].values.astype(np.float64)
             with np.errstate(invalid="ignore", divide="ignore"):
                 raw_mean = np.nan_to_num(m["raw_sum"].values / n[:, None])
+            clean = mo.clean_records(m["raw_absmax"].values, m["filter_absmax_min"].values, float(sparsity_eps))
             params = {"record": m["record"].values, "raw_absmax": m["raw_absmax"].values, "raw_mean": raw_mean,
-                      "eps": float(sparsity_eps), "mean": np.asarray(basis.mean_, np.float64),
+                      "clean": clean, "eps": float(sparsity_eps), "mean": np.asarray(basis.mean_, np.float64),
                       "components": np.ascontiguousarray(basis.components_, np.float64)}
             part = self._reduce(mo.SECOND, params=params, desc="range and sparsity (pass 2/3)")
-            part = _reindex(part, m["record"].values)
+            part = mo.second_finalize(_reindex(part, m["record"].values), clean, m["n"].values,
+                                      m["raw_sum"].values, m["raw_comoment"].values)
             dims = {"coef_min": ("record", "component"), "coef_max": ("record", "component"),
                     "sparse_count": ("record",), "nonsparse_n": ("record",), "nonsparse_sum": ("record", "k"),
                     "nonsparse_comoment": ("record", "k", "k2")}

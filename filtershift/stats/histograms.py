@@ -74,17 +74,17 @@ def _bin_row(c, j, nb, edges, row, idx, uniform):
     step = (hi - lo) / n_edges
     tol = EDGE_TOLERANCE * (hi - lo)
     lo_t, hi_t = lo - tol, hi + tol
-    for i in range(nb):
+    lastf, outside = float(last), float(n_edges)
+    for i in range(nb):      # bins as whole floats (b * step is then linspace's product): the loop vectorises
         x = c[j, i]
         inside = (x >= lo_t) & (x <= hi_t)
         xc = min(max(x, lo), hi) if inside else lo
-        b = min(int((xc - lo) * scale), last)
+        b = min(np.floor((xc - lo) * scale), lastf)
         if uniform:
             e_lo = b * step + lo
-            e_hi = hi if b == last else (b + 1) * step + lo
-            dec = xc < e_lo
-            b = b - dec + ((not dec) & (b != last) & (xc >= e_hi))
-        idx[i] = b if inside else n_edges
+            e_hi = hi if b == lastf else (b + 1.0) * step + lo
+            b = b - 1.0 if xc < e_lo else (b + 1.0 if (b != lastf) & (xc >= e_hi) else b)
+        idx[i] = np.int32(b if inside else outside)
     if not uniform:
         for i in range(nb):
             b = idx[i]
@@ -105,7 +105,7 @@ def hist_kernel(w, starts, mean, comps, edges, fine_edges, counts, fine_counts):
     mc = mean_projection(mean, comps)
     wt = np.empty((11, BLOCK))
     c = np.empty((nc, BLOCK))
-    idx = np.empty(BLOCK, np.int64)
+    idx = np.empty(BLOCK, np.int32)
     use_fine = fine_edges.size > 1
     uniform = linspace_edges(edges)
     fine_uniform = use_fine and linspace_edges(fine_edges)
@@ -152,8 +152,8 @@ def hist_chunk(weights, record, params) -> dict:
     return out
 
 
-def hist_combine(a: dict, b: dict) -> dict:
-    return engine.merge(a, b, {k: "sum" for k in a if k != "record"})
+def hist_combine(*parts: dict) -> dict:
+    return engine.merge(parts, {k: "sum" for k in parts[0] if k != "record"})
 
 
 HISTOGRAMS = engine.Statistic("histograms", chunk=hist_chunk, combine=hist_combine)
@@ -284,8 +284,11 @@ def hist2d_chunk(weights, record, params) -> dict:
     return {"counts": out}
 
 
-def hist2d_combine(a: dict, b: dict) -> dict:
-    return {"counts": a["counts"] + b["counts"]}
+def hist2d_combine(*parts: dict) -> dict:
+    counts = parts[0]["counts"].copy()
+    for p in parts[1:]:
+        counts += p["counts"]
+    return {"counts": counts}
 
 
 HIST2D = engine.Statistic("2D density", chunk=hist2d_chunk, combine=hist2d_combine)

@@ -205,8 +205,15 @@ def _ortho_chunk(weights, record, params) -> dict:
             "pieces": pieces, "params": params}
 
 
-def _ortho_combine(a: dict, b: dict) -> dict:
-    """Merge two partials in block order: pieces of a layer are joined, and measured once the layer is whole."""
+def _ortho_combine(*parts: dict) -> dict:
+    """Merge partials in block order: pieces of a layer are joined, and measured once the layer is whole."""
+    out = parts[0]
+    for p in parts[1:]:
+        out = _ortho_pair(out, p)
+    return out
+
+
+def _ortho_pair(a: dict, b: dict) -> dict:
     if len(b["record"]) == 0:
         return a
     if len(a["record"]) == 0:
