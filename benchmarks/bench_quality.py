@@ -114,6 +114,7 @@ def main(argv=None) -> int:
     if not 0 < args.filters <= MAX_FILTERS:
         p.error(f"--filters must be in 1..{MAX_FILTERS:,}")
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_quality-"))
+    work.mkdir(parents=True, exist_ok=True)
     path = str(work / "q.zarr")
     try:
         run_child(MAKE.format(path=path, n=args.filters, models=args.models))

@@ -8,12 +8,18 @@ out-of-core analysis on the threaded scheduler: basis, distributions and kl_sym 
 category and depth, per-group bases for task and visual category (3 passes); (c) the in-memory pipeline the
 reference analysis runs: load every filter, scale, PCA (covariance eigendecomposition, what scikit-learn's PCA
 does for N >> 9), project, np.histogram per group and component, KL. Ratios compare timings of the same run.
+
+This machine's speed drifts by tens of percent within minutes, so with ``--repeat N`` (default 3) every step runs
+N times, in rounds that take the steps in turn (read, dask read, analysis, read, ...): a slow minute then slows
+all steps alike. The table shows each step's median, min and max, and ratios of medians. The in-memory pipeline
+runs once (it takes 20x the analysis's time).
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -96,7 +102,10 @@ def main() -> None:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--no-numpy", action="store_true", help="skip the in-memory pipeline (it needs ~150 B/filter)")
     ap.add_argument("--no-append", action="store_true", help="print only; do not append to BENCHMARKS.md")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds of the read and analysis steps (median shown)")
     args = ap.parse_args()
+    if args.repeat < 1:
+        ap.error(f"--repeat must be at least 1; got {args.repeat}")
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fs-bench-shift-"))
     work.mkdir(parents=True, exist_ok=True)
     path = str(work / "db.zarr")
@@ -104,33 +113,46 @@ def main() -> None:
     t = time.perf_counter()
     run_child(MAKE.format(path=path, n=n, models=args.models))
     print(f"store: {n:,} filters in {time.perf_counter() - t:.1f} s", flush=True)
-    results = {}
-    for name, code in [("zarr read", READ_ZARR), ("dask read", READ_DASK), ("full analysis", FULL)] + \
-            ([] if args.no_numpy else [("in-memory numpy", NUMPY)]):
+    steps = [("zarr read", READ_ZARR), ("dask read", READ_DASK), ("full analysis", FULL)]
+    walls = {name: [] for name, _ in steps}
+    peaks = {name: 0 for name, _ in steps}
+    for k in range(args.repeat):
+        for name, code in steps:
+            r = run_child(code.format(path=path), setup=SETUP)
+            walls[name].append(r["wall_s"])
+            peaks[name] = max(peaks[name], r["peak_rss"])
+            print(f"{name:>16} (round {k + 1}/{args.repeat}): {r['wall_s']:.2f} s, peak RSS {gib(r['peak_rss'])}",
+                  flush=True)
+    results = {name: {"wall_s": statistics.median(walls[name]), "min_s": min(walls[name]),
+                      "max_s": max(walls[name]), "peak_rss": peaks[name]} for name in walls}
+    if not args.no_numpy:
+        name = "in-memory numpy"
         try:
-            results[name] = run_child(code.format(path=path), setup=SETUP)
+            results[name] = run_child(NUMPY.format(path=path), setup=SETUP)
+            results[name].update(min_s=results[name]["wall_s"], max_s=results[name]["wall_s"])
+            print(f"{name:>16}: {results[name]['wall_s']:.2f} s, peak RSS {gib(results[name]['peak_rss'])}",
+                  flush=True)
         except RuntimeError as exc:
-            if name != "in-memory numpy":
-                raise
             failed = f"failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else 'killed'}"
             print(f"{name:>16}: {failed} (the kernel's OOM killer ends it when it outgrows memory)", flush=True)
             results[name] = {"failed": failed}
-            continue
-        print(f"{name:>16}: {results[name]['wall_s']:.2f} s, peak RSS {gib(results[name]['peak_rss'])}", flush=True)
     read = results["zarr read"]["wall_s"]
     full = results["full analysis"]["wall_s"]
     rows = [f"Synthetic store: {n:,} filters ({gib(n * 36)} as float32), {args.models} models, default chunks. "
             "Full analysis = basis + distributions and kl_sym drift for task, visual category, depth + per-group "
-            "bases for task and visual category, threaded scheduler, 3 passes.", "",
-            "| step | wall s | / zarr read | filters/s | peak RSS |", "|---|---|---|---|---|"]
+            "bases for task and visual category, threaded scheduler, 3 passes. "
+            f"Each step ran {args.repeat} time(s) in fresh processes, in interleaved rounds; wall = median.", "",
+            "| step | wall s (median) | min-max s | / zarr read | filters/s | peak RSS |", "|---|---|---|---|---|---|"]
     for name, r in results.items():
         if "failed" in r:
             rows.append(f"| {name} | did not finish: killed by the out-of-memory killer in "
-                        f"{psutil.virtual_memory().total / 2**30:.0f} GiB | | | |")
+                        f"{psutil.virtual_memory().total / 2**30:.0f} GiB | | | | |")
             continue
-        rows.append(f"| {name} | {r['wall_s']:.2f} | {r['wall_s'] / read:.2f} | {n / r['wall_s'] / 1e6:.1f} M | "
-                    f"{gib(r['peak_rss'])} |")
-    summary = f"\nFull analysis / one read-and-decode pass (zarr): {full / read:.2f}x"
+        rows.append(f"| {name} | {r['wall_s']:.2f} | {r['min_s']:.2f}-{r['max_s']:.2f} | {r['wall_s'] / read:.2f} | "
+                    f"{n / r['wall_s'] / 1e6:.1f} M | {gib(r['peak_rss'])} |")
+    ratios = [f / z for f, z in zip(walls["full analysis"], walls["zarr read"])]
+    rows.append(f"\nPer round, full analysis / zarr read: {', '.join(f'{x:.2f}x' for x in ratios)}.")
+    summary = f"Full analysis / one read-and-decode pass (zarr), medians: {full / read:.2f}x"
     if "wall_s" in results.get("in-memory numpy", {}):
         summary += f"; full analysis / in-memory numpy pipeline: {full / results['in-memory numpy']['wall_s']:.2f}x"
     rows.append(summary + ".")
