@@ -8,7 +8,8 @@ no orthogonality pass), and the finalize step alone once the passes are cached (
 shift analysis); (c) the reference done in memory: load every filter, then per record the numpy port of
 torchconvquality (SVD of the centred filters, sparsity mask, clean SVD). On ResNet-50-shaped random layers in
 memory (``from_arrays``; 16 layers of 3x3 convs, 1.26 M filters per model): (d) the orthogonality pass against
-(e) a numpy loop over the layers. ``--append`` adds the table to BENCHMARKS.md. At most 1e8 filters (the in-memory reference needs about 75 bytes per filter).
+(e) a numpy loop over the layers. ``--append`` adds the table to BENCHMARKS.md. At most 1e8 filters (the in-memory
+reference needs about 75 bytes per filter).
 """
 
 from __future__ import annotations

@@ -151,7 +151,8 @@ def analyse(ds: xr.Dataset, info: dict, spec: dict, *, step=lambda name: None) -
         density = density2d(stats, basis, components=(0, 1), bins=fig["density_bins"])
     step("quality")
     layer_q, model_q = quality_tables(stats, th["sparsity_eps"])
-    return Analysis(info, basis, stats.moments(), covariance(basis), groupings, density, layer_q, model_q, stats.passes, notes)
+    return Analysis(info, basis, stats.moments(), covariance(basis), groupings, density, layer_q, model_q,
+                    stats.passes, notes)
 
 
 def quality_tables(stats, eps: float):
