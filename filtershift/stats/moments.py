@@ -27,7 +27,7 @@ K = 9
 BLOCK = 512
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, inline="always")
 def load_block(w, a, n, wt):
     """Rows ``a:a+n`` of ``w`` into ``wt[:9, :n]`` (float64, transposed); ``wt[9]`` = 1/max|row| (0 if zero),
     ``wt[10]`` = max|row| (NaN entries ignored). Feature-major loops, so all but the transposing copy vectorise;
@@ -47,7 +47,7 @@ def load_block(w, a, n, wt):
         wt[9, i] = 1.0 / m if m > 0.0 else 0.0
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, inline="always")
 def _lanesum(x, n):
     """sum(x[:n]) in four interleaved partial sums: as fast as a vectorised sum, and the same order everywhere."""
     a0 = 0.0
@@ -86,10 +86,15 @@ def coef_block(wt, n, mc, comps, c):
             c[j, i] = acc * wt[9, i] - m
 
 
-@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "nsz"})
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "nsz"}, inline="always")
 def _block_comoment(d, n, out):
-    """out[p, q] = sum_i d[p, i] d[q, i] (upper triangle, p <= q) for a (K, >=n) block. Reassociation is allowed
-    here only (a sum over the block's rows), so the loop vectorises."""
+    """out[p, q] = sum_i d[p, i] d[q, i] (upper triangle, p <= q) for a (K, >=n) block.
+
+    Inlined (numba IR) into each caller and compiled with the caller's flags: in :func:`moments_kernel`, which
+    allows reassociation so that this loop vectorises, and in :func:`second_kernel`, which does not (its
+    coefficients must equal pass 3's bit for bit). Inlining keeps every reassociated sum inside one
+    self-contained function: compiled on its own and linked, the loop summed in an order that depended on what
+    the process, or the one that filled numba's cache, had compiled first (tests/test_determinism.py)."""
     for p in range(K):
         for q in range(p, K):
             acc = 0.0
@@ -98,7 +103,7 @@ def _block_comoment(d, n, out):
             out[p, q] = acc
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, inline="always")
 def _chan(n_a, mean_a, com_a, n_b, mean_b, com_b):
     """Merge block (b) into accumulator (a) in place: Chan et al.'s pairwise update (upper triangles)."""
     tot = n_a + n_b
@@ -111,14 +116,16 @@ def _chan(n_a, mean_a, com_a, n_b, mean_b, com_b):
         mean_a[p] += (mean_b[p] - mean_a[p]) * n_b / tot
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "nsz"})
 def moments_kernel(w, starts, n, s_sum, s_com, r_sum, r_com, absmax, fmin, l1, l2):
     """Fill per-run outputs: count, sums and co-moments of scaled and raw filters, max |w|, the smallest max |w|
     of a filter (``fmin``: pass 2 skips the sparsity work of runs it proves free of sparse filters), sums of
     l1/l2 norms.
 
     Each block of rows is centred on its own mean (two passes in cache), then merged into the run with Chan's
-    update: accurate whatever the offset of the data.
+    update: accurate whatever the offset of the data. Reassociation is allowed here (the co-moment loop
+    vectorises); every helper it calls is inlined, so the compiled kernel and its sums never depend on what was
+    compiled before it.
     """
     wt = np.empty((11, BLOCK))
     ds = np.empty((K, BLOCK))
