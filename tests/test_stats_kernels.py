@@ -66,7 +66,7 @@ def test_moments_accurate_with_large_offset():
     np.testing.assert_allclose(out[4][0] / 19999, np.cov(x.T), rtol=1e-9, atol=1e-9)
 
 
-def test_second_kernel_equals_numpy():
+def test_pass2_kernels_equal_numpy():
     w, starts = _data(2)
     rng = np.random.default_rng(3)
     mean = rng.standard_normal(9) * 0.1

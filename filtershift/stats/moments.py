@@ -90,11 +90,10 @@ def coef_block(wt, n, mc, comps, c):
 def _block_comoment(d, n, out):
     """out[p, q] = sum_i d[p, i] d[q, i] (upper triangle, p <= q) for a (K, >=n) block.
 
-    Inlined (numba IR) into each caller and compiled with the caller's flags: in :func:`moments_kernel`, which
-    allows reassociation so that this loop vectorises, and in :func:`second_kernel`, which does not (its
-    coefficients must equal pass 3's bit for bit). Inlining keeps every reassociated sum inside one
-    self-contained function: compiled on its own and linked, the loop summed in an order that depended on what
-    the process, or the one that filled numba's cache, had compiled first (tests/test_determinism.py)."""
+    Inlined (numba IR) into its callers, :func:`moments_kernel` and :func:`sparsity_kernel`, which allow
+    reassociation so that this loop vectorises. Inlining keeps every reassociated sum inside one self-contained
+    kernel: compiled on its own and linked, the loop summed in an order that depended on what the process, or
+    the one that filled numba's cache, had compiled first (tests/test_determinism.py)."""
     for p in range(K):
         for q in range(p, K):
             acc = 0.0
@@ -277,23 +276,18 @@ def mean_projection(mean, comps):
 
 
 @numba.njit(nogil=True, cache=True)
-def second_kernel(w, starts, shift, thresh, all_sparse, clean, mean, comps, cmin, cmax, sparse, ns_n, ns_sum,
-                  ns_com):
-    """Per run: coefficient min/max per component; count of sparse filters; shifted sum and second moment of
-    the non-sparse raw filters (``shift`` is the record's raw mean, so the one-pass sums stay accurate). Runs
-    marked ``clean`` (no sparse filter, known from pass 1) get the range only: see :func:`second_finalize`."""
+def range_kernel(w, starts, mean, comps, cmin, cmax):
+    """Per run: coefficient min/max per component. Strict arithmetic: its coefficients are pass 3's, bit for
+    bit (both use :func:`coef_block`), so the range holds every value pass 3 bins."""
     nc = comps.shape[0]
     mc = mean_projection(mean, comps)
     wt = np.empty((11, BLOCK))
     c = np.empty((nc, BLOCK))
-    d = np.empty((K, BLOCK))
     lo = np.empty((nc, BLOCK))
     hi = np.empty((nc, BLOCK))
-    bc = np.zeros((K, K))
     for r in range(starts.size - 1):
         lo[:] = np.inf
         hi[:] = -np.inf
-        t = thresh[r]
         for a in range(starts[r], starts[r + 1], BLOCK):
             nb = min(BLOCK, starts[r + 1] - a)
             load_block(w, a, nb, wt)
@@ -303,8 +297,29 @@ def second_kernel(w, starts, shift, thresh, all_sparse, clean, mean, comps, cmin
                     x = c[j, i]
                     lo[j, i] = x if x < lo[j, i] else lo[j, i]
                     hi[j, i] = x if x > hi[j, i] else hi[j, i]
-            if clean[r]:
-                continue
+        span = min(BLOCK, starts[r + 1] - starts[r])
+        for j in range(nc):
+            cmin[r, j] = np.min(lo[j, :span]) if span > 0 else np.inf
+            cmax[r, j] = np.max(hi[j, :span]) if span > 0 else -np.inf
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "nsz"})
+def sparsity_kernel(w, starts, shift, thresh, all_sparse, clean, sparse, ns_n, ns_sum, ns_com):
+    """Per run not marked ``clean``: count of sparse filters; shifted sum and second moment of the non-sparse raw
+    filters (``shift`` is the record's raw mean, so the one-pass sums stay accurate). Clean runs (no sparse
+    filter, known from pass 1) are skipped: see :func:`second_finalize`. Reassociation is allowed (the co-moment
+    loop vectorises); its helpers are inlined, so the compiled kernel does not depend on what was compiled
+    before it."""
+    wt = np.empty((11, BLOCK))
+    d = np.empty((K, BLOCK))
+    bc = np.zeros((K, K))
+    for r in range(starts.size - 1):
+        if clean[r]:
+            continue
+        t = thresh[r]
+        for a in range(starts[r], starts[r + 1], BLOCK):
+            nb = min(BLOCK, starts[r + 1] - a)
+            load_block(w, a, nb, wt)
             n_sparse = 0
             if all_sparse[r]:
                 n_sparse = nb
@@ -332,10 +347,6 @@ def second_kernel(w, starts, shift, thresh, all_sparse, clean, mean, comps, cmin
             for p in range(K):
                 for q in range(p, K):
                     ns_com[r, p, q] += bc[p, q]
-        span = min(BLOCK, starts[r + 1] - starts[r])
-        for j in range(nc):
-            cmin[r, j] = np.min(lo[j, :span]) if span > 0 else np.inf
-            cmax[r, j] = np.max(hi[j, :span]) if span > 0 else -np.inf
         for p in range(K):
             for q in range(p + 1, K):
                 ns_com[r, q, p] = ns_com[r, p, q]
@@ -347,7 +358,8 @@ def coefficients(w: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.
 
 
 def second_reference(w, starts, absmax, mean, components, eps) -> dict:
-    """Plain numpy definition of :func:`second_kernel` after finalisation (for tests)."""
+    """Plain numpy definition of pass 2 (:func:`range_kernel`, :func:`sparsity_kernel`) after finalisation (for
+    tests)."""
     out = {f: [] for f in ("coef_min", "coef_max", "sparse_count", "nonsparse_sum", "nonsparse_comoment")}
     for r, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
         raw = np.asarray(w[a:b], dtype=np.float64)
@@ -386,10 +398,11 @@ def second_chunk(weights, record, params) -> dict:
     out = {"record": ids, "coef_min": np.empty((r, nc)), "coef_max": np.empty((r, nc)),
            "sparse_count": np.zeros(r, np.int64), "nonsparse_n": np.zeros(r, np.int64),
            "nonsparse_sum": np.zeros((r, K)), "nonsparse_comoment": np.zeros((r, K, K))}
-    threshold = sparsity_threshold(absmax, params["eps"])
-    second_kernel(w, starts, shift, threshold, absmax <= 0, params["clean"][pos], params["mean"],
-                  params["components"], out["coef_min"], out["coef_max"], out["sparse_count"], out["nonsparse_n"],
-                  out["nonsparse_sum"], out["nonsparse_comoment"])
+    range_kernel(w, starts, params["mean"], params["components"], out["coef_min"], out["coef_max"])
+    clean = params["clean"][pos]
+    if not clean.all():
+        sparsity_kernel(w, starts, shift, sparsity_threshold(absmax, params["eps"]), absmax <= 0, clean,
+                        out["sparse_count"], out["nonsparse_n"], out["nonsparse_sum"], out["nonsparse_comoment"])
     # shifted one-pass sums -> sum and centred co-moment
     cnt = out["nonsparse_n"].astype(np.float64)
     s1 = out["nonsparse_sum"]
