@@ -2,7 +2,7 @@
 
 numba keeps compiled kernels on disk. A worker process loads what another process compiled, and that process may
 have compiled other specialisations first (read-only chunk arrays, the pass-2 and pass-3 kernels). Before the
-reassociating co-moment loop was inlined into its one fastmath caller, a pass-1 kernel loaded from such a cache
+reassociating co-moment loop was inlined into the kernels that use it, a pass-1 kernel loaded from such a cache
 summed in another order than a fresh compile (co-moments differed by 1.5e-11), which is how a process cluster's
 results came to differ from the threaded scheduler's in the last bits.
 """
@@ -23,8 +23,8 @@ w[::97] *= np.float32(1e-4)                                  # sparse filters: p
 rec = np.repeat(np.arange(12), 5000)
 comps = np.linalg.qr(rng.standard_normal((9, 9)))[0]
 second = {"record": np.arange(12), "raw_absmax": np.abs(w).reshape(12, -1).max(1).astype(np.float64),
-          "raw_mean": np.zeros((12, 9)) + 0.3, "eps": 0.01, "clean": np.arange(12) % 2 == 0,
-          "mean": np.zeros(9) + 0.1, "components": comps}
+          "raw_mean": np.zeros((12, 9)) + 0.3, "eps": 0.01, "mean": np.zeros(9) + 0.1, "components": comps,
+          "clean": np.arange(12) % 2 == 0}                   # half the records skip the sparsity kernel
 hist = {"mean": second["mean"], "components": comps, "edges": np.linspace(-3, 3, 71), "fine_edges": np.zeros(0)}
 if history == "others-first":
     ro = w.copy()
@@ -32,7 +32,10 @@ if history == "others-first":
     hi.hist_chunk(ro, rec, hist)
     mo.second_chunk(ro, rec, second)
     mo.moments_chunk(ro, rec)
-    mo.moments_chunk(np.ascontiguousarray(np.repeat(w, 2, axis=1)[:, ::2]), rec)
+    strided = np.repeat(w, 2, axis=1)[:, ::2]                # non-contiguous: numba's 'A' layout
+    res = [np.zeros(12, np.int64), np.zeros((12, 9)), np.zeros((12, 9, 9)), np.zeros((12, 9)),
+           np.zeros((12, 9, 9))] + [np.zeros(12) for _ in range(4)]
+    mo.moments_kernel(strided, np.arange(0, 60001, 5000), *res)
 parts = {"p1": mo.moments_chunk(w, rec), "p2": mo.second_chunk(w, rec, second), "p3": hi.hist_chunk(w, rec, hist)}
 np.savez(out, **{f"{p}.{k}": v for p, part in parts.items() for k, v in part.items()})
 """
