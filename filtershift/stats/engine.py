@@ -13,6 +13,7 @@ The full analysis (basis, any number of groupings, drift, intervals, per-group b
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 from dataclasses import dataclass
@@ -75,10 +76,7 @@ def merge(parts, how: dict) -> dict:
         return full[0] if full else parts[0]
     if all(a["record"][-1] <= b["record"][0] for a, b in itertools.pairwise(full)):
         return _merge_ordered(full, how)
-    out = full[0]
-    for p in full[1:]:
-        out = _merge_pair(out, p, how)
-    return out
+    return functools.reduce(lambda a, b: _merge_pair(a, b, how), full)
 
 
 def _rows(part: dict, lo, hi) -> dict:

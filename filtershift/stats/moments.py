@@ -49,7 +49,8 @@ def load_block(w, a, n, wt):
 
 @numba.njit(nogil=True, cache=True, inline="always")
 def _lanesum(x, n):
-    """sum(x[:n]) in four interleaved partial sums: as fast as a vectorised sum, and the same order everywhere."""
+    """sum(x[:n]) in four interleaved partial sums: as fast as a vectorised sum. In strict kernels the order is
+    exactly this one; inlined into a reassociating kernel the compiler may reorder it, the same way every time."""
     a0 = 0.0
     a1 = 0.0
     a2 = 0.0

@@ -13,6 +13,7 @@ memory (it builds the same statistics with numpy and calls :func:`finalize`).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -207,10 +208,7 @@ def _ortho_chunk(weights, record, params) -> dict:
 
 def _ortho_combine(*parts: dict) -> dict:
     """Merge partials in block order: pieces of a layer are joined, and measured once the layer is whole."""
-    out = parts[0]
-    for p in parts[1:]:
-        out = _ortho_pair(out, p)
-    return out
+    return functools.reduce(_ortho_pair, parts)
 
 
 def _ortho_pair(a: dict, b: dict) -> dict:
