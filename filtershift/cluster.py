@@ -390,28 +390,6 @@ def _local_cluster(choice, n_workers, memory_limit, threads_per_worker, dashboar
         cluster.close()
 
 
-def add_scheduler_arguments(parser, *, default: str = "local") -> None:
-    """Add ``--scheduler``, ``--workers``, ``--memory-limit`` and ``--no-dashboard`` to a sub-command's parser."""
-    parser.add_argument("--scheduler", default=None, metavar="SCHEDULER",
-                        help="tcp://HOST:PORT, a scheduler file, threads, processes, synchronous or local "
-                             f"(default: DASK_SCHEDULER_ADDRESS, dask config, else {default})")
-    parser.add_argument("--workers", type=int, default=None, metavar="N",
-                        help="workers of a local cluster (default: one per core)")
-    parser.add_argument("--memory-limit", default=None, metavar="SIZE",
-                        help=f"memory per local worker, e.g. 4GB (default: {MEMORY_FRACTION:g} x RAM / workers)")
-    parser.add_argument("--no-dashboard", dest="dashboard", action="store_false",
-                        help="do not start or print the dask dashboard")
-    parser.set_defaults(scheduler_default=default)
-
-
-def context_from_args(args):
-    """:func:`scheduler_context` from the options added by :func:`add_scheduler_arguments`."""
-    return scheduler_context(getattr(args, "scheduler", None), n_workers=getattr(args, "workers", None),
-                             memory_limit=getattr(args, "memory_limit", None),
-                             dashboard=getattr(args, "dashboard", True),
-                             default=getattr(args, "scheduler_default", "local"))
-
-
 def _dask_command() -> list[str]:
     return [sys.executable, "-m", "dask"]
 

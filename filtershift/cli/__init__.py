@@ -9,25 +9,53 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import pkgutil
+import os
+import select
 import sys
 
 from filtershift._version import __version__
 from filtershift.errors import FiltershiftError
 
+#: Exit status when stdout's reader has gone: 128 + SIGPIPE (13), what a shell reports for a Unix tool that the
+#: signal ended (``yes | head -1`` with ``set -o pipefail``), so pipelines that check every stage still notice.
+SIGPIPE_EXIT = 141
 
-def computing(parser: argparse.ArgumentParser, func) -> None:
+
+def computing(parser: argparse.ArgumentParser, func, *, check=None) -> None:
     """Make ``func`` a sub-command that computes: add the scheduler options and run it inside the chosen
-    scheduler (see :mod:`filtershift.cluster`)."""
-    from filtershift.cluster import add_scheduler_arguments, context_from_args
+    scheduler (see :mod:`filtershift.cluster`).
+
+    Before the scheduler starts, the command's ``store`` argument (if it has one) must open as a complete store,
+    and ``check(args)`` (if given) may refuse the arguments with a FiltershiftError: a mistake costs no cluster."""
+    from filtershift.cli._scheduler import add_scheduler_arguments, context_from_args
 
     add_scheduler_arguments(parser)
 
     def run(args) -> int:
+        if getattr(args, "store", None):
+            check_store(args.store)
+        if check is not None:
+            check(args)
         with context_from_args(args):
             return func(args)
 
     parser.set_defaults(func=run)
+
+
+def check_store(path: str) -> None:
+    """Refuse ``path`` unless it is a complete store (reads its manifest only)."""
+    from filtershift.store import format as fmt
+
+    loc = fmt.Location.of(path)
+    fmt.read_manifest(fmt.open_group(loc, "r"), loc)
+
+
+def _command_modules() -> list[str]:
+    """The names of this package's command modules (``*.py`` not starting with ``_``), sorted. A directory listing,
+    because pkgutil.iter_modules imports inspect (and dis, ast, tokenize) for nothing here: ``--help`` must be fast."""
+    names = {entry.name[:-3] for folder in __path__ for entry in os.scandir(folder)
+             if entry.name.endswith(".py") and not entry.name.startswith("_")}
+    return sorted(names)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,18 +66,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"filtershift {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        module.register(sub)
+    for name in _command_modules():
+        importlib.import_module(f"{__name__}.{name}").register(sub)
     return parser
+
+
+def _stdout_closed() -> bool:
+    """True when nobody reads stdout any more (the reader of its pipe or socket is gone)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        # The reader of stdout left (`filtershift pca db.zarr | head -3`): stop quietly, as Unix tools do. Point
+        # stdout at /dev/null so the interpreter's last flush of what is still buffered does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return SIGPIPE_EXIT
     except FiltershiftError as exc:
         print(f"filtershift {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

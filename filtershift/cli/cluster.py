@@ -6,6 +6,8 @@ import signal
 import sys
 import time
 
+from filtershift.cli._args import port, positive_int, positive_seconds, size
+
 
 def register(sub) -> None:
     p = sub.add_parser("cluster", help="dask cluster: default sizing, connection check, local multi-process cluster")
@@ -13,21 +15,22 @@ def register(sub) -> None:
     cmds.required = True
 
     d = cmds.add_parser("defaults", help="the LocalCluster this machine gets by default")
-    d.add_argument("--workers", type=int, default=None, metavar="N")
-    d.add_argument("--memory-limit", default=None, metavar="SIZE")
+    d.add_argument("--workers", type=positive_int, default=None, metavar="N")
+    d.add_argument("--memory-limit", type=size, default=None, metavar="SIZE")
     d.set_defaults(func=run_defaults)
 
     c = cmds.add_parser("check", help="connect to the chosen scheduler and list its workers")
     c.add_argument("--scheduler", default=None, metavar="SCHEDULER",
                    help="tcp://HOST:PORT or a scheduler file (default: DASK_SCHEDULER_ADDRESS, dask config)")
-    c.add_argument("--timeout", type=float, default=None, metavar="S", help="connection limit in seconds")
+    c.add_argument("--timeout", type=positive_seconds, default=None, metavar="S", help="connection limit in seconds")
     c.set_defaults(func=run_check)
 
     loc = cmds.add_parser("local", help="start a scheduler and workers as processes on 127.0.0.1 until Ctrl-C")
-    loc.add_argument("--workers", type=int, default=2, metavar="N")
-    loc.add_argument("--threads", type=int, default=None, metavar="T", help="threads per worker")
-    loc.add_argument("--memory-limit", default=None, metavar="SIZE", help="per worker (default: the sizing rule)")
-    loc.add_argument("--port", type=int, default=8786, help="scheduler port (0: any free port)")
+    loc.add_argument("--workers", type=positive_int, default=2, metavar="N")
+    loc.add_argument("--threads", type=positive_int, default=None, metavar="T", help="threads per worker")
+    loc.add_argument("--memory-limit", type=size, default=None, metavar="SIZE",
+                     help="per worker (default: the sizing rule)")
+    loc.add_argument("--port", type=port, default=8786, help="scheduler port (0: any free port)")
     loc.add_argument("--dir", default=None, metavar="DIR", help="where the scheduler file and logs go")
     loc.set_defaults(func=run_local)
 

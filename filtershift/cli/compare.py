@@ -1,8 +1,10 @@
 """``filtershift compare MODEL --store STORE``"""
 
 import json
+import os
 
 from filtershift.cli import computing
+from filtershift.cli._args import positive_int
 
 
 def register(sub) -> None:
@@ -15,11 +17,24 @@ def register(sub) -> None:
     p.add_argument("--by", action="append", default=None,
                    help="grouping (repeatable; default task and visual_category)")
     p.add_argument("--metric", choices=("kl_sym", "js", "w1"), default="kl_sym")
-    p.add_argument("--bins", type=int, default=70)
-    p.add_argument("--top", type=int, default=10, help="nearest database models to list")
+    p.add_argument("--bins", type=positive_int, default=70)
+    p.add_argument("--top", type=positive_int, default=10, help="nearest database models to list")
     p.add_argument("--figure", default=None, help="write the figure to this PNG/SVG path")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
-    computing(p, run)
+    computing(p, run, check=check)
+
+
+def check(args) -> None:
+    """The model is a file of a known format (before a cluster starts)."""
+    from filtershift.errors import InputError
+    from filtershift.ingest import MODEL_SUFFIXES
+    from filtershift.ingest.model import check_model_file
+
+    suffix = os.path.splitext(args.model)[1].lower()
+    if suffix not in MODEL_SUFFIXES:
+        raise InputError(f"{args.model}: unknown model format {suffix!r}; filtershift reads "
+                         f"{sorted(MODEL_SUFFIXES)} files.")
+    check_model_file(args.model)
 
 
 def run(args) -> int:

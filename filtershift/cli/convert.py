@@ -1,6 +1,12 @@
 """``filtershift convert SRC.h5 DST.zarr``"""
 
-from filtershift.store import format as fmt
+from filtershift.cli._args import positive_int
+
+#: filtershift.store.format's CODECS, DEFAULT_CODEC and DEFAULT_CHUNK_FILTERS, repeated so that building the parser
+#: imports no zarr, numpy or pandas; tests/test_cli_boundary.py checks that they agree.
+CODECS = ("none", "zstd", "lz4")
+DEFAULT_CODEC = "none"
+DEFAULT_CHUNK_FILTERS = 1 << 18
 
 
 def register(sub) -> None:
@@ -9,9 +15,9 @@ def register(sub) -> None:
                                    "store (memory bounded by the chunk size), validate it, then mark it complete.")
     p.add_argument("src", help="the dataset.h5 file")
     p.add_argument("dst", help="destination store: a directory or an fsspec URL (s3://bucket/db.zarr)")
-    p.add_argument("--chunk-filters", type=int, default=fmt.DEFAULT_CHUNK_FILTERS,
+    p.add_argument("--chunk-filters", type=positive_int, default=DEFAULT_CHUNK_FILTERS,
                    help="filters per chunk (default %(default)s = 9 MiB)")
-    p.add_argument("--codec", choices=fmt.CODECS, default=fmt.DEFAULT_CODEC,
+    p.add_argument("--codec", choices=CODECS, default=DEFAULT_CODEC,
                    help="compressor (default %(default)s; checksums are always on)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at DST")
     p.add_argument("--resume", action="store_true", help="finish an interrupted conversion into DST")

@@ -1,6 +1,7 @@
 """``filtershift demo``: the main job on built-in synthetic data."""
 
 from filtershift.cli import computing
+from filtershift.cli._args import non_negative_int, positive_int
 
 
 def register(sub) -> None:
@@ -9,10 +10,21 @@ def register(sub) -> None:
                                    "shifts and degenerate layers), convert them to a store, analyse and write "
                                    "the report into --out.")
     p.add_argument("--out", default="filtershift-demo", help="output directory (default %(default)s)")
-    p.add_argument("--filters", type=int, default=1_000_000, help="number of filters (default %(default)s)")
-    p.add_argument("--models", type=int, default=48, help="number of models (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
-    computing(p, run)
+    p.add_argument("--filters", type=positive_int, default=1_000_000, help="number of filters (default %(default)s)")
+    p.add_argument("--models", type=positive_int, default=48, help="number of models (default %(default)s)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    computing(p, run, check=check)
+
+
+def check(args) -> None:
+    """Enough filters for the models (before a cluster starts)."""
+    from filtershift.errors import InputError
+    from filtershift.ingest.synth import MIN_MODEL
+
+    if args.filters < args.models * MIN_MODEL:
+        raise InputError(f"--filters {args.filters:,} is too few for --models {args.models}: each model needs at "
+                         f"least {MIN_MODEL} filters, so give --filters {args.models * MIN_MODEL:,} or more, or "
+                         "fewer --models.")
 
 
 def run(args) -> int:

@@ -6,6 +6,7 @@ import os
 import pathlib
 
 from filtershift.cli import computing
+from filtershift.cli._args import integer, number, positive_int
 
 COLUMNS = ["record", "model_id", "conv_depth", "layer", "n", "sparsity", "variance_entropy_norm",
            "variance_entropy_clean_norm", "orthogonality", "degeneration", "degenerated"]
@@ -23,21 +24,37 @@ def register(sub) -> None:
     p.add_argument("store", help="store path or URL")
     p.add_argument("--out", metavar="FILE", help="write the table to FILE (.parquet or .csv)")
     p.add_argument("--json", action="store_true", help="print the rows as a JSON list of objects on stdout")
-    p.add_argument("--top", type=int, metavar="K", help="only the K most degenerated rows")
-    p.add_argument("--eps", type=float, default=0.01,
+    p.add_argument("--top", type=positive_int, metavar="K", help="only the K most degenerated rows")
+    p.add_argument("--eps", type=number(0, 1, lo_open=True, hi_open=True), default=0.01,
                    help="sparsity eps: a filter is sparse when every |w| < eps * max |w| of its layer "
                         "(default %(default)s)")
     p.add_argument("--models", action="store_true", help="one row per model instead of per layer")
     p.add_argument("--no-orthogonality", action="store_true", help="skip the orthogonality pass")
-    p.add_argument("--max-sparsity", type=float, default=0.5,
+    p.add_argument("--max-sparsity", type=number(0, 1, lo_open=True), default=0.5,
                    help="degenerated when sparsity >= this (default %(default)s)")
-    p.add_argument("--entropy-low", type=float, default=0.5,
+    p.add_argument("--entropy-low", type=number(0, 1, hi_open=True), default=0.5,
                    help="degenerated when the clean normalised variance entropy <= this (default %(default)s)")
-    p.add_argument("--entropy-high", type=float, default=0.98,
+    p.add_argument("--entropy-high", type=number(0, lo_open=True), default=0.98,
                    help="degenerated (random-like) when it is >= this (default %(default)s)")
-    p.add_argument("--min-filters", type=int, default=16,
+    p.add_argument("--min-filters", type=integer(2), default=16,
                    help="entropy criteria need this many non-sparse filters (default %(default)s)")
-    computing(p, run)
+    computing(p, run, check=check)
+
+
+def check(args) -> None:
+    """The entropy band is not empty and --out can be written (before a cluster starts)."""
+    from filtershift.errors import InputError
+
+    if args.entropy_high <= args.entropy_low:
+        raise InputError(f"--entropy-high {args.entropy_high:g} must exceed --entropy-low {args.entropy_low:g}.")
+    if args.out:
+        target = pathlib.Path(args.out)
+        if target.suffix.lower() not in (".parquet", ".csv"):
+            raise InputError(f"--out {args.out}: unknown table format {target.suffix or '(none)'!r}; use a .parquet "
+                             "or .csv name.")
+        if not target.parent.exists():
+            raise InputError(f"--out {args.out}: folder {target.parent} does not exist; create it or choose another "
+                             "path.")
 
 
 def _cell(v):
@@ -81,12 +98,9 @@ def write(table, path: str) -> None:
 
 
 def run(args) -> int:
-    from filtershift.errors import InputError
     from filtershift.stats.quality import Thresholds, layer_quality, model_quality, most_degenerated
     from filtershift.store.dataset import open_store
 
-    if args.top is not None and args.top < 1:
-        raise InputError(f"--top must be a positive integer; got {args.top}.")
     thresholds = Thresholds(sparsity=args.max_sparsity, entropy_low=args.entropy_low,
                             entropy_high=args.entropy_high, min_filters=args.min_filters)
     table = layer_quality(open_store(args.store), args.eps, thresholds=thresholds,

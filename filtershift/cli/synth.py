@@ -1,6 +1,14 @@
 """``filtershift synth OUT``"""
 
-from filtershift.ingest import synth
+from filtershift.cli._args import non_negative_int, positive_int
+
+#: The choices of filtershift.ingest.synth (FORMATS, STYLES, META_FORMATS, LAYOUTS, DTYPES), repeated so that
+#: building the parser imports no numpy or h5py; tests/test_cli_boundary.py checks that they agree.
+FORMATS = ("h5", "zarr")
+STYLES = ("v1.0", "v0.1")
+META_FORMATS = ("table", "fixed")
+LAYOUTS = ("flat", "3x3")
+DTYPES = ("float32", "float16", "float64")
 
 
 def register(sub) -> None:
@@ -9,16 +17,16 @@ def register(sub) -> None:
                                    "layout with planted distribution shifts and degenerate records; the planted "
                                    "truth goes to OUT.truth.json.")
     p.add_argument("out", metavar="OUT", help="output file (.h5) or store directory (--format zarr)")
-    p.add_argument("--filters", type=int, default=1_000_000, help="number of filters (default %(default)s)")
-    p.add_argument("--models", type=int, default=40, help="number of models (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
-    p.add_argument("--format", choices=synth.FORMATS, default="h5", help="h5 source or converted zarr store")
-    p.add_argument("--style", choices=synth.STYLES, default="v1.0",
+    p.add_argument("--filters", type=positive_int, default=1_000_000, help="number of filters (default %(default)s)")
+    p.add_argument("--models", type=positive_int, default=40, help="number of models (default %(default)s)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default %(default)s)")
+    p.add_argument("--format", choices=FORMATS, default="h5", help="h5 source or converted zarr store")
+    p.add_argument("--style", choices=STYLES, default="v1.0",
                    help="release layout: v1.0 ('start:end' ids, 'filters') or v0.1 (id lists, 'filter')")
-    p.add_argument("--meta-format", choices=synth.META_FORMATS, default=None,
+    p.add_argument("--meta-format", choices=META_FORMATS, default=None,
                    help="pandas HDF format of the meta table (default: table for v1.0, fixed for v0.1)")
-    p.add_argument("--layout", choices=synth.LAYOUTS, default="flat", help="filters as (N, 9) or (N, 3, 3)")
-    p.add_argument("--dtype", choices=synth.DTYPES, default="float32", help="filter dtype (default %(default)s)")
+    p.add_argument("--layout", choices=LAYOUTS, default="flat", help="filters as (N, 9) or (N, 3, 3)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="filter dtype (default %(default)s)")
     p.add_argument("--shuffle-records", action="store_true",
                    help="write the records' filters in a permuted order (v0.1: non-contiguous id lists)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -26,6 +34,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from filtershift.ingest import synth
+
     meta_format = args.meta_format or ("fixed" if args.style == "v0.1" else "table")
     out = synth.synthesize(args.out, n_filters=args.filters, n_models=args.models, seed=args.seed,
                            format=args.format, style=args.style, meta_format=meta_format, layout=args.layout,

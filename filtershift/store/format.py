@@ -21,6 +21,7 @@ import zarr
 
 from filtershift._version import __version__
 from filtershift.errors import IncompleteStoreError, StoreError
+from filtershift.ingest import MODEL_SUFFIXES
 
 SCHEMA_VERSION = 1
 MANIFEST_KEY = "filtershift"
@@ -106,6 +107,22 @@ def _secrets(options) -> list[str]:
     return found
 
 
+def _remote_reason(exc: BaseException) -> str:
+    """What went wrong with a request to object storage, in words (the exception's class is not for users)."""
+    name, text = type(exc).__name__.lower(), str(exc).lower()
+    if isinstance(exc, PermissionError) or "accessdenied" in name or "access denied" in text or "forbidden" in text:
+        return "access denied"
+    if isinstance(exc, TimeoutError) or "timeout" in name or "timed out" in text or "timeout" in text:
+        return "the endpoint did not answer in time"
+    if "credential" in name or "credentials" in text:
+        return "no usable credentials"
+    if isinstance(exc, ConnectionError) or "connect" in name or "could not connect" in text:
+        return "cannot connect to the endpoint"
+    if isinstance(exc, FileNotFoundError) or "nosuch" in name:
+        return "not found"
+    return "the request failed"
+
+
 @contextmanager
 def remote_errors(loc: Location, action: str = "open"):
     """Turn a failure to reach object storage (connection refused, timeout, access denied) into a StoreError that
@@ -122,7 +139,7 @@ def remote_errors(loc: Location, action: str = "open"):
         for secret in _secrets(loc.storage_options):
             text = text.replace(secret, "***")
         text = re.sub(r"//[^/@\s]*@", "//", text)
-        raise StoreError(f"{loc.display}: cannot {action} the store ({type(exc).__name__}: {text}). Check the URL, "
+        raise StoreError(f"{loc.display}: cannot {action} the store: {_remote_reason(exc)} ({text}). Check the URL, "
                          "the endpoint (storage option endpoint_url), the network and the credentials; s3fs "
                          "storage options config_kwargs={'retries': {'max_attempts': N}, 'connect_timeout': S} "
                          "bound the wait.") from None
@@ -153,12 +170,51 @@ def new_manifest(chunk_filters: int, codec: str, state: str) -> dict:
 
 
 def open_group(loc: Location, mode: str = "r") -> zarr.Group:
+    """The store's Zarr group; a StoreError saying what is there instead when it is not a store."""
+    with remote_errors(loc, "open"):
+        try:
+            return zarr.open_group(store=loc.zarr_store(read_only=(mode == "r")), mode=mode, zarr_format=3)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            pass
+        raise StoreError(f"{loc.display}: no filtershift store here: {_not_a_store(loc)}") from None
+
+
+#: The HDF5 format signature; it sits at byte 0 or, after a user block, at 512, 1024, 2048, ...
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_CREATE = "Create one with `filtershift convert SRC.h5 DST.zarr` or `filtershift synth DST.zarr --format zarr`."
+
+
+def _not_a_store(loc: Location) -> str:
+    """Why ``loc`` holds no store, and the remedy: a missing bucket or path, an HDF5 source, a model file, another
+    file, a directory without a store. Object storage is asked again; if that fails too, the reason stays general."""
     try:
-        return zarr.open_group(store=loc.zarr_store(read_only=(mode == "r")), mode=mode, zarr_format=3)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
-        raise StoreError(f"{loc.display}: no filtershift store here ({exc.__class__.__name__}). "
-                         "Create one with `filtershift convert SRC.h5 DST.zarr` or `filtershift synth "
-                         "DST.zarr --format zarr`.") from None
+        fs, root = loc.fs()
+        if not loc.is_local and "/" in root and not fs.exists(root.split("/", 1)[0]):
+            return (f"bucket {root.split('/', 1)[0]!r} does not exist (or these credentials cannot see it). "
+                    "Check the bucket name and the endpoint (storage option endpoint_url, or AWS_ENDPOINT_URL).")
+        if not fs.exists(root):
+            what = "no such file or directory" if loc.is_local else "nothing at this path"
+            return f"{what}. Check the path. {_CREATE}"
+        if fs.isfile(root):
+            with fs.open(root, "rb") as f:
+                head = f.read(2056)
+            if any(head[at:at + 8] == _HDF5_SIGNATURE for at in (0, 512, 1024, 2048)):
+                return (f"this is an HDF5 source, not a store: convert it first with "
+                        f"`filtershift convert {loc.display} DB.zarr`.")
+            if loc.url.lower().endswith(tuple(MODEL_SUFFIXES)):
+                return (f"this is a model file, not a store: add it to one with `filtershift extract {loc.display} "
+                        f"--store DB.zarr`, or place it with `filtershift compare {loc.display} --store DB.zarr`.")
+            return f"this is a file; a store is a directory with a zarr.json in it. {_CREATE}"
+        if fs.exists(f"{root}/.zgroup"):
+            return "a Zarr v2 group; filtershift stores are Zarr v3 groups written by `filtershift convert`."
+        if fs.exists(f"{root}/zarr.json"):
+            return "its zarr.json does not describe a Zarr v3 group, so it is not a filtershift store."
+        inside = sorted(f"{loc.display}/{p.rstrip('/').rsplit('/', 1)[-1]}" for p in fs.ls(root, detail=False)
+                        if fs.exists(f"{p.rstrip('/')}/zarr.json"))[:3]
+        hint = f" It holds {', '.join(inside)}: pass the store's own path." if inside else f" {_CREATE}"
+        return f"a directory without a zarr.json, so not a store.{hint}"
+    except Exception:  # the location could not be examined either: say what is certain
+        return f"nothing readable as a Zarr v3 group. Check the path. {_CREATE}"
 
 
 def read_manifest(group: zarr.Group, loc: Location, *, require_complete: bool = True) -> dict:

@@ -1,0 +1,88 @@
+"""Argument types for the command line: each checks a range, so argparse refuses a bad value (exit 2, with usage)
+before a command reads a file, touches a store or starts a cluster.
+
+A refusal names the value and the allowed range; argparse adds the option's name (``argument --bins: ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def _integer(text: str) -> int:
+    """``text`` as an int; integral float notation (``1e6``) and underscores (``1_000_000``) are accepted."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value.is_integer():
+        raise ValueError(text)
+    return int(value)
+
+
+def integer(lo: int, hi: int | None = None):
+    """An argparse type: an integer in ``[lo, hi]`` (``hi`` None: no upper bound)."""
+    allowed = f"an integer >= {lo}" if hi is None else f"an integer from {lo} to {hi}"
+
+    def parse(text: str) -> int:
+        try:
+            value = _integer(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; allowed: {allowed}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"{value} is out of range; allowed: {allowed}")
+        return value
+
+    parse.__name__ = allowed
+    return parse
+
+
+def number(lo: float, hi: float = math.inf, *, lo_open: bool = False, hi_open: bool = False):
+    """An argparse type: a finite number in the interval from ``lo`` to ``hi``, open at the ends flagged so."""
+    if hi == math.inf:
+        allowed = f"a number {'>' if lo_open else '>='} {lo:g}"
+    else:
+        allowed = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number; allowed: {allowed}") from None
+        inside = (math.isfinite(value) and (value > lo if lo_open else value >= lo)
+                  and (value < hi if hi_open else value <= hi))
+        if not inside:
+            raise argparse.ArgumentTypeError(f"{text} is out of range; allowed: {allowed}")
+        return value
+
+    parse.__name__ = allowed
+    return parse
+
+
+positive_int = integer(1)
+non_negative_int = integer(0)
+port = integer(0, 65535)
+positive_seconds = number(0.0, lo_open=True)
+
+
+def size(text: str) -> str:
+    """An argparse type: a positive size in bytes (``4GB``, ``512MiB``, ``1e9``); returns ``text`` unchanged, so
+    the scheduler code that reads it sees what the user typed."""
+    from dask.utils import parse_bytes
+
+    allowed = "a positive size such as 4GB, 512MiB or 1000000000 (bytes)"
+    try:
+        value = parse_bytes(text)
+    except (ValueError, TypeError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; allowed: {allowed}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range; allowed: {allowed}")
+    return text
+
+
+size.__name__ = "size"
