@@ -416,4 +416,4 @@ def test_cli_errors(store_path, capsys):
     assert main(["quality", str(store_path), "--out", "table.txt"]) == 2
     assert "parquet or .csv" in capsys.readouterr().err
     assert main(["quality", str(store_path), "--eps", "0"]) == 2
-    assert "sparsity_eps" in capsys.readouterr().err
+    assert "argument --eps: 0 is out of range" in capsys.readouterr().err

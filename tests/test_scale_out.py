@@ -274,7 +274,7 @@ def test_silent_endpoint_times_out_instead_of_hanging(capfd):
         silent.listen(64)
         endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
         exc, elapsed = _error_of(lambda: open_store(URL, **options(endpoint, config_kwargs=FAST_FAIL)), 30)
-    assert "Timeout" in str(exc) and URL in str(exc)
+    assert "did not answer in time" in str(exc) and URL in str(exc)
     assert_no_secret(*capfd.readouterr())
     print(f"silent endpoint: StoreError after {elapsed:.1f} s")
 
@@ -288,7 +288,7 @@ def test_secret_scrubbing_of_remote_errors():
             raise PermissionError(f"denied for {KEY_ID} with {SECRET} and tok-123456 via https://u:p@host/x")
     text = str(info.value)
     assert_no_secret(text)
-    assert "tok-123456" not in text and "u:p@" not in text and "PermissionError" in text
+    assert "tok-123456" not in text and "u:p@" not in text and "access denied" in text
     with pytest.raises(ValueError):                      # not a storage failure: passes through unchanged
         with fmt.remote_errors(loc):
             raise ValueError("a bug")

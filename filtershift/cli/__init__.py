@@ -25,17 +25,17 @@ def computing(parser: argparse.ArgumentParser, func, *, check=None) -> None:
     """Make ``func`` a sub-command that computes: add the scheduler options and run it inside the chosen
     scheduler (see :mod:`filtershift.cluster`).
 
-    Before the scheduler starts, the command's ``store`` argument (if it has one) must open as a complete store,
-    and ``check(args)`` (if given) may refuse the arguments with a FiltershiftError: a mistake costs no cluster."""
+    Before the scheduler starts, ``check(args)`` (if given) may refuse the arguments with a FiltershiftError, and
+    the command's ``store`` argument (if it has one) must open as a complete store: a mistake costs no cluster."""
     from filtershift.cli._scheduler import add_scheduler_arguments, context_from_args
 
     add_scheduler_arguments(parser)
 
     def run(args) -> int:
-        if getattr(args, "store", None):
-            check_store(args.store)
         if check is not None:
             check(args)
+        if getattr(args, "store", None):
+            check_store(args.store)
         with context_from_args(args):
             return func(args)
 
@@ -82,7 +82,12 @@ def _stdout_closed() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command line ``argv``; return the exit code (2 for arguments refused by the parser, after its
+    usage message; 0 after --help or --version)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()

@@ -140,9 +140,9 @@ def remote_errors(loc: Location, action: str = "open"):
             text = text.replace(secret, "***")
         text = re.sub(r"//[^/@\s]*@", "//", text)
         raise StoreError(f"{loc.display}: cannot {action} the store: {_remote_reason(exc)} ({text}). Check the URL, "
-                         "the endpoint (storage option endpoint_url), the network and the credentials; s3fs "
-                         "storage options config_kwargs={'retries': {'max_attempts': N}, 'connect_timeout': S} "
-                         "bound the wait.") from None
+                         "the endpoint (storage option endpoint_url, or AWS_ENDPOINT_URL), the network and the "
+                         "credentials; s3fs storage options config_kwargs={'retries': {'max_attempts': N}, "
+                         "'connect_timeout': S} bound the wait.") from None
 
 
 def utc_now() -> str:
@@ -176,45 +176,51 @@ def open_group(loc: Location, mode: str = "r") -> zarr.Group:
             return zarr.open_group(store=loc.zarr_store(read_only=(mode == "r")), mode=mode, zarr_format=3)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
             pass
-        raise StoreError(f"{loc.display}: no filtershift store here: {_not_a_store(loc)}") from None
+        raise StoreError(f"{loc.display}: {_not_a_store(loc)}") from None
 
 
 #: The HDF5 format signature; it sits at byte 0 or, after a user block, at 512, 1024, 2048, ...
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-_CREATE = "Create one with `filtershift convert SRC.h5 DST.zarr` or `filtershift synth DST.zarr --format zarr`."
+_CREATE = "create one with `filtershift convert SRC.h5 DST.zarr` or `filtershift synth DST.zarr --format zarr`."
 
 
 def _not_a_store(loc: Location) -> str:
-    """Why ``loc`` holds no store, and the remedy: a missing bucket or path, an HDF5 source, a model file, another
-    file, a directory without a store. Object storage is asked again; if that fails too, the reason stays general."""
+    """What is at ``loc`` instead of a store, and the remedy: a missing bucket or path, an HDF5 source, a model file,
+    another file, a directory without a store. If the location cannot be examined either, the reason stays general."""
     try:
         fs, root = loc.fs()
-        if not loc.is_local and "/" in root and not fs.exists(root.split("/", 1)[0]):
-            return (f"bucket {root.split('/', 1)[0]!r} does not exist (or these credentials cannot see it). "
-                    "Check the bucket name and the endpoint (storage option endpoint_url, or AWS_ENDPOINT_URL).")
+        bucket = root.split("/", 1)[0]
+        if not loc.is_local and bucket != root and not fs.exists(bucket):
+            return (f"bucket {bucket!r} does not exist (or these credentials cannot see it), so no filtershift "
+                    "store here. Check the bucket name and the endpoint (storage option endpoint_url, or "
+                    "AWS_ENDPOINT_URL).")
         if not fs.exists(root):
             what = "no such file or directory" if loc.is_local else "nothing at this path"
-            return f"{what}. Check the path. {_CREATE}"
+            return f"{what}, so no filtershift store here. Check the path, or {_CREATE}"
         if fs.isfile(root):
             with fs.open(root, "rb") as f:
                 head = f.read(2056)
             if any(head[at:at + 8] == _HDF5_SIGNATURE for at in (0, 512, 1024, 2048)):
-                return (f"this is an HDF5 source, not a store: convert it first with "
+                return (f"this is an HDF5 source, not a filtershift store; convert it first with "
                         f"`filtershift convert {loc.display} DB.zarr`.")
             if loc.url.lower().endswith(tuple(MODEL_SUFFIXES)):
-                return (f"this is a model file, not a store: add it to one with `filtershift extract {loc.display} "
-                        f"--store DB.zarr`, or place it with `filtershift compare {loc.display} --store DB.zarr`.")
-            return f"this is a file; a store is a directory with a zarr.json in it. {_CREATE}"
+                return (f"this is a model file, not a filtershift store; add it to one with `filtershift extract "
+                        f"{loc.display} --store DB.zarr`, or place it with `filtershift compare {loc.display} "
+                        "--store DB.zarr`.")
+            return f"a file, not a filtershift store (a store is a directory with a zarr.json); {_CREATE}"
         if fs.exists(f"{root}/.zgroup"):
-            return "a Zarr v2 group; filtershift stores are Zarr v3 groups written by `filtershift convert`."
+            return ("a Zarr v2 group, not a filtershift store (filtershift stores are Zarr v3 groups written by "
+                    "`filtershift convert`).")
         if fs.exists(f"{root}/zarr.json"):
-            return "its zarr.json does not describe a Zarr v3 group, so it is not a filtershift store."
+            return "its zarr.json describes no Zarr v3 group, so it is not a filtershift store."
         inside = sorted(f"{loc.display}/{p.rstrip('/').rsplit('/', 1)[-1]}" for p in fs.ls(root, detail=False)
                         if fs.exists(f"{p.rstrip('/')}/zarr.json"))[:3]
-        hint = f" It holds {', '.join(inside)}: pass the store's own path." if inside else f" {_CREATE}"
-        return f"a directory without a zarr.json, so not a store.{hint}"
+        if inside:
+            return (f"a directory without a zarr.json, not a filtershift store; it holds {', '.join(inside)}: pass "
+                    "the store's own path.")
+        return f"a directory without a zarr.json, not a filtershift store; {_CREATE}"
     except Exception:  # the location could not be examined either: say what is certain
-        return f"nothing readable as a Zarr v3 group. Check the path. {_CREATE}"
+        return f"no filtershift store here (nothing readable as a Zarr v3 group). Check the path, or {_CREATE}"
 
 
 def read_manifest(group: zarr.Group, loc: Location, *, require_complete: bool = True) -> dict:
