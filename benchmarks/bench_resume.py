@@ -156,11 +156,12 @@ def main() -> None:
         else:
             state = manifest(db)["state"]
             committed = n if state == "complete" else min(saved.get("done", 0) * chunk, n)
+        hashed = ("yes" if saved.get("sha256") else "no") if state == "converting" else "-"
         resumed = watch(filtershift("convert", str(src), str(db), "--resume"), db)
         total = killed["wall"] + resumed["wall"]
         equal = same_store(db, ref)
         rows.append(f"| {label} | {killed['wall']:.2f} | {fmt_s(killed.get('checkpoint'))} | {state} | "
-                    f"{committed:,} ({committed / n:.0%}) | {'yes' if saved.get('sha256') else 'no'} | "
+                    f"{committed:,} ({committed / n:.0%}) | {hashed} | "
                     f"{resumed['wall']:.2f} | {total:.2f} | {total / wall:.2f} | {total - wall:.2f} | {equal} |")
         print(rows[-1], flush=True)
         shutil.rmtree(db)

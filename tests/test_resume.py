@@ -211,6 +211,7 @@ def test_resume_into_an_empty_directory_or_one_left_by_a_kill_during_group_creat
     (db / f"zarr.{'0' * 32}.partial").write_bytes(b"{")
     convert(a, db, chunk_filters=CHUNK, resume=True)
     assert_same_store(db, ref)
+    assert not list(db.glob("*.partial"))
     other = tmp_path / "precious"
     other.mkdir()
     (other / "thesis.tex").write_text("do not delete")
