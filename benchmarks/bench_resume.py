@@ -1,14 +1,18 @@
 """Resume benchmark: how much work a SIGKILL of ``filtershift convert`` loses, at several points of a run.
 
-    python benchmarks/bench_resume.py --filters 10000000 --models 200 [--workdir DIR] [--points 0.2s,1s,25%,50%,90%]
+    python benchmarks/bench_resume.py --filters 10000000 --models 200 [--workdir DIR]
+        [--points 0.2s,1s,checkpoint,25%,50%,90%,end]
 
-One uninterrupted ``filtershift convert SRC REF.zarr`` is timed first (wall time, and when the destination, its first
-progress record and its first chunk appear). Then, for each point (seconds, or a percentage of that wall time),
-``filtershift convert SRC DB.zarr --resume`` is started (the form a scheduled job always uses), killed with SIGKILL
-at that point, and run again with ``--resume`` to the end. Reported per point: when the killed run wrote its first
-checkpoint, the rows committed at the kill (by the progress file), the killed + resumed wall time against the
-uninterrupted one (the excess is the work lost), and whether the resumed store equals the uninterrupted one
-(``filtershift verify``, the weights read with zarr, the tables with pandas, the manifest but for timestamps).
+One uninterrupted ``filtershift convert SRC REF.zarr`` is timed first (wall time, and when its destination, first
+progress record and first chunk appear). Then, for each point, ``filtershift convert SRC DB.zarr --resume`` is
+started (the form a scheduled job always uses), killed with SIGKILL at that point, and run again with ``--resume``
+to the end. Points are seconds after the start (``0.2s``), the first checkpoint (``checkpoint``), a share of the
+chunks recorded in the progress file (``25%``; on a shared machine a share of the uninterrupted wall time lands
+anywhere) or every chunk recorded (``end``: validation and commit). Reported per point: when the killed run wrote
+its first checkpoint, the rows committed at the kill, when the resumed run committed its first new chunk (its
+restart cost), the killed + resumed wall time against the uninterrupted one (the excess is the work lost), and
+whether the resumed store equals the uninterrupted one (``filtershift verify``, the weights read with zarr, the
+tables with pandas, the manifest but for timestamps).
 """
 
 from __future__ import annotations
@@ -45,29 +49,32 @@ def read_progress(db: Path) -> dict | None:
         return None
 
 
-def watch(cmd: list[str], db: Path, kill_at: float | None = None) -> dict:
-    """Run ``cmd``, polling ``db``; SIGKILL it ``kill_at`` seconds after its start (None: let it finish).
-    Returns the wall time, when the destination, the first progress record and the first chunk appeared, and
-    the progress record at the end."""
+def watch(cmd: list[str], db: Path, kill_when=None) -> dict:
+    """Run ``cmd``, polling ``db``; SIGKILL it as soon as ``kill_when(seconds, chunks_done)`` is true (None: let it
+    finish). Returns the wall time, when the destination, the first progress record and the first new chunk
+    appeared, and the progress record at the end."""
     seen: dict = {}
+    start_done = (read_progress(db) or {}).get("done", 0)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     while proc.poll() is None:
         t = time.perf_counter() - t0
-        if kill_at is not None and t >= kill_at:
-            proc.send_signal(signal.SIGKILL)
-            break
+        saved = read_progress(db)
+        done = (saved or {}).get("done", 0)
         if "dst" not in seen and (db / "zarr.json").exists():
             seen["dst"] = t
-        if "checkpoint" not in seen and (db / PROGRESS).exists():
+        if "checkpoint" not in seen and saved is not None:
             seen["checkpoint"] = t
-        if "first_chunk" not in seen and (read_progress(db) or {}).get("done", 0) >= 1:
-            seen["first_chunk"] = t
+        if "new_chunk" not in seen and done > start_done:
+            seen["new_chunk"] = t
+        if kill_when is not None and kill_when(t, saved):
+            proc.send_signal(signal.SIGKILL)
+            break
         time.sleep(POLL_S)
     _, err = proc.communicate()
     seen["wall"] = time.perf_counter() - t0
     seen["returncode"] = proc.returncode
-    if kill_at is None and proc.returncode != 0:
+    if kill_when is None and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{err[-3000:]}")
     seen["progress"] = read_progress(db)
     return seen
@@ -101,10 +108,15 @@ def same_store(db: Path, ref: Path) -> str:
     return "yes"
 
 
-def parse_point(text: str, wall: float) -> tuple[str, float]:
-    if text.endswith("%"):
-        return text, float(text[:-1]) / 100 * wall
-    return text, float(text.rstrip("s"))
+def kill_rule(text: str, n_chunks: int):
+    """``0.2s``: seconds after the start; ``checkpoint``: as soon as the first progress record exists; ``25%``: once
+    that share of the chunks is recorded; ``end``: once every chunk is (validation and commit are running)."""
+    if text.endswith("s"):
+        return lambda t, saved: t >= float(text[:-1])
+    if text == "checkpoint":
+        return lambda t, saved: saved is not None
+    target = n_chunks if text == "end" else max(1, round(float(text.rstrip("%")) / 100 * n_chunks))
+    return lambda t, saved: (saved or {}).get("done", 0) >= target
 
 
 def fmt_s(value: float | None) -> str:
@@ -116,8 +128,8 @@ def main() -> None:
     ap.add_argument("--filters", type=int, default=10_000_000)
     ap.add_argument("--models", type=int, default=200)
     ap.add_argument("--workdir", default=None, help="keeps the source between runs when given")
-    ap.add_argument("--points", default="0.2s,1s,25%,50%,90%,98%",
-                    help="kill points: seconds after start (0.2s) or percent of the uninterrupted wall time")
+    ap.add_argument("--points", default="0.2s,1s,checkpoint,25%,50%,90%,end",
+                    help="kill points: seconds after the start (0.2s), checkpoint, a share of the chunks (25%%), end")
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fs-bench-resume-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -133,21 +145,22 @@ def main() -> None:
     n_chunks = -(-n // chunk)
     wall = base["wall"]
     print(f"uninterrupted: {wall:.2f} s; destination at {fmt_s(base.get('dst'))} s, first checkpoint at "
-          f"{fmt_s(base.get('checkpoint'))} s, first chunk at {fmt_s(base.get('first_chunk'))} s", flush=True)
+          f"{fmt_s(base.get('checkpoint'))} s, first chunk at {fmt_s(base.get('new_chunk'))} s", flush=True)
     rows = [f"Source: `filtershift synth` with {n:,} filters, {args.models} models ({n_chunks} chunks of {chunk:,}). "
             f"Uninterrupted `filtershift convert`: {wall:.2f} s wall; its destination and first checkpoint "
-            f"(progress file) appeared at {fmt_s(base.get('checkpoint'))} s "
-            f"({base.get('checkpoint', 0) / wall:.0%} of the run, after the interpreter start, imports and the "
-            f"validation of the source in a child process), its first chunk at {fmt_s(base.get('first_chunk'))} s.",
+            f"(progress file) appeared at {fmt_s(base.get('checkpoint'))} s ({base.get('checkpoint', 0) / wall:.0%} "
+            "of the run: interpreter start, imports, validation of the source in a child process), its first "
+            f"chunk at {fmt_s(base.get('new_chunk'))} s.",
             "",
-            "| kill at | s | first checkpoint of killed run (s) | state at kill | rows committed at kill | "
-            "source hash recorded | resume s | killed + resumed s | / uninterrupted | lost s | equal |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| kill at | killed after s | its first checkpoint s | state at kill | rows committed at kill | "
+            "hash recorded | resume s | resume's first new chunk s | killed + resumed s | / uninterrupted | "
+            "lost s | equal |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for text in args.points.split(","):
-        label, at = parse_point(text.strip(), wall)
+        label = text.strip()
         db = work / "db.zarr"
         shutil.rmtree(db, ignore_errors=True)
-        killed = watch(filtershift("convert", str(src), str(db), "--resume"), db, kill_at=at)
+        killed = watch(filtershift("convert", str(src), str(db), "--resume"), db, kill_rule(label, n_chunks))
         saved = killed["progress"] or {}
         if killed["returncode"] != -signal.SIGKILL:
             state, committed = "finished before the kill", n
@@ -161,15 +174,16 @@ def main() -> None:
         total = killed["wall"] + resumed["wall"]
         equal = same_store(db, ref)
         rows.append(f"| {label} | {killed['wall']:.2f} | {fmt_s(killed.get('checkpoint'))} | {state} | "
-                    f"{committed:,} ({committed / n:.0%}) | {hashed} | "
-                    f"{resumed['wall']:.2f} | {total:.2f} | {total / wall:.2f} | {total - wall:.2f} | {equal} |")
+                    f"{committed:,} ({committed / n:.0%}) | {hashed} | {resumed['wall']:.2f} | "
+                    f"{fmt_s(resumed.get('new_chunk'))} | {total:.2f} | {total / wall:.2f} | {total - wall:.2f} | "
+                    f"{equal} |")
         print(rows[-1], flush=True)
         shutil.rmtree(db)
     rows += ["", "`lost s` = killed + resumed wall time minus the uninterrupted wall time: the work the kill threw "
-             "away plus the resumed run's own start (interpreter, imports, validation of the source, about the time "
-             "to the first checkpoint). `equal`: `filtershift verify` passes and the weights (zarr), tables "
-             "(pandas) and manifest (timestamps aside) equal the uninterrupted store's. One run on a shared, noisy "
-             "machine: compare the ratios."]
+             "away plus the resumed run's own start (interpreter, imports, validation of the source: about the "
+             "time to the first checkpoint, or to the resume's first new chunk). `equal`: `filtershift verify` "
+             "passes and the weights (zarr), tables (pandas) and manifest (timestamps aside) equal the "
+             "uninterrupted store's. One run on a shared, noisy machine: compare the ratios."]
     append_section(f"Resume after SIGKILL, {n:,} filters", "\n".join(rows))
     shutil.rmtree(ref)
     if not args.workdir:
