@@ -23,8 +23,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from filtershift.compare import compare, layer_table, plot, summary_table
+    from filtershift.compare import compare, figure_target, layer_table, plot, summary_table
 
+    if args.figure:
+        figure_target(args.figure)
     result = compare(args.model, args.store, by=args.by or ["task", "visual_category"], metric=args.metric,
                      bins=args.bins, top=args.top)
     table = summary_table(result)

@@ -62,7 +62,10 @@ class Location:
 
     @classmethod
     def of(cls, path_or_url, storage_options: dict | None = None) -> "Location":
+        from filtershift.outputs import check
+
         url = str(path_or_url).rstrip("/")
+        check(url, "store", write=False)
         return cls(url, dict(storage_options or {}))
 
     @property
