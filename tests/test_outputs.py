@@ -21,7 +21,7 @@ import pytest
 from filtershift.cli import main as cli
 from filtershift.ingest.synth import synthesize
 from filtershift.report import build_report
-from filtershift.store.format import read_table, Location
+from filtershift.store.format import Location, read_table
 
 BUCKET = "filtershift-outputs"
 SMALL = {"groupings": ["task"], "metrics": ["kl_sym"], "bootstrap": {"n_boot": 0},
@@ -248,9 +248,21 @@ def model(tmp_path_factory):
     return str(path)
 
 
-def test_compare_figure_to_s3_and_memory(s3, store, model, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def compared(store, model):
+    """One comparison, reused by the CLI runs below (they test where the figure goes, not the numbers)."""
+    import dask
+
+    from filtershift.compare import compare
+
+    with dask.config.set(scheduler="threads"):
+        return compare(model, str(store), by=["task", "visual_category"])
+
+
+def test_compare_figure_to_s3_and_memory(s3, store, model, compared, tmp_path, monkeypatch, capsys):
     from PIL import Image
 
+    monkeypatch.setattr("filtershift.compare.compare", lambda *args, **kwargs: compared)
     local = tmp_path / "c.png"
     for figure in (str(local), f"{s3}/figures/c.png", f"{memory_url()}/c.png"):
         assert cli(["compare", model, "--store", str(store), "--figure", figure, "--scheduler", "threads"]) == 0

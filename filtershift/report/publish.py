@@ -4,6 +4,10 @@ one writer at a time, reuse of a run that already covers the same store snapshot
 A run is built in ``OUT/.staging-<name>/`` and renamed into ``runs/`` only when complete, so a failed or killed run
 never touches the published ones. ``latest`` is a relative symlink replaced with ``os.replace`` (atomic on POSIX);
 ``latest.txt`` holds the same run name for tools and file systems without symlinks.
+
+An output URL (``s3://``, ``gs://``, ``memory://``, ...) has neither renames nor symlinks: :class:`RemoteOutput`
+uploads the run with ``run.json`` last and publishes it by single-object PUTs of the pointers; :func:`open_output`
+picks the implementation. docs/report.md, "On object storage", states the guarantees.
 """
 
 from __future__ import annotations
