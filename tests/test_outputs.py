@@ -277,6 +277,29 @@ def test_compare_figure_to_s3_and_memory(s3, store, model, compared, tmp_path, m
     assert b"<svg" in cat(svg)
 
 
+def test_convert_and_extract_to_an_s3_store(s3, source, model, capsys):
+    """``convert DST`` and ``extract --store`` with a URL write the store there (read back through zarr/fsspec);
+    ``extract --store s3:/...`` (a URL that lost its '//') is refused instead of creating a local ``s3:`` store."""
+    import h5py
+    from safetensors.numpy import load_file
+
+    from filtershift.store.dataset import open_store
+
+    url = f"{s3}/stores/db.zarr"
+    assert cli(["convert", source, url]) == 0
+    assert cli(["extract", model, "--store", url]) == 0
+    assert f"{url}: added 1 model(s)" in capsys.readouterr().out
+    weights = open_store(url)["weights"].values
+    with h5py.File(source) as h:
+        np.testing.assert_array_equal(weights[:len(h["filters"])], h["filters"][:])
+        n = len(h["filters"])
+    mine = np.concatenate([w.reshape(-1, 9) for w in load_file(model).values()])
+    assert len(weights) == n + len(mine)
+    np.testing.assert_array_equal(np.sort(weights[n:].ravel()), np.sort(mine.ravel()))
+    assert cli(["extract", model, "--store", f"s3:/{BUCKET}/stores/other.zarr"]) == 2
+    assert "'s3:'" in capsys.readouterr().err
+
+
 # -- refused locations -----------------------------------------------------------------------------------------------
 
 
