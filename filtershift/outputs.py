@@ -54,12 +54,12 @@ def check(text, option: str, *, write: bool = True) -> str:
         try:
             fsspec.get_filesystem_class(name)
         except ImportError as exc:
-            raise InputError(f"{option} {_display(text)}: the {name}:// scheme needs a package that is not installed "
+            raise InputError(f"{option} {display(text)}: the {name}:// scheme needs a package that is not installed "
                              f"({exc}); install it, or give {supported}.") from None
         except ValueError:
-            raise InputError(f"{option} {_display(text)}: unknown URL scheme {name}://; give {supported}.") from None
+            raise InputError(f"{option} {display(text)}: unknown URL scheme {name}://; give {supported}.") from None
         if write and name in READ_ONLY:
-            raise InputError(f"{option} {_display(text)}: {name}:// is read-only; give {SUPPORTED}.")
+            raise InputError(f"{option} {display(text)}: {name}:// is read-only; give {SUPPORTED}.")
         return text
     for part in Path(text).parts:
         if part.endswith(":") and _known(part[:-1]):
@@ -73,12 +73,12 @@ def local_path(text, option: str) -> Path:
     """A checked local path for outputs that cannot go to a URL (``synth``, ``demo``); URLs are refused."""
     checked = check(text, option)
     if is_url(checked):
-        raise InputError(f"{option} {_display(checked)}: this output must be a local path; URLs are not "
+        raise InputError(f"{option} {display(checked)}: this output must be a local path; URLs are not "
                          "supported here (write locally, then copy).")
     return Path(checked)
 
 
-def _display(url: str) -> str:
+def display(url: str) -> str:
     """The URL without credentials (``scheme://user:secret@host``), for messages."""
     return re.sub(r"//[^/@]*@", "//", url)
 
@@ -100,12 +100,12 @@ def failures(url: str, action: str, option: str = "output"):
     except FiltershiftError:
         raise
     except NotImplementedError:
-        raise InputError(f"{option} {_display(url)}: this filesystem cannot {action} files; give {SUPPORTED}.") \
+        raise InputError(f"{option} {display(url)}: this filesystem cannot {action} files; give {SUPPORTED}.") \
             from None
     except Exception as exc:
         text = " ".join(str(exc).split()) or type(exc).__name__
         text = re.sub(r"//[^/@\s]*@", "//", text)
-        raise InputError(f"{option} {_display(url)}: cannot {action} ({text}). Check the URL, that the bucket "
+        raise InputError(f"{option} {display(url)}: cannot {action} ({text}). Check the URL, that the bucket "
                          "exists, the endpoint, the network and the credentials.") from None
 
 

@@ -266,7 +266,7 @@ class RemoteOutput:
         from filtershift import outputs
 
         self.url = self.location = outputs.check(url, "--out").rstrip("/")
-        self.display = outputs._display(self.url)
+        self.display = outputs.display(self.url)
         self.fs, self.path = outputs.filesystem(self.url)
         self.path = self.path.rstrip("/")
         self._tmp: str | None = None
