@@ -20,7 +20,8 @@ def register(sub) -> None:
                                    "orthogonality (where channels are known), weight norms and a degenerated flag "
                                    "per record, from the shared statistics passes (torchconvquality definitions).")
     p.add_argument("store", help="store path or URL")
-    p.add_argument("--out", metavar="FILE", help="write the table to FILE (.parquet or .csv; a path or a URL, e.g. s3://bucket/q.parquet)")
+    p.add_argument("--out", metavar="FILE",
+                   help="write the table to FILE (.parquet or .csv; a path or a URL, e.g. s3://bucket/q.parquet)")
     p.add_argument("--json", action="store_true", help="print the rows as a JSON list of objects on stdout")
     p.add_argument("--top", type=int, metavar="K", help="only the K most degenerated rows")
     p.add_argument("--eps", type=float, default=0.01,
