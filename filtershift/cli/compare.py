@@ -17,14 +17,16 @@ def register(sub) -> None:
     p.add_argument("--metric", choices=("kl_sym", "js", "w1"), default="kl_sym")
     p.add_argument("--bins", type=int, default=70)
     p.add_argument("--top", type=int, default=10, help="nearest database models to list")
-    p.add_argument("--figure", default=None, help="write the figure to this PNG/SVG path")
+    p.add_argument("--figure", default=None, help="write the figure to this PNG/SVG path or URL (s3://...)")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     computing(p, run)
 
 
 def run(args) -> int:
-    from filtershift.compare import compare, layer_table, plot, summary_table
+    from filtershift.compare import compare, figure_target, layer_table, plot, summary_table
 
+    if args.figure:
+        figure_target(args.figure)
     result = compare(args.model, args.store, by=args.by or ["task", "visual_category"], metric=args.metric,
                      bins=args.bins, top=args.top)
     table = summary_table(result)

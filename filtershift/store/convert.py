@@ -65,7 +65,7 @@ def convert(src, dst, *, chunk_filters: int | None = None, codec: str = fmt.DEFA
     if chunk < 1:
         raise InputError(f"chunk_filters must be positive, got {chunk}.")
     source = open_source(src, trust_pickle=trust_pickle)
-    loc = fmt.Location.of(dst, storage_options)
+    loc = fmt.Location.of(dst, storage_options, write=True)
     identity = _source_identity(source.path)
     settings = {"chunk_filters": chunk, "codec": codec, "nonfinite": nonfinite}
     with fmt.remote_errors(loc, "write"):

@@ -61,8 +61,13 @@ class Location:
     storage_options: dict
 
     @classmethod
-    def of(cls, path_or_url, storage_options: dict | None = None) -> "Location":
+    def of(cls, path_or_url, storage_options: dict | None = None, *, write: bool = False) -> "Location":
+        """``write``: the store will be written (read-only schemes such as https:// are refused). Unknown schemes
+        and paths with a component named after a scheme (``s3:``, a URL that lost its '//') are refused."""
+        from filtershift.outputs import check
+
         url = str(path_or_url).rstrip("/")
+        check(url, "store", write=write)
         return cls(url, dict(storage_options or {}))
 
     @property
