@@ -8,8 +8,6 @@ coordinate is computed per block with ``np.repeat`` from the small records table
 from __future__ import annotations
 
 import itertools
-import mmap
-import os
 
 import dask.array as da
 import numpy as np
@@ -20,6 +18,8 @@ from dask.base import tokenize
 
 from filtershift.errors import InputError, StoreError
 from filtershift.store import format as fmt
+from filtershift.store.chunks import ChunkReader
+from filtershift.store.verify import check_tables
 
 TABLES_ATTR = "_filtershift_tables"
 #: The values of every per-record coordinate, one row per record (index: record id). Coordinates built from it
@@ -43,113 +43,46 @@ def open_store(path_or_url, *, label_rules=None, **storage_options) -> xr.Datase
         records = fmt.read_table(loc, "records", version)
         models = fmt.read_table(loc, "models", version)
         n = manifest["n_filters"]
-        weights = _lazy(group[fmt.WEIGHTS], loc, n)
+        _check_layout(group, manifest, loc)
+        problems = check_tables(records, models, manifest)
+        if problems:
+            raise StoreError(f"{loc.display}: the tables of version {version} do not match the manifest: "
+                             f"{'; '.join(problems)}. Run `filtershift verify` and restore the store from a copy "
+                             "or convert it again.")
+        weights = _lazy(group[fmt.WEIGHTS], loc, n, manifest["integrity"].get("chunk_sums"))
         filter_id = _lazy(group[fmt.FILTER_ID], loc, n) if manifest.get("reordered") else None
     rules = manifest.get("label_rules", fmt.DEFAULT_LABEL_RULES) if label_rules is None else label_rules
     attrs = {"store": loc.display, "version": version, "schema_version": manifest["schema_version"]}
     return _build(weights, records, models, rules, attrs, filter_id=filter_id)
 
 
-class _ChunkReader:
-    """Array-like over a Zarr array for ``da.from_array``.
-
-    Read errors name the store, array and chunk (e.g. a checksum mismatch from a flipped byte) instead of a bare
-    codec error. For the layout filtershift writes by default on a local disk (no compressor, crc32c, default
-    chunk keys) chunks are read straight from their files and checked here, in the calling thread: zarr's
-    synchronous API funnels every read of every dask thread through one event-loop thread, which halved the
-    read throughput of a threaded dask pass (see BENCHMARKS.md).
-    """
-
-    def __init__(self, array, loc: fmt.Location):
-        self.array, self.display = array, loc.display
-        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
-        self.rows = array.chunks[0]
-        self.direct = _direct_path(array, loc)
-
-    def __getitem__(self, key):
-        rows = key[0] if isinstance(key, tuple) else key
-        if self.direct and isinstance(rows, slice) and rows.step in (None, 1) and \
-                all(k == slice(None) or k == slice(0, n) for k, n in zip(key[1:] if isinstance(key, tuple) else (),
-                                                                         self.shape[1:])):
-            lo, hi, _ = rows.indices(self.shape[0])
-            return self._read_direct(lo, hi)
-        try:
-            return self.array[key]
-        except ValueError as exc:
-            first = (rows.start or 0) if isinstance(rows, slice) else rows
-            raise self._corrupt(int(first) // self.rows, exc) from None
-
-    def _corrupt(self, chunk: int, exc) -> StoreError:
-        return StoreError(f"{self.display}: array '{self.array.basename}' chunk {chunk} (filters from "
-                          f"{chunk * self.rows}) is corrupted: {exc}. Run `filtershift verify` and restore or "
-                          "re-convert the store.")
-
-    def _read_direct(self, lo: int, hi: int) -> np.ndarray:
-        import google_crc32c
-
-        inner = self.shape[1:]
-        nbytes = self.rows * int(np.prod(inner, dtype=np.int64)) * self.dtype.itemsize
-        pieces = []
-        for i in range(lo // self.rows, (max(hi, lo + 1) - 1) // self.rows + 1):
-            path = os.path.join(self.direct, "c", str(i), *(["0"] * len(inner)))
-            try:
-                raw = _read_file(path)
-            except FileNotFoundError:
-                block = np.full((self.rows, *inner), self.array.fill_value, dtype=self.dtype)
-            else:
-                if len(raw) != nbytes + 4 or google_crc32c.value(raw) != CRC32C_RESIDUE:
-                    raise self._corrupt(i, "stored and computed checksum do not match")
-                block = np.frombuffer(raw, dtype=self.dtype.newbyteorder("<"), count=nbytes // self.dtype.itemsize)
-                block = block.reshape(self.rows, *inner)
-            a, b = max(lo, i * self.rows) - i * self.rows, min(hi, (i + 1) * self.rows) - i * self.rows
-            pieces.append(block[a:b])
-        out = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
-        return out.astype(self.dtype, copy=False)
-
-
-def _read_file(path: str):
-    """A chunk file's bytes as a read-only array: memory-mapped (pages prefaulted) on POSIX, which saves the
-    kernel zeroing and copying a fresh buffer per chunk (the dask read pass took 2.3x less time). Every writer
-    (filtershift, zarr's local store) replaces chunk files by a rename, so a mapped file never changes under a
-    reader; a program truncating a chunk file in place while it is read would end the reader with SIGBUS."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size and os.name == "posix":
-            try:
-                m = mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ,
-                              flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
-            except (OSError, ValueError):
-                pass
-            else:
-                return np.frombuffer(m, np.uint8)
-        return np.frombuffer(f.read(), np.uint8)
-
-
-#: CRC-32C of any message followed by its own little-endian CRC: checks data + stored checksum in one call.
-CRC32C_RESIDUE = 0x48674BC7
-
-
-def _direct_path(array, loc: fmt.Location) -> str | None:
-    """The array's directory when its chunks are plain little-endian bytes + crc32c in default keys on a local
-    disk (what filtershift writes with codec 'none'); None otherwise."""
-    if not loc.is_local:
-        return None
-    meta = array.metadata.to_dict()
-    codecs = [c.get("name") if isinstance(c, dict) else c for c in meta.get("codecs", [])]
-    first = meta.get("codecs", [{}])[0]
-    endian = first.get("configuration", {}).get("endian", "little") if isinstance(first, dict) else None
-    keys = meta.get("chunk_key_encoding", {})
-    if codecs != ["bytes", "crc32c"] or endian != "little" or keys.get("name") != "default" or \
-            keys.get("configuration", {}).get("separator", "/") != "/":
-        return None
-    root = loc.url[len("file://"):] if loc.url.startswith("file://") else loc.url
-    return os.path.join(root, array.path)
-
-
-def _lazy(array, loc: fmt.Location, n: int) -> da.Array:
+def _lazy(array, loc: fmt.Location, n: int, chunk_sums=None) -> da.Array:
+    """Rows ``[0, n)`` of a store array, read and checked chunk by chunk (see :mod:`filtershift.store.chunks`);
+    chunks wholly past ``n`` are never requested."""
     chunks = (array.chunks[0],) + tuple(array.shape[1:])
-    return da.from_array(_ChunkReader(array, loc), chunks=chunks, asarray=True,
-                         name=f"{array.basename}-{tokenize(loc.url, array.shape, n)}", fancy=False)[:n]
+    return da.from_array(ChunkReader(array, loc, n, chunk_sums), chunks=chunks, asarray=True,
+                         name=f"{array.basename}-{tokenize(loc.url, array.shape, n, chunk_sums)}", fancy=False)[:n]
+
+
+def _check_layout(group, manifest: dict, loc: fmt.Location) -> None:
+    """The arrays must hold what the manifest promises: ``n_filters`` rows of 9 values in chunks of
+    ``chunk_filters`` rows, one recorded sum per chunk (reads check every chunk against it)."""
+    n, chunk = manifest["n_filters"], manifest["chunk_filters"]
+    remedy = "Run `filtershift verify` and restore the store from a copy or convert it again."
+    for name in (fmt.WEIGHTS, fmt.FILTER_ID) if manifest.get("reordered") else (fmt.WEIGHTS,):
+        if name not in group:
+            raise StoreError(f"{loc.display}: the array '{name}' is missing; the store is damaged. {remedy}")
+        array = group[name]
+        if array.shape[0] < n or array.shape[1:] != ((9,) if name == fmt.WEIGHTS else ()):
+            raise StoreError(f"{loc.display}: the manifest says {n} filters, but the array '{name}' has shape "
+                             f"{array.shape}; the store is damaged. {remedy}")
+        if array.chunks[0] != chunk:
+            raise StoreError(f"{loc.display}: the array '{name}' has chunks of {array.chunks[0]} rows, the "
+                             f"manifest says {chunk}; the store is damaged. {remedy}")
+    sums = manifest.get("integrity", {}).get("chunk_sums")
+    if sums is not None and len(sums) != -(-n // chunk):
+        raise StoreError(f"{loc.display}: the manifest records {len(sums)} chunk sums for {-(-n // chunk)} "
+                         f"chunks; the store is damaged. {remedy}")
 
 
 def from_arrays(weights, records: pd.DataFrame, models: pd.DataFrame, *, chunk_filters: int | None = None,
