@@ -24,6 +24,9 @@ from xarray.core.indexing import IndexSelResult
 
 from filtershift.errors import InputError
 
+#: Labels: Python strings in an object array marked as variable-length strings, so that to_zarr/to_netcdf write them
+#: as strings without computing the coordinate first to infer a type.
+LABEL_DTYPE = np.dtype(object, metadata={"element_type": str})
 #: Numeric per-record coordinates and their dtypes (the order of the coordinates in a Dataset).
 META = {"record": np.int32, "model_id": np.int64, "conv_depth": np.int32, "conv_depth_norm": np.float32}
 
