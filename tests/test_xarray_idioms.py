@@ -55,7 +55,7 @@ def test_sel_by_label_follows_tables(store):
 
 
 def test_sel_list_scalar_and_slice(store):
-    _, ds, w, pf, _ = store
+    _, ds, w, pf, recs = store
     keep = pf["model_id"].isin([3, 4]).to_numpy()
     np.testing.assert_array_equal(ds.sel(model_id=[3, 4])["weights"].values, w[keep])
     one = ds.sel(model_id=3)
@@ -66,6 +66,12 @@ def test_sel_list_scalar_and_slice(store):
     both = ds.sel(task=["Detection", "Generative"], conv_depth=0)
     keep = (pf["task"].isin(["Detection", "Generative"]) & (pf["conv_depth"] == 0)).to_numpy()
     np.testing.assert_array_equal(both["weights"].values, w[keep])
+    big = fs.records(ds)["n"] > 200
+    chosen = recs["record"][(recs["n"] > 200).to_numpy()]
+    np.testing.assert_array_equal(ds.sel(record=big)["weights"].values, w[pf["record"].isin(chosen).to_numpy()])
+    shallow = ds.sel(conv_depth_norm=slice(None, 0.5))
+    norm = np.repeat(recs["conv_depth_norm"].to_numpy(), recs["n"].to_numpy())
+    np.testing.assert_array_equal(shallow["weights"].values, w[norm <= np.float32(0.5)])
 
 
 def test_unknown_label_names_the_labels(store):

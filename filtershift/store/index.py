@@ -167,7 +167,9 @@ class RecordIndex(Index):
         return IndexSelResult({self.dim: runs_positions(starts, lengths)})
 
     def match(self, name, wanted) -> np.ndarray:
-        """Which runs match ``wanted`` for coordinate ``name`` (a value, a list of values or a slice)."""
+        """Which runs match ``wanted`` for coordinate ``name``: a value, a list of values, a slice (inclusive,
+        like pandas label slices), or for ``record``/``model_id`` a boolean condition with one value per row of
+        ``records(ds)``/``models(ds)`` (e.g. ``ds.sel(record=fs.records(ds).n > 100)``)."""
         if name not in self.tables.values:
             raise InputError(f"unknown coordinate {name!r}; choose one of {self.tables.names}.")
         values = self.tables.values[name][self.row]
@@ -182,6 +184,13 @@ class RecordIndex(Index):
             if wanted.stop is not None:
                 ok &= values <= wanted.stop
             return ok
+        mask = np.asarray(wanted.to_numpy() if isinstance(wanted, pd.Series) else wanted)
+        if mask.dtype.kind == "b" and mask.ndim == 1 and name in ("record", "model_id"):
+            table = self.record_table() if name == "record" else self.model_table()
+            if len(mask) != len(table):
+                raise InputError(f"{name}: a boolean condition must have one value per row of "
+                                 f"{'records' if name == 'record' else 'models'}(ds) ({len(table)}); got {len(mask)}.")
+            return np.isin(values, table[name].to_numpy()[mask])
         wanted_list = list(np.atleast_1d(np.asarray(wanted, dtype=object)))
         if name in self.tables.grouping:
             known = self.tables.labels[name]
