@@ -127,6 +127,11 @@ def test_isel_cuts_records_and_concat_joins(store):
     assert both["weights"].chunks[0] == both["record"].chunks[0]
     picked = ds.isel(filter=np.array([5, 6, 7, 29_999, 0]))
     np.testing.assert_array_equal(picked["model_id"].values, pf["model_id"].to_numpy()[[5, 6, 7, 29_999, 0]])
+    mask = np.zeros(len(w), bool)
+    mask[[3, 4, 9000, 29_998]] = True
+    masked = ds.isel(filter=mask)
+    np.testing.assert_array_equal(masked["record"].values, pf["record"].to_numpy()[mask])
+    assert masked["weights"].chunks[0] == masked["record"].chunks[0]
 
 
 @pytest.mark.parametrize("fmt", ["zarr", "netcdf"])

@@ -118,15 +118,15 @@ class RecordIndex(Index):
             key = key.values
         if isinstance(key, (int, np.integer)) or (isinstance(key, np.ndarray) and key.ndim == 0):
             return None
-        chunks = self._chunks_after(key)
         if isinstance(key, slice):
             lo, hi, step = key.indices(self.size)
             if step == 1:
-                return self._slice(lo, max(hi, lo), chunks)
-            key = np.arange(lo, hi, step)
-        pos = np.asarray(key)
-        if pos.dtype.kind == "b":
-            pos = np.flatnonzero(pos)
+                return self._slice(lo, max(hi, lo), self._chunks_after(key))
+            chunks, pos = self._chunks_after(key), np.arange(lo, hi, step)
+        else:
+            pos = np.asarray(key)
+            pos = np.flatnonzero(pos) if pos.dtype.kind == "b" else pos.astype(np.int64)
+            chunks = self._chunks_after(pos)
         pos = pos.astype(np.int64)
         pos = np.where(pos < 0, pos + self.size, pos)
         if pos.size and (pos.min() < 0 or pos.max() >= self.size):
