@@ -1,32 +1,26 @@
 """A store (or in-memory arrays) as a lazy, labelled ``xarray.Dataset``.
 
-The ``filter`` dimension has no index (a pandas index of 1.4e9 rows would be built eagerly); every per-filter
-coordinate is computed per block with ``np.repeat`` from the small records table, chunked exactly like
-``weights``. Nothing of size N is computed on open.
+The ``filter`` dimension is indexed by a :class:`~filtershift.store.index.RecordIndex` (runs of records; a pandas
+index of 1.4e9 rows would be built eagerly): it holds the records and models tables and owns every per-filter
+coordinate, computed per block with ``np.repeat`` from the small tables, chunked exactly like ``weights``, grouping
+coordinates as string labels. ``ds.sel(task=...)``, ``isel``, ``xr.concat`` keep the tables in step with the
+filters; ``ds.attrs`` holds only scalars and strings. Nothing of size N is computed on open.
 """
 
 from __future__ import annotations
-
-import itertools
 
 import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
-from dask.highlevelgraph import HighLevelGraph
 from dask.base import tokenize
 
 from filtershift.errors import InputError, StoreError
 from filtershift.store import format as fmt
 from filtershift.store.chunks import ChunkReader
+from filtershift.store.index import LABEL_DTYPE, META, RecordIndex, Tables
 from filtershift.store.verify import check_tables
 
-TABLES_ATTR = "_filtershift_tables"
-#: The values of every per-record coordinate, one row per record (index: record id). Coordinates built from it
-#: carry the attribute ``per_record="tables"``; statistics read their per-record values here instead of
-#: reducing the per-filter arrays (a coordinate that keeps this attribute must keep its values).
-RECORD_COORDS_ATTR = "_filtershift_record_coords"
-PER_RECORD = "per_record"
 
 
 def open_store(path_or_url, *, label_rules=None, **storage_options) -> xr.Dataset:
@@ -150,87 +144,98 @@ def normalise_models(models: pd.DataFrame, records: pd.DataFrame) -> pd.DataFram
     return mod.sort_values("model_id").reset_index(drop=True)
 
 
-def _per_filter(values: np.ndarray, starts: np.ndarray, stops: np.ndarray, chunks: tuple[int, ...],
-                name: str) -> da.Array:
-    """A dask array that repeats one value per record over the record's filters, block by block.
-
-    Each block's task holds only the values of the records that overlap it, so the graph stays small.
-    """
-    token = f"{name}-{tokenize(values, starts, stops, chunks)}"
-    dsk = {}
-    offset = 0
-    for i, size in enumerate(chunks):
-        lo, hi = offset, offset + size
-        r0 = int(np.searchsorted(stops, lo, side="right"))
-        r1 = int(np.searchsorted(starts, hi, side="left"))
-        counts = np.minimum(stops[r0:r1], hi) - np.maximum(starts[r0:r1], lo)
-        dsk[(token, i)] = (np.repeat, values[r0:r1].copy(), counts)
-        offset = hi
-    graph = HighLevelGraph.from_collections(token, dsk, dependencies=[])
-    return da.Array(graph, token, chunks=(chunks,), dtype=values.dtype, meta=np.empty(0, values.dtype))
-
-
 def _build(weights: da.Array, records: pd.DataFrame, models: pd.DataFrame, rules, attrs: dict,
            filter_id: da.Array | None = None) -> xr.Dataset:
-    starts = records["start"].to_numpy(np.int64)
-    stops = records["stop"].to_numpy(np.int64)
-    chunks = weights.chunks[0]
-    model_index = pd.Index(models["model_id"])
-    model_row = model_index.get_indexer(records["model_id"])
-
-    per_record = {"record": records["record"].to_numpy(np.int32),
-                  "model_id": records["model_id"].to_numpy(np.int64),
-                  "conv_depth": records["conv_depth"].to_numpy(np.int32),
-                  "conv_depth_norm": records["conv_depth_norm"].to_numpy(np.float32)}
-    coord_attrs = {}
+    model_row = pd.Index(models["model_id"]).get_indexer(records["model_id"])
+    values = {name: records[name].to_numpy(dtype) for name, dtype in META.items()}
     grouping = fmt.grouping_columns(models)
+    labels, codes = {}, {}
     for name, column in grouping.items():
-        vocab, codes = fmt.vocabulary_codes(fmt.apply_label_rules(models[column], column, rules))
-        per_record[name] = codes[model_row]
-        coord_attrs[name] = {"labels": vocab, "column": column}
-    coords = {name: xr.Variable("filter", _per_filter(np.asarray(values), starts, stops, chunks, name),
-                                attrs={**coord_attrs.get(name, {}), PER_RECORD: "tables"})
-              for name, values in per_record.items()}
-    if filter_id is not None:
-        coords["filter_id"] = xr.Variable("filter", filter_id)
+        vocab, model_codes = fmt.vocabulary_codes(fmt.apply_label_rules(models[column], column, rules))
+        labels[name], codes[name] = tuple(vocab), model_codes[model_row]
+        values[name] = np.asarray(vocab, dtype=LABEL_DTYPE)[codes[name]]
+    tables = Tables(records, models, dict(grouping), labels, values, codes,
+                    tuple(tuple(sorted(dict(r).items())) for r in rules))
+    index = RecordIndex.from_tables(tables, weights.chunks[0], weights.shape[1:], weights.dtype)
+    coords = xr.Coordinates.from_xindex(index)
     ds = xr.Dataset({"weights": (("filter", "k"), weights)}, coords=coords)
+    if filter_id is not None:
+        ds = ds.assign_coords(filter_id=xr.Variable("filter", filter_id))
     ds["weights"].attrs.update({"description": "3x3 kernels, row-major (k = 3*y + x)"})
     ds.attrs.update(attrs)
-    ds.attrs.update({"filtershift_schema": fmt.SCHEMA_VERSION, "n_filters": int(weights.shape[0]),
-                     "grouping": grouping, "label_rules": [dict(r) for r in rules]})
-    ds.attrs[TABLES_ATTR] = (records, models)
-    ds.attrs[RECORD_COORDS_ATTR] = pd.DataFrame(per_record).set_index("record", drop=False)
+    ds.attrs.update({"filtershift_schema": fmt.SCHEMA_VERSION, "n_filters": int(weights.shape[0])})
     return ds
 
 
+def record_index(ds: xr.Dataset) -> RecordIndex:
+    """The :class:`RecordIndex` of a filtershift Dataset (or a selection of one)."""
+    index = ds.xindexes.get("record")
+    if not isinstance(index, RecordIndex):
+        raise InputError("this Dataset carries no filtershift record index; open it with filtershift.open_store "
+                         "or build it with filtershift.from_arrays (and keep its record coordinate).")
+    return index
+
+
 def records(ds: xr.Dataset) -> pd.DataFrame:
-    """The records table (one row per record: model x conv depth, or one layer) of a Dataset."""
-    return _tables(ds)[0]
+    """The records table of a Dataset: one row per record (model x conv depth, or one layer) present in it; in a
+    selection, ``start``/``stop``/``n`` are positions and counts in the selection."""
+    return record_index(ds).record_table()
 
 
 def models(ds: xr.Dataset) -> pd.DataFrame:
-    """The models table (one row per model, every meta column) of a Dataset."""
-    return _tables(ds)[1]
+    """The models table (one row per model, every meta column) of the models present in a Dataset."""
+    return record_index(ds).model_table()
 
 
-def _tables(ds: xr.Dataset):
-    try:
-        return ds.attrs[TABLES_ATTR]
-    except KeyError:
-        raise InputError("this Dataset carries no filtershift tables; open it with filtershift.open_store "
-                         "or build it with filtershift.from_arrays.") from None
+def grouping(ds: xr.Dataset) -> dict[str, str]:
+    """Grouping coordinate name -> models-table column, e.g. ``{"visual_category": "Visual Category"}``."""
+    return dict(record_index(ds).tables.grouping)
+
+
+def record_table(ds: xr.Dataset) -> pd.DataFrame:
+    """Per-record meta of the records present in ``ds``, indexed by record id (sorted): model_id, conv_depth,
+    conv_depth_norm and every grouping coordinate as a ``pandas.Categorical`` (categories: its labels, sorted).
+    O(records); what the statistics read instead of reducing the per-filter coordinates."""
+    index = record_index(ds)
+    t = index.tables
+    rows = np.unique(index.row)
+    data = {name: t.values[name][rows] for name in META}
+    for name in t.grouping:
+        data[name] = pd.Categorical.from_codes(t.codes[name][rows], categories=list(t.labels[name]))
+    out = pd.DataFrame(data, index=pd.Index(t.values["record"][rows].astype(np.int64), name="record"))
+    return out.sort_index()
+
+
+def groupers(ds: xr.Dataset, *names: str) -> dict:
+    """``{name: UniqueGrouper(labels=...)}`` for a lazy groupby by per-filter coordinates, e.g.
+    ``ds.weights.groupby(**groupers(ds, "task", "conv_depth")).mean()``. xarray needs the labels of a dask
+    coordinate up front; they come from the tables (O(records)), and the result's coordinates are the labels."""
+    from xarray.groupers import UniqueGrouper
+
+    index = record_index(ds)
+    t = index.tables
+    rows = np.unique(index.row)
+    out = {}
+    for key in names:
+        name = resolve_coord(ds, key)
+        if name not in t.values:
+            raise InputError(f"{key!r} is not a coordinate of the record index; choose one of {t.names}.")
+        labels = list(t.labels[name]) if name in t.grouping else np.unique(t.values[name][rows])
+        out[name] = UniqueGrouper(labels=labels)
+    return out
 
 
 def resolve_coord(ds: xr.Dataset, key: str) -> str:
     """Coordinate name for a coordinate name or an original meta column name ('Visual Category')."""
     if key in ds.coords:
         return key
-    for name, column in ds.attrs.get("grouping", {}).items():
+    names = grouping(ds)
+    for name, column in names.items():
         if column == key:
             return name
     if fmt.snake_case(key) in ds.coords:
         return fmt.snake_case(key)
-    choices = sorted(set(ds.attrs.get("grouping", {})) | {"model_id", "conv_depth"})
+    choices = sorted(set(names) | {"model_id", "conv_depth"})
     raise InputError(f"unknown grouping {key!r}; choose one of {choices} (or the original column names).")
 
 
@@ -239,40 +244,25 @@ def select(ds: xr.Dataset, **criteria) -> xr.Dataset:
     visual_category=["medical ct", "medical mri"], conv_depth=0)``.
 
     Keys are coordinate or column names; values a label or a list of labels (model_id and conv_depth take
-    numbers). Works on whole records, so the result is a few contiguous slices concatenated: still lazy.
+    numbers). Works on whole runs of records, so the result is a few contiguous slices concatenated: still lazy,
+    and its index (hence :func:`records`, :func:`models`) follows the selection.
     """
-    recs, mods = _tables(ds)
-    keep = pd.Series(True, index=recs.index)
-    rules = ds.attrs.get("label_rules", fmt.DEFAULT_LABEL_RULES)
+    index = record_index(ds)
+    keep = np.ones(len(index.row), bool)
     for key, wanted in criteria.items():
         name = resolve_coord(ds, key)
-        wanted_list = list(wanted) if isinstance(wanted, (list, tuple, set)) else [wanted]
-        if name in ("model_id", "conv_depth", "record"):
-            keep &= recs[name].isin(wanted_list)
-            continue
         if name == "conv_depth_norm":
             raise InputError("select by conv_depth_norm is ambiguous; use ds.where or select conv_depth.")
-        column = ds.attrs["grouping"][name]
-        labels = fmt.apply_label_rules(mods[column], column, rules)
-        vocab = ds[name].attrs["labels"]
-        unknown = [w for w in wanted_list if w not in vocab]
-        if unknown:
-            raise InputError(f"{name}: no label(s) {unknown}; the labels are {vocab}.")
-        chosen = set(mods["model_id"][labels.isin(wanted_list).to_numpy()])
-        keep &= recs["model_id"].isin(chosen)
-    rows = recs.index[keep.to_numpy()]
-    if len(rows) == 0:
+        keep &= index.match(name, list(wanted) if isinstance(wanted, (list, tuple, set)) else [wanted])
+    if not keep.any():
         raise InputError(f"select({criteria}) matched no records.")
-    runs = []
-    for _, grp in itertools.groupby(enumerate(rows), key=lambda t: t[1] - t[0]):
-        grp = list(grp)
-        runs.append((int(recs["start"].iat[grp[0][1]]), int(recs["stop"].iat[grp[-1][1]])))
-    parts = [ds.isel(filter=slice(a, b)) for a, b in runs]
-    out = parts[0] if len(parts) == 1 else xr.concat(parts, dim="filter", data_vars="all", coords="all",
-                                                     compat="override", join="override",
-                                                     combine_attrs="override")
+    starts, stops = index.start[keep], index.stop[keep]
+    edge = np.flatnonzero(starts[1:] != stops[:-1]) + 1
+    firsts, lasts = np.concatenate([[0], edge]), np.concatenate([edge - 1, [len(starts) - 1]])
+    parts = [ds.isel(filter=slice(int(starts[a]), int(stops[b]))) for a, b in zip(firsts, lasts)]
+    out = parts[0] if len(parts) == 1 else xr.concat(parts, dim="filter", data_vars="all", coords="different",
+                                                     compat="equals", join="exact", combine_attrs="override")
     out.attrs = dict(ds.attrs)
     out.attrs["n_filters"] = int(out.sizes["filter"])
-    out.attrs["selection"] = {k: (list(v) if isinstance(v, (list, tuple, set)) else v)
-                              for k, v in criteria.items()}
+    out.attrs["selection"] = ", ".join(f"{k}={v!r}" for k, v in criteria.items())
     return out
