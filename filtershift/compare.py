@@ -8,6 +8,8 @@ reported as ``outside_range`` (a large share is itself a sign that the model is 
 
 from __future__ import annotations
 
+from pathlib import Path, PurePosixPath
+
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -140,9 +142,39 @@ def summary_table(result: xr.Dataset) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["grouping", "drift"]).reset_index(drop=True)
 
 
-def plot(result: xr.Dataset, path) -> None:
-    """Bar chart of the model's drift to each group (small groups hatched) and to its nearest models."""
+def _suffix(path: str) -> str:
+    """The figure format named by the file's suffix (PNG without one, as matplotlib does)."""
+    return PurePosixPath(path).suffix.lower().lstrip(".") or "png"
+
+
+def figure_target(path, option: str = "--figure") -> str:
+    """The checked figure location (a local path or a writable URL); its suffix must be a matplotlib format."""
     import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from filtershift import outputs
+
+    checked = outputs.check(path, option)
+    known = Figure().canvas.get_supported_filetypes()
+    if _suffix(checked) not in known:
+        raise InputError(f"{option} {path}: unknown figure format {_suffix(checked)!r}; use a name ending in "
+                         f"{', '.join('.' + k for k in ('png', 'svg', 'pdf') if k in known)}.")
+    if not outputs.is_url(checked) and not Path(checked).parent.exists():
+        raise InputError(f"{option} {path}: folder {Path(checked).parent} does not exist; create it or choose "
+                         "another path.")
+    return checked
+
+
+def plot(result: xr.Dataset, path, option: str = "--figure") -> None:
+    """Bar chart of the model's drift to each group (small groups hatched) and to its nearest models, written to
+    a local path or a URL (``s3://...``) atomically; the format follows the suffix."""
+    import io
+
+    import matplotlib
+
+    from filtershift import outputs
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -169,5 +201,8 @@ def plot(result: xr.Dataset, path) -> None:
     ax.set_xlabel(result.attrs["metric"])
     fig.suptitle(f"{result.attrs['model']} ({result.attrs['n_filters']:,} 3x3 filters); hatched: small groups")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    checked = figure_target(path, option)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=_suffix(checked), dpi=110)
     plt.close(fig)
+    outputs.write_bytes(checked, buf.getvalue(), option)

@@ -18,7 +18,9 @@ def run_demo(out="filtershift-demo", *, n_filters: int = 1_000_000, n_models: in
     from filtershift.store.convert import convert
     from filtershift.store.verify import info
 
-    out = Path(out)
+    from filtershift.outputs import local_path
+
+    out = local_path(out, "--out")
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
     t = time.perf_counter()

@@ -226,23 +226,22 @@ def test_selection_equals_numpy_on_subset(data):
 
 
 def test_per_record_meta_from_tables_equals_per_filter_reduction(data):
-    """Pass 1 takes the meta of each record from the tables when the coordinates are the store's own; stripped of
-    that mark, the same coordinates go through the per-filter reduction and give the same per-record values.
-    A coordinate replaced by other values (no mark) is honoured, not shadowed by the tables."""
+    """Pass 1 takes the meta of each record from the record index's tables; without the index (plain
+    coordinates) the same coordinates go through the per-filter reduction and give the same per-record values.
+    A coordinate replaced by other values (no index) is honoured, not shadowed by the tables."""
     import xarray as xr
 
-    from filtershift.store.dataset import PER_RECORD
-
     w, recs, mods, ds, basis = data
-    plain = ds.copy()
-    for name in plain.coords:
-        plain[name].attrs = {k: v for k, v in plain[name].attrs.items() if k != PER_RECORD}
-    fast = record_stats(select(ds, visual_category="medical"))
-    slow = record_stats(select(plain, visual_category="medical"))
+    sub = select(ds, visual_category="medical")
+    plain = sub.drop_indexes(list(sub.xindexes))
+    fast = record_stats(sub)
+    slow = record_stats(plain)
     xr.testing.assert_identical(fast.moments().drop_attrs(), slow.moments().drop_attrs())
     assert fast.moments()["task"].dtype == slow.moments()["task"].dtype
     # a user's own per-filter labels under a table name: one group "all" holding every filter
-    mine = ds.assign_coords(task=xr.Variable("filter", ds["task"].data * 0, {"labels": ["all"], "column": "Task"}))
+    mine = ds.drop_indexes(list(ds.xindexes))
+    mine = mine.assign_coords(task=xr.Variable("filter", (mine["record"].data * 0).astype(np.int32),
+                                               {"labels": ["all"], "column": "Task"}))
     dist = distributions(mine, basis, by="task")
     assert list(dist["group"].values) == ["all"] and int(dist["n_filters"].sum()) == len(w)
 

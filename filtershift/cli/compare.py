@@ -19,13 +19,14 @@ def register(sub) -> None:
     p.add_argument("--metric", choices=("kl_sym", "js", "w1"), default="kl_sym")
     p.add_argument("--bins", type=positive_int, default=70)
     p.add_argument("--top", type=positive_int, default=10, help="nearest database models to list")
-    p.add_argument("--figure", default=None, help="write the figure to this PNG/SVG path")
+    p.add_argument("--figure", default=None, help="write the figure to this PNG/SVG path or URL (s3://...)")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     computing(p, run, check=check)
 
 
 def check(args) -> None:
-    """The model is a file of a known format (before a cluster starts)."""
+    """The model is a file of a known format and --figure can be written (before a cluster starts)."""
+    from filtershift.compare import figure_target
     from filtershift.errors import InputError
     from filtershift.ingest import MODEL_SUFFIXES
     from filtershift.ingest.model import check_model_file
@@ -35,11 +36,15 @@ def check(args) -> None:
         raise InputError(f"{args.model}: unknown model format {suffix!r}; filtershift reads "
                          f"{sorted(MODEL_SUFFIXES)} files.")
     check_model_file(args.model)
+    if args.figure:
+        figure_target(args.figure)
 
 
 def run(args) -> int:
-    from filtershift.compare import compare, layer_table, plot, summary_table
+    from filtershift.compare import compare, figure_target, layer_table, plot, summary_table
 
+    if args.figure:
+        figure_target(args.figure)
     result = compare(args.model, args.store, by=args.by or ["task", "visual_category"], metric=args.metric,
                      bins=args.bins, top=args.top)
     table = summary_table(result)

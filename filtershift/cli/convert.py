@@ -20,7 +20,9 @@ def register(sub) -> None:
     p.add_argument("--codec", choices=CODECS, default=DEFAULT_CODEC,
                    help="compressor (default %(default)s; checksums are always on)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at DST")
-    p.add_argument("--resume", action="store_true", help="finish an interrupted conversion into DST")
+    p.add_argument("--resume", action="store_true",
+                   help="finish an interrupted conversion into DST; starts one if DST does not exist yet and "
+                        "leaves a complete store of the same source alone, so a scheduled job can always pass it")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow pickled objects in the meta table (runs code from the file: trusted files only)")
     p.add_argument("--nonfinite", choices=("error", "zero", "keep"), default="error",

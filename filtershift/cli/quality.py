@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import pathlib
 
 from filtershift.cli import computing
@@ -22,7 +21,8 @@ def register(sub) -> None:
                                    "orthogonality (where channels are known), weight norms and a degenerated flag "
                                    "per record, from the shared statistics passes (torchconvquality definitions).")
     p.add_argument("store", help="store path or URL")
-    p.add_argument("--out", metavar="FILE", help="write the table to FILE (.parquet or .csv)")
+    p.add_argument("--out", metavar="FILE",
+                   help="write the table to FILE (.parquet or .csv; a path or a URL, e.g. s3://bucket/q.parquet)")
     p.add_argument("--json", action="store_true", help="print the rows as a JSON list of objects on stdout")
     p.add_argument("--top", type=positive_int, metavar="K", help="only the K most degenerated rows")
     p.add_argument("--eps", type=number(0, 1, lo_open=True, hi_open=True), default=0.01,
@@ -48,13 +48,7 @@ def check(args) -> None:
     if args.entropy_high <= args.entropy_low:
         raise InputError(f"--entropy-high {args.entropy_high:g} must exceed --entropy-low {args.entropy_low:g}.")
     if args.out:
-        target = pathlib.Path(args.out)
-        if target.suffix.lower() not in (".parquet", ".csv"):
-            raise InputError(f"--out {args.out}: unknown table format {target.suffix or '(none)'!r}; use a .parquet "
-                             "or .csv name.")
-        if not target.parent.exists():
-            raise InputError(f"--out {args.out}: folder {target.parent} does not exist; create it or choose another "
-                             "path.")
+        target(args.out)
 
 
 def _cell(v):
@@ -77,24 +71,34 @@ def rows(table) -> list:
     return out
 
 
-def write(table, path: str) -> None:
+def target(path: str) -> str:
+    """Check ``--out`` before computing: a .parquet or .csv name, a local path or a writable URL."""
+    from filtershift import outputs
     from filtershift.errors import InputError
 
-    target = pathlib.Path(path)
-    suffix = target.suffix.lower()
+    checked = outputs.check(path, "--out")
+    suffix = pathlib.PurePosixPath(checked).suffix.lower()
     if suffix not in (".parquet", ".csv"):
         raise InputError(f"--out {path}: unknown table format {suffix or '(none)'!r}; use a .parquet or .csv name.")
-    if not target.parent.exists():
-        raise InputError(f"--out {path}: folder {target.parent} does not exist; create it or choose another path.")
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        if suffix == ".parquet":
-            table.to_parquet(tmp, index=False)
-        else:
-            table.to_csv(tmp, index=False)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    folder = pathlib.Path(checked).parent
+    if not outputs.is_url(checked) and not folder.exists():
+        raise InputError(f"--out {path}: folder {folder} does not exist; create it or choose another path.")
+    return checked
+
+
+def write(table, path: str) -> None:
+    """Write the table to a local path or URL (``s3://...``) atomically (see :mod:`filtershift.outputs`)."""
+    import io
+
+    from filtershift import outputs
+
+    checked = target(path)
+    buf = io.BytesIO()
+    if checked.lower().endswith(".parquet"):
+        table.to_parquet(buf, index=False)
+    else:
+        table.to_csv(buf, index=False)
+    outputs.write_bytes(checked, buf.getvalue(), "--out")
 
 
 def run(args) -> int:

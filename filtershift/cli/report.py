@@ -15,7 +15,9 @@ def register(sub) -> None:
                                    "publish the report as a new run under DIR/runs/, switching DIR/latest "
                                    "atomically. A run for the same store snapshot and spec is reused, not rebuilt.")
     p.add_argument("store", nargs="?", default=None, help="store path or URL (default: 'store' of --config)")
-    p.add_argument("--out", default=None, metavar="DIR", help="report directory (default: 'output' of --config)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="report directory or URL (s3://bucket/reports, gs://..., memory://...; see docs/report.md, "
+                        "'On object storage'); default: 'output' of --config")
     p.add_argument("--config", default=None, metavar="REPORT.YAML",
                    help="report spec: groupings, metrics, bins, thresholds, figures (see examples/report.yaml)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",

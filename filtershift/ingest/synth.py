@@ -44,6 +44,7 @@ import pandas as pd
 
 from filtershift import progress
 from filtershift.errors import InputError
+from filtershift.outputs import local_path
 
 #: Filters generated and written per step; bounds memory whatever N is.
 BLOCK = 1 << 19
@@ -181,7 +182,7 @@ def synthesize(out, n_filters: int = 1_000_000, n_models: int = 40, seed: int = 
 
     Same arguments, same bytes: the filters, the meta table and the truth depend only on the arguments.
     """
-    out = pathlib.Path(out)
+    out = local_path(out, "OUT")
     _validate(out, n_filters, n_models, seed, format, style, meta_format, layout, dtype, overwrite)
     plan = _plan(int(n_filters), int(n_models), int(seed), style, bool(shuffle_records))
     truth = _truth(plan, seed=int(seed), style=style, meta_format=meta_format, layout=layout, dtype=dtype,

@@ -3,7 +3,9 @@
 Flow: validate the spec → identify the store snapshot (manifest) → take the output lock → reuse a published run
 with the same identity, or analyse in a staging directory (figures, tables, results.json, index.html, run.log)
 → rename it into ``runs/`` → switch ``latest`` → rewrite the history page. Any failure before the rename leaves
-the published runs untouched and keeps the failed run's log under ``failed/``.
+the published runs untouched and keeps the failed run's log under ``failed/``. On object storage (an output URL)
+the rename is an upload under ``runs/`` ending with ``run.json`` and the switch is single-object PUTs (see
+:class:`filtershift.report.publish.RemoteOutput`).
 """
 
 from __future__ import annotations
@@ -30,31 +32,36 @@ class ReportResult:
     spec) or ``"reused"`` (an older published run did; ``latest`` now points to it)."""
 
     status: str
-    out: Path
+    out: Path | str
     run: str
-    run_dir: Path
+    run_dir: Path | str
     spec_hash: str
     identity: dict
     results: dict | None = None
     removed_unfinished: list = field(default_factory=list)
 
     @property
-    def index_html(self) -> Path:
+    def index_html(self) -> Path | str:
         """The run's report page."""
-        return self.run_dir / "index.html"
+        return _join(self.run_dir, "index.html")
 
     @property
-    def history_html(self) -> Path:
+    def history_html(self) -> Path | str:
         """The history page of the output directory."""
-        return self.out / "index.html"
+        return _join(self.out, "index.html")
 
     @property
-    def results_json(self) -> Path:
-        return self.run_dir / "results.json"
+    def results_json(self) -> Path | str:
+        return _join(self.run_dir, "results.json")
 
     @property
     def exit_code(self) -> int:
         return 0
+
+
+def _join(base: Path | str, name: str) -> Path | str:
+    """A file of a local output directory (a Path) or of an output URL (a string: ``s3://.../name``)."""
+    return base / name if isinstance(base, Path) else f"{base}/{name}"
 
 
 def store_identity(store: str, shash: str) -> dict:
@@ -76,6 +83,8 @@ def build_report(store=None, out=None, config=None, scheduler=None, *, force: bo
 
     ``config`` is a report.yaml path or a spec dict (see :mod:`filtershift.report.config`); ``store``, ``out`` and
     ``scheduler`` override its keys. ``force`` builds a new run even when one with the same identity exists.
+    ``out`` may be a URL (``s3://bucket/reports``): the run is built locally, then uploaded and published by
+    single-object writes (:class:`filtershift.report.publish.RemoteOutput`); the result's paths are then URLs.
     """
     overrides = {"store": None if store is None else str(store), "output": None if out is None else str(out),
                  "scheduler": scheduler}
@@ -86,22 +95,21 @@ def build_report(store=None, out=None, config=None, scheduler=None, *, force: bo
         raise InputError("no output directory given: pass --out DIR or set 'output' in report.yaml.")
     shash = spec_hash(spec)
     identity = store_identity(spec["store"], shash)
-    out_dir = publish.prepare_output(spec["output"])
-    with publish.exclusive(out_dir):
-        removed = publish.clean_staging(out_dir)
-        existing = None if force else publish.find_run(out_dir, identity)
+    target = publish.open_output(spec["output"])
+    with target.exclusive():
+        removed = target.clean()
+        existing = None if force else target.find_run(identity)
         if existing is not None:
-            status = "skipped" if publish.latest(out_dir) == existing else "reused"
+            status = "skipped" if target.latest() == existing else "reused"
             if status == "reused":
-                publish.point_latest(out_dir, existing)
-            write_history(out_dir)
+                target.point_latest(existing)
+            write_history(target)
             log.info("%s: run %s already covers store version %s with spec %s; nothing to compute",
                      status, existing, identity["store_version"], shash[:8])
-            return ReportResult(status, out_dir, existing, out_dir / publish.RUNS / existing, shash, identity,
-                                removed_unfinished=removed)
-        name = publish.unique_run_name(out_dir, shash)
-        staging = publish.inside(out_dir, publish.STAGING_PREFIX + name)
-        staging.mkdir()
+            return ReportResult(status, target.location, existing,
+                                target.run_dir(existing), shash, identity, removed_unfinished=removed)
+        name = target.unique_name(shash)
+        staging = target.staging(name)
         handler = logging.FileHandler(staging / "run.log", encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root = logging.getLogger("filtershift")
@@ -111,15 +119,15 @@ def build_report(store=None, out=None, config=None, scheduler=None, *, force: bo
             root.setLevel(logging.INFO)
         try:
             log.info("run %s: store %s (version %s), spec %s, output %s", name, identity["store"],
-                     identity["store_version"], shash[:8], out_dir)
+                     identity["store_version"], shash[:8], target.display)
             results = _build_run(spec, identity, name, staging, default_scheduler)
-            final = publish.promote(out_dir, staging, name)
-            write_history(out_dir)
+            final = target.promote(staging, name)
+            write_history(target)
             log.info("published %s", final)
         except BaseException as exc:
             log.error("run %s failed: %s: %s", name, type(exc).__name__, exc,
                       exc_info=not isinstance(exc, (InputError, KeyboardInterrupt)))
-            kept = publish.discard(out_dir, staging, name)
+            kept = target.discard(staging, name)
             if kept is not None:
                 log.error("the failed run's files and log are in %s; the published report is unchanged", kept)
             raise
@@ -127,7 +135,7 @@ def build_report(store=None, out=None, config=None, scheduler=None, *, force: bo
             root.removeHandler(handler)
             handler.close()
             root.setLevel(level)
-    return ReportResult("built", out_dir, name, final, shash, identity, results, removed)
+    return ReportResult("built", target.location, name, final, shash, identity, results, removed)
 
 
 def _build_run(spec: dict, identity: dict, name: str, staging: Path, default_scheduler: str) -> dict:
@@ -264,11 +272,12 @@ def _pairs(ci, labels: list, k: int):
     return [f"{labels[i]} vs {labels[j]}" for i, j in zip(a, b)], (a, b)
 
 
-def write_history(out: Path) -> None:
-    """Rewrite ``OUT/index.html`` (atomically) from the published runs."""
+def write_history(target) -> None:
+    """Rewrite ``OUT/index.html`` (atomically) from the published runs of ``target`` (a
+    :func:`filtershift.report.publish.open_output`)."""
     import io
 
-    runs = publish.list_runs(out)
+    runs = target.list_runs()
     svg = ""
     if len(runs) >= 1:
         keys = list(dict.fromkeys(k for r in runs for k in r.get("headline", {}) if k not in ("filters", "models")))
@@ -280,4 +289,4 @@ def write_history(out: Path) -> None:
         F.plt.close(fig)
         svg = buf.getvalue()
         svg = svg[svg.index("<svg"):]
-    publish.write_text_atomic(out / "index.html", html.history_page(runs, publish.latest(out), svg))
+    target.write_index(html.history_page(runs, target.latest(), svg))

@@ -4,6 +4,10 @@ one writer at a time, reuse of a run that already covers the same store snapshot
 A run is built in ``OUT/.staging-<name>/`` and renamed into ``runs/`` only when complete, so a failed or killed run
 never touches the published ones. ``latest`` is a relative symlink replaced with ``os.replace`` (atomic on POSIX);
 ``latest.txt`` holds the same run name for tools and file systems without symlinks.
+
+An output URL (``s3://``, ``gs://``, ``memory://``, ...) has neither renames nor symlinks: :class:`RemoteOutput`
+uploads the run with ``run.json`` last and publishes it by single-object PUTs of the pointers; :func:`open_output`
+picks the implementation. docs/report.md, "On object storage", states the guarantees.
 """
 
 from __future__ import annotations
@@ -183,3 +187,269 @@ def discard(out: Path, staging: Path, name: str) -> Path | None:
     for old in sorted((out / FAILED).iterdir())[:-KEEP_FAILED]:
         shutil.rmtree(old, ignore_errors=True)
     return dest
+
+
+# -- where a run is published: a local directory or an object-store URL -----------------------------------------
+
+
+class LocalOutput:
+    """A report output directory on a local (or mounted) file system: staging rename, symlink, flock."""
+
+    remote = False
+
+    def __init__(self, out):
+        self.root = self.location = prepare_output(out)
+        self.display = str(self.root)
+
+    def run_dir(self, name: str) -> Path:
+        return self.root / RUNS / name
+
+    def file(self, name: str) -> Path:
+        return self.root / name
+
+    def exclusive(self):
+        return exclusive(self.root)
+
+    def clean(self) -> list[str]:
+        return clean_staging(self.root)
+
+    def list_runs(self) -> list[dict]:
+        return list_runs(self.root)
+
+    def latest(self) -> str | None:
+        return latest(self.root)
+
+    def find_run(self, identity: dict) -> str | None:
+        return find_run(self.root, identity)
+
+    def point_latest(self, name: str) -> None:
+        point_latest(self.root, name)
+
+    def unique_name(self, spec_hash: str) -> str:
+        return unique_run_name(self.root, spec_hash)
+
+    def staging(self, name: str) -> Path:
+        path = inside(self.root, STAGING_PREFIX + name)
+        path.mkdir()
+        return path
+
+    def promote(self, staging: Path, name: str) -> Path:
+        return promote(self.root, staging, name)
+
+    def discard(self, staging: Path, name: str) -> Path | None:
+        return discard(self.root, staging, name)
+
+    def write_index(self, text: str) -> None:
+        write_text_atomic(self.root / "index.html", text)
+
+
+LATEST_JSON = "latest.json"
+REDIRECT = ('<!doctype html>\n<html><head><meta charset="utf-8"><title>latest filtershift report</title>\n'
+            '<meta http-equiv="refresh" content="0; url=../{runs}/{name}/index.html"></head>\n'
+            '<body><p>Latest report: <a href="../{runs}/{name}/index.html">{name}</a></p></body></html>\n')
+
+
+class RemoteOutput:
+    """A report output at an fsspec URL (``s3://``, ``gs://``, ``memory://``, ...), where there are no renames or
+    symlinks (see docs/report.md, "On object storage").
+
+    A run is built in a local temporary directory exactly as on disk, then every file is uploaded under
+    ``runs/<name>/`` with ``run.json`` last: a run without ``run.json`` is invisible (to reuse, the history and
+    ``latest``). Then ``latest.json``, ``latest.txt``, ``latest/index.html`` (a redirect) and the history
+    ``index.html`` are each replaced by one PUT, which object stores make visible at once. The lock is an object
+    created only if absent (a conditional PUT); where the store cannot do that it is advisory.
+    """
+
+    remote = True
+
+    def __init__(self, url: str):
+        from filtershift import outputs
+
+        self.url = self.location = outputs.check(url, "--out").rstrip("/")
+        self.display = outputs.display(self.url)
+        self.fs, self.path = outputs.filesystem(self.url)
+        self.path = self.path.rstrip("/")
+        self._tmp: str | None = None
+
+    def _failures(self, action: str):
+        from filtershift import outputs
+
+        return outputs.failures(self.url, action, "--out")
+
+    def _key(self, *parts: str) -> str:
+        return "/".join([self.path, *parts])
+
+    def run_dir(self, name: str) -> str:
+        return f"{self.url}/{RUNS}/{name}"
+
+    def file(self, name: str) -> str:
+        return f"{self.url}/{name}"
+
+    def _put(self, data: bytes, *parts: str, mode: str = "overwrite") -> None:
+        from filtershift import outputs
+
+        outputs.put_object(self.fs, self._key(*parts), data, mode=mode)
+
+    @contextmanager
+    def exclusive(self):
+        """Hold ``OUT/.filtershift-report.lock``: an object created only if absent, deleted at the end. A lock left
+        by a killed run stays until it is deleted (the error says so)."""
+        import socket
+
+        from filtershift.store.format import utc_now
+
+        owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": utc_now()}
+        with self._failures("write"):
+            try:
+                self._put(json.dumps(owner).encode(), LOCK_FILE, mode="create")
+            except FileExistsError:
+                try:
+                    other = json.loads(self.fs.cat_file(self._key(LOCK_FILE)))
+                except (OSError, ValueError):
+                    other = {}
+                raise ReportBusyError(
+                    f"{self.display}: another report is being built here (lock {self.file(LOCK_FILE)}: host "
+                    f"{other.get('host', '?')}, pid {other.get('pid', '?')}, since {other.get('started', '?')}); "
+                    "wait for it to finish or use another --out. If that report was killed, delete the lock "
+                    "object.") from None
+            except (TypeError, NotImplementedError):
+                log.warning("%s: this store cannot create an object only if absent; the report lock is advisory "
+                            "(run one report at a time on this output)", self.display)
+                if self.fs.exists(self._key(LOCK_FILE)):
+                    raise ReportBusyError(f"{self.display}: another report is being built here (lock "
+                                          f"{self.file(LOCK_FILE)}); wait for it or delete the lock if it was "
+                                          "killed.") from None
+                self._put(json.dumps(owner).encode(), LOCK_FILE)
+        try:
+            yield
+        finally:
+            try:
+                self.fs.rm_file(self._key(LOCK_FILE))
+            except Exception as exc:
+                log.error("%s: could not delete the report lock (%s); delete %s before the next report",
+                          self.display, exc, self.file(LOCK_FILE))
+
+    def clean(self) -> list[str]:
+        """Delete the uploads of runs killed before their ``run.json`` (under the lock: none is active)."""
+        removed = []
+        with self._failures("list"):
+            try:
+                entries = self.fs.ls(self._key(RUNS), detail=False)
+            except FileNotFoundError:
+                return removed
+            done = {p.rstrip("/").split("/")[-2] for p in self.fs.glob(self._key(RUNS, "*", RUN_JSON))}
+            for entry in entries:
+                name = entry.rstrip("/").split("/")[-1]
+                if name not in done:
+                    self.fs.rm(entry, recursive=True)
+                    removed.append(name)
+                    log.warning("removed the unfinished upload of run %s (killed before it completed)", name)
+        return removed
+
+    def list_runs(self) -> list[dict]:
+        """The ``run.json`` of every published run, oldest first."""
+        with self._failures("list"):
+            paths = sorted(self.fs.glob(self._key(RUNS, "*", RUN_JSON)))
+            blobs = self.fs.cat(paths) if paths else {}
+        runs = []
+        for path in paths:
+            name = path.rstrip("/").split("/")[-2]
+            try:
+                meta = json.loads(blobs[path])
+            except (KeyError, ValueError):
+                log.warning("ignoring run %s: unreadable %s", name, RUN_JSON)
+                continue
+            if meta.get("status") == "complete" and meta.get("name") == name:
+                runs.append(meta)
+        return runs
+
+    def latest(self) -> str | None:
+        with self._failures("read"):
+            try:
+                return self.fs.cat_file(self._key(LATEST_TXT)).decode().strip() or None
+            except FileNotFoundError:
+                return None
+
+    def find_run(self, identity: dict) -> str | None:
+        match = [r["name"] for r in self.list_runs() if r.get("identity") == identity]
+        return match[-1] if match else None
+
+    def point_latest(self, name: str) -> None:
+        """Publish run ``name``: ``latest.json``, ``latest.txt`` and ``latest/index.html``, one PUT each."""
+        from filtershift.store.format import utc_now
+
+        pointer = {"run": name, "path": f"{RUNS}/{name}/", "index": f"{RUNS}/{name}/index.html",
+                   "published": utc_now()}
+        with self._failures("write"):
+            self._put((json.dumps(pointer, indent=1) + "\n").encode(), LATEST_JSON)
+            self._put((name + "\n").encode(), LATEST_TXT)
+            self._put(REDIRECT.format(runs=RUNS, name=name).encode(), LATEST, "index.html")
+
+    def unique_name(self, spec_hash: str) -> str:
+        base = run_name(spec_hash)
+        name, i = base, 1
+        with self._failures("list"):
+            while self.fs.exists(self._key(RUNS, name)):
+                i += 1
+                name = f"{base}.{i}"
+        return name
+
+    def staging(self, name: str) -> Path:
+        """A local directory to build the run in (removed after the upload)."""
+        import tempfile
+
+        self._tmp = tempfile.mkdtemp(prefix="filtershift-report-")
+        path = Path(self._tmp) / name
+        path.mkdir()
+        return path
+
+    def _upload(self, staging: Path, *prefix: str) -> None:
+        files = sorted(p for p in staging.rglob("*") if p.is_file())
+        files.sort(key=lambda p: p.name == RUN_JSON)
+        for p in files:
+            self._put(p.read_bytes(), *prefix, *p.relative_to(staging).parts)
+
+    def _drop_tmp(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def promote(self, staging: Path, name: str) -> str:
+        """Upload the run under ``runs/<name>/`` (``run.json`` last), then point ``latest`` at it."""
+        with self._failures("write"):
+            self._upload(staging, RUNS, name)
+        self._drop_tmp()
+        self.point_latest(name)
+        return self.run_dir(name)
+
+    def discard(self, staging: Path, name: str) -> str | None:
+        """Upload a failed run's files (with its run.log) under ``failed/<name>/``; only the last few are kept.
+        Best effort: an upload failure is logged, the original error is what the user sees."""
+        if not staging.exists():
+            self._drop_tmp()
+            return None
+        try:
+            with self._failures("write"):
+                self._upload(staging, FAILED, name)
+                kept = sorted(self.fs.ls(self._key(FAILED), detail=False))
+                for old in kept[:-KEEP_FAILED]:
+                    self.fs.rm(old, recursive=True)
+        except FiltershiftError as exc:
+            log.error("could not keep the failed run's files: %s", exc)
+            return None
+        finally:
+            self._drop_tmp()
+        return f"{self.url}/{FAILED}/{name}"
+
+    def write_index(self, text: str) -> None:
+        with self._failures("write"):
+            self._put(text.encode("utf-8"), "index.html")
+
+
+def open_output(out) -> LocalOutput | RemoteOutput:
+    """The report output at ``out``: a URL (other than ``file://``) is published on object storage, anything else
+    in a local directory; paths with a component named after a URL scheme (``s3:``) are refused."""
+    from filtershift import outputs
+
+    checked = outputs.check(out, "--out")
+    return RemoteOutput(checked) if outputs.is_url(checked) else LocalOutput(checked)

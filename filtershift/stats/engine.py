@@ -28,7 +28,8 @@ import xarray as xr
 from filtershift import progress
 from filtershift.errors import InputError
 from filtershift.store import format as fmt
-from filtershift.store.dataset import PER_RECORD, RECORD_COORDS_ATTR
+from filtershift.store.dataset import record_table
+from filtershift.store.index import RecordIndex
 
 SPLIT_EVERY = 8
 DEPTH_EDGES = np.arange(0, 1.1, 0.1)
@@ -202,17 +203,23 @@ class Groups:
         return len(self.labels)
 
 
+def grouping_names(meta: xr.Dataset) -> dict:
+    """Grouping coordinate -> models-table column of per-record meta (pass 1's variables that carry labels)."""
+    return {name: v.attrs.get("column", name) for name, v in meta.data_vars.items() if "labels" in v.attrs}
+
+
 def _resolve(meta: xr.Dataset, key: str) -> str:
     if key in ("depth", "model", "model_id", "conv_depth"):
         return key
-    if key in meta and "labels" in meta[key].attrs:
+    names = grouping_names(meta)
+    if key in names:
         return key
-    for name, column in meta.attrs.get("grouping", {}).items():
+    for name, column in names.items():
         if column == key:
             return name
     if fmt.snake_case(key) in meta:
         return fmt.snake_case(key)
-    choices = sorted(set(meta.attrs.get("grouping", {})) | {"depth", "model", "conv_depth"})
+    choices = sorted(set(names) | {"depth", "model", "conv_depth"})
     raise InputError(f"unknown grouping {key!r}; choose one of {choices} (or the original column names).")
 
 
@@ -308,9 +315,27 @@ def group_comoments(codes, n, sums, comoments, n_groups):
 # -- the per-record statistics --------------------------------------------------------------------------------------
 
 
+def record_index(ds: xr.Dataset) -> RecordIndex | None:
+    """The Dataset's record index, or None (a Dataset whose index was dropped, or one reopened from a copy)."""
+    index = ds.xindexes.get("record")
+    return index if isinstance(index, RecordIndex) else None
+
+
 def _code_coords(ds: xr.Dataset) -> list:
-    return [name for name, c in ds.coords.items()
-            if c.dims == ("filter",) and "labels" in c.attrs]
+    """Grouping coordinates: the index's (labels from its tables) and any other per-filter coordinate carrying a
+    ``labels`` attribute (codes into those labels, or the labels themselves)."""
+    index = record_index(ds)
+    own = [n for n in index.tables.grouping if n in ds.coords] if index is not None else []
+    return own + [name for name, c in ds.coords.items()
+                  if name not in own and c.dims == ("filter",) and "labels" in c.attrs]
+
+
+def _as_codes(values: np.ndarray, labels: list) -> np.ndarray:
+    """Per-record values of a grouping coordinate as int32 codes into ``labels`` (-1: not a label)."""
+    values = np.asarray(values)
+    if values.dtype.kind in "iu":
+        return values.astype(np.int32)
+    return pd.Index(list(labels)).get_indexer(values.astype(object)).astype(np.int32)
 
 
 def basis_key(mean: np.ndarray, components: np.ndarray) -> str:
@@ -357,21 +382,26 @@ class RecordStats:
         if self._moments is None:
             from filtershift.stats import moments as mo
 
+            index = record_index(self.ds)
             codes = _code_coords(self.ds)
             names = list(mo.META_FIELDS) + codes
-            table = self.ds.attrs.get(RECORD_COORDS_ATTR)
-            from_table = [n for n in names if table is not None and n in table.columns
-                          and self.ds[n].attrs.get(PER_RECORD) == "tables"]
-            rest = [n for n in names if n not in from_table]
+            own = {n for n in names if index is not None and self.ds.xindexes.get(n) is index}
+            rest = [n for n in names if n not in own]
             part = self._reduce(mo.MOMENTS, coords=["record", *rest], names=rest, desc="moments (pass 1/3)")
-            rows = table.loc[part["record"]] if from_table else None
-            part.update({n: rows[n].to_numpy() for n in from_table})
+            if own:
+                rows = record_table(self.ds).loc[part["record"]]
+                part.update({n: rows[n].cat.codes.to_numpy(np.int32) if n in codes else rows[n].to_numpy()
+                             for n in own})
+            attrs = {n: ({"labels": list(index.tables.labels[n]), "column": index.tables.grouping[n]} if n in own
+                         else dict(self.ds[n].attrs)) for n in codes}
+            for n in codes:
+                part[n] = _as_codes(part[n], attrs[n]["labels"])
             dims = {1: ("record",), 2: ("record", "k"), 3: ("record", "k", "k2")}
             data = {k: (dims[np.ndim(v)], v) for k, v in part.items() if k != "record"}
             m = xr.Dataset(data, coords={"record": part["record"].astype(np.int64)})
             for name in codes:
-                m[name].attrs.update(self.ds[name].attrs)
-            m.attrs.update({"grouping": dict(self.ds.attrs.get("grouping", {})), "pass": 1,
+                m[name].attrs.update(attrs[name])
+            m.attrs.update({"pass": 1,
                             "comoment": "centred sum of outer products over the record's filters (float64)",
                             "scaled": "filter / max|filter|; all-zero filters stay zero"})
             self._moments = m

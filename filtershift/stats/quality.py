@@ -350,8 +350,8 @@ def degeneration(table: pd.DataFrame, thresholds=None) -> pd.DataFrame:
 
 def _labels(m: xr.Dataset) -> dict:
     cols = {}
-    for name in m.attrs.get("grouping", {}):
-        if name in m and "labels" in m[name].attrs:
+    for name in engine.grouping_names(m):
+        if name in m:
             labels = np.asarray(m[name].attrs["labels"], dtype=object)
             codes = m[name].values.astype(np.int64)
             cols[name] = pd.Categorical.from_codes(np.where(codes < len(labels), codes, -1),

@@ -130,7 +130,7 @@ def add_models(store, models, *, meta=None, create: bool = True, storage_options
     """
     from filtershift.ingest.model import ModelFilters
 
-    loc = fmt.Location.of(store, storage_options)
+    loc = fmt.Location.of(store, storage_options, write=True)
     fs, root = loc.fs()
     items = list(models) if isinstance(models, (list, tuple)) else [models]
     for m in items:

@@ -5,6 +5,13 @@ float64 sums) goes to a small JSON file written atomically after every chunk; ``
 Writing a chunk is idempotent (same source → same bytes), so a chunk half-written at a kill is simply written
 again. The store stays in state ``converting`` (and refuses to open) until every chunk has been read back,
 checksum-verified and summed to the recorded value.
+
+``resume=True`` is idempotent, so a scheduled job can always pass it: with no destination (a kill before it was
+created) it starts a fresh conversion, and a complete store of the same source and settings is left alone. The
+destination (state ``converting``) and its first progress record are written in one step as soon as the source
+is validated, before the source hash and the first chunk. Nothing done before that point could be kept anyway:
+the validation is rerun by every run. The source's SHA-256 is computed in a thread alongside the copy and
+recorded in the progress file once done, so a resume after that point does not read the source again for it.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 
 import numpy as np
@@ -26,6 +34,9 @@ from filtershift.store import format as fmt
 from filtershift.store.dataset import normalise_models, normalise_records
 
 NONFINITE_POLICIES = ("error", "zero", "keep")
+#: The temporary file zarr's local store writes ``zarr.json`` through: the only thing a kill between creating
+#: the destination directory and its group metadata can leave.
+_GROUP_WRITE_LEFTOVER = re.compile(r"zarr\.[0-9a-f]{32}\.partial")
 
 
 def compressors(codec: str) -> list:
@@ -54,13 +65,15 @@ def convert(src, dst, *, chunk_filters: int | None = None, codec: str = fmt.DEFA
     if chunk < 1:
         raise InputError(f"chunk_filters must be positive, got {chunk}.")
     source = open_source(src, trust_pickle=trust_pickle)
-    loc = fmt.Location.of(dst, storage_options)
+    loc = fmt.Location.of(dst, storage_options, write=True)
     identity = _source_identity(source.path)
     settings = {"chunk_filters": chunk, "codec": codec, "nonfinite": nonfinite}
     with fmt.remote_errors(loc, "write"):
         state = _prepare_destination(loc, identity, settings, overwrite=overwrite, resume=resume)
-    if state is None:
-        return loc.url
+        if state is None:
+            return loc.url
+        if state["done"] == 0:
+            _create_destination(loc, state)
     writer = _Writer(loc, source, settings, state, provenance_kind)
     writer.run()
     return loc.url
@@ -71,46 +84,79 @@ def _source_identity(path: str) -> dict:
     return {"source": os.path.basename(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _prepare_destination(loc: fmt.Location, identity: dict, settings: dict, *, overwrite: bool,
-                         resume: bool) -> dict | None:
-    """Check what is at ``dst``; return the progress state to continue from (None: nothing to do)."""
-    fs, root = loc.fs()
-    if fs.exists(root):
-        is_store = fs.exists(f"{root}/zarr.json")
-        manifest = None
-        if is_store:
-            group = fmt.open_group(loc, "r")
-            manifest = group.attrs.asdict().get(fmt.MANIFEST_KEY)
-        empty = not is_store and fs.isdir(root) and not fs.ls(root)
-        if resume:
-            if manifest is None:
-                raise StoreError(f"{loc.display}: nothing to resume here (no filtershift store). Run convert "
-                                 "without --resume.")
-            if manifest.get("state") == "complete":
-                print(f"{loc.display}: already complete; nothing to resume.")
-                return None
-            saved = _read_progress(loc)
-            if saved is None:  # killed before the first progress record: nothing to keep, start from chunk 0
-                return {"identity": identity, "settings": settings, "done": 0, "chunk_sums": [],
-                        "n_nonfinite": 0, "sha256": None}
-            if saved.get("identity") != identity or saved.get("settings") != settings:
-                raise StoreError(f"{loc.display}: the interrupted conversion was of another source file or "
-                                 "with other settings (chunk size, codec, nonfinite policy); resume needs the "
-                                 "same ones. Use --overwrite to start again.")
-            return saved
-        if overwrite:
-            if manifest is None and not empty:
-                raise StoreError(f"{loc.display}: exists and is not a filtershift store; refusing to delete "
-                                 "it. Choose another destination.")
-            fs.rm(root, recursive=True)
-        elif not empty:
-            raise StoreError(f"{loc.display}: already exists. Pass --overwrite to replace it, or --resume to "
-                             "finish an interrupted conversion.")
-    elif resume:
-        raise StoreError(f"{loc.display}: nothing to resume (the destination does not exist). Run convert "
-                         "without --resume.")
+def _fresh_state(identity: dict, settings: dict) -> dict:
     return {"identity": identity, "settings": settings, "done": 0, "chunk_sums": [], "n_nonfinite": 0,
             "sha256": None}
+
+
+def _prepare_destination(loc: fmt.Location, identity: dict, settings: dict, *, overwrite: bool,
+                         resume: bool) -> dict | None:
+    """Check what is at ``dst``; return the progress state to continue from (None: nothing to do).
+
+    A state with ``done == 0`` means: (re)create the destination from scratch.
+    """
+    fs, root = loc.fs()
+    if not fs.exists(root):
+        return _fresh_state(identity, settings)  # with --resume too: a kill came before the destination existed
+    is_store = fs.exists(f"{root}/zarr.json")
+    manifest = None
+    if is_store:
+        group = fmt.open_group(loc, "r")
+        manifest = group.attrs.asdict().get(fmt.MANIFEST_KEY)
+    empty = not is_store and fs.isdir(root) and all(
+        _GROUP_WRITE_LEFTOVER.fullmatch(p.rstrip("/").rsplit("/", 1)[-1]) for p in fs.ls(root, detail=False))
+    if resume:
+        if empty:
+            return _fresh_state(identity, settings)
+        if manifest is None:
+            raise StoreError(f"{loc.display}: nothing to resume here (not a filtershift store). Choose another "
+                             "destination.")
+        if manifest.get("state") == "complete":
+            _check_complete_matches(loc, manifest, identity, settings)
+            print(f"{loc.display}: already complete; nothing to resume.")
+            return None
+        saved = _read_progress(loc)
+        if saved is None:  # killed before the first progress record: nothing to keep, start from chunk 0
+            return _fresh_state(identity, settings)
+        if saved.get("identity") != identity or saved.get("settings") != settings:
+            raise StoreError(f"{loc.display}: the interrupted conversion was of another source file or "
+                             "with other settings (chunk size, codec, nonfinite policy); resume needs the "
+                             "same ones. Use --overwrite to start again.")
+        return saved
+    if overwrite:
+        if manifest is None and not empty:
+            raise StoreError(f"{loc.display}: exists and is not a filtershift store; refusing to delete "
+                             "it. Choose another destination.")
+        fs.rm(root, recursive=True)
+    elif not empty:
+        raise StoreError(f"{loc.display}: already exists. Pass --overwrite to replace it, or --resume to "
+                         "finish an interrupted conversion.")
+    return _fresh_state(identity, settings)
+
+
+def _check_complete_matches(loc: fmt.Location, manifest: dict, identity: dict, settings: dict) -> None:
+    """Refuse to report a complete store as done when it was converted from another source or with other
+    settings than the command asks for (its first provenance entry is its conversion)."""
+    first = (manifest.get("provenance") or [{}])[0]
+    got = {"source": first.get("source"), "size": first.get("size"),
+           "chunk_filters": manifest.get("chunk_filters"), "codec": manifest.get("codec"),
+           "nonfinite": (manifest.get("integrity") or {}).get("nonfinite_policy")}
+    want = {"source": identity["source"], "size": identity["size"], **settings}
+    differ = [f"{k} {got[k]!r} (asked: {want[k]!r})" for k in want
+              if got[k] != want[k] and (got[k] is not None or k in ("source", "size"))]
+    if differ:
+        raise StoreError(f"{loc.display}: a complete store, but not the conversion this command asks for: "
+                         f"{', '.join(differ)}. Use --overwrite to convert again, or choose another destination.")
+
+
+def _create_destination(loc: fmt.Location, state: dict) -> None:
+    """The group (state ``converting``, its manifest in the same write) and the first progress record, at once:
+    from here on a kill leaves a store that ``--resume`` continues."""
+    settings = state["settings"]
+    manifest = fmt.new_manifest(settings["chunk_filters"], settings["codec"], "converting")
+    zarr.open_group(store=loc.zarr_store(read_only=False), mode="w", zarr_format=3,
+                    attributes={fmt.MANIFEST_KEY: manifest})
+    write_json_atomic(loc, _progress_path(loc), state)
 
 
 def _progress_path(loc: fmt.Location) -> str:
@@ -170,33 +216,49 @@ class _Writer:
         self.n_chunks = -(-self.n // self.chunk)
         self.segments = _Segments(source.runs) if source.reordered else None
         self._sha: str | None = state.get("sha256")
+        self._sha_error: OSError | None = None
         self._sha_thread: threading.Thread | None = None
 
     def run(self) -> None:
+        """Hash the source (a thread, unless a previous run recorded its hash), copy, validate, commit."""
         if self._sha is None:
             self._sha_thread = threading.Thread(target=self._hash_source, daemon=True)
             self._sha_thread.start()
-        group = self._create_or_open()
+        group = self._open_arrays()
         self._copy_chunks(group)
         self._validate(group)
-        if self._sha_thread is not None:
-            self._sha_thread.join()
+        self._finish_hash()
         self._commit(group)
 
     def _hash_source(self) -> None:
+        """SHA-256 of the whole source file (the checksum users compare with the published one). hashlib's state
+        cannot be saved, so a kill before it ends loses the hash; once done it goes into the next progress record."""
         h = hashlib.sha256()
-        with open(self.source.path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 24), b""):
-                h.update(block)
+        try:
+            with open(self.source.path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 24), b""):
+                    h.update(block)
+        except OSError as exc:
+            self._sha_error = exc
+            return
         self._sha = h.hexdigest()
 
-    def _create_or_open(self) -> zarr.Group:
-        if self._store_exists():
-            group = fmt.open_group(self.loc, "r+")
-        else:
-            manifest = fmt.new_manifest(self.chunk, self.settings["codec"], "converting")
-            group = zarr.open_group(store=self.loc.zarr_store(read_only=False), mode="w", zarr_format=3,
-                                    attributes={fmt.MANIFEST_KEY: manifest})
+    def _finish_hash(self) -> None:
+        if self._sha_thread is not None:
+            self._sha_thread.join()
+        if self._sha is None:
+            raise InputError(f"{self.source.path}: could not be read to the end to compute its SHA-256 "
+                             f"({self._sha_error}); run the same command again with --resume.")
+        self._save_progress()
+
+    def _save_progress(self) -> None:
+        """Replace the progress file (only this thread writes it), with the source hash once it is known."""
+        self.state["sha256"] = self._sha
+        write_json_atomic(self.loc, _progress_path(self.loc), self.state)
+
+    def _open_arrays(self) -> zarr.Group:
+        """The destination exists (see :func:`_create_destination`); create its arrays if a kill came first."""
+        group = fmt.open_group(self.loc, "r+")
         if fmt.WEIGHTS not in group:
             group.create_array(fmt.WEIGHTS, shape=(self.n, 9), chunks=(self.chunk, 9), dtype="float32",
                                compressors=compressors(self.settings["codec"]), fill_value=0.0,
@@ -204,13 +266,7 @@ class _Writer:
         if self.source.reordered and fmt.FILTER_ID not in group:
             group.create_array(fmt.FILTER_ID, shape=(self.n,), chunks=(self.chunk,), dtype="int64",
                                compressors=compressors("zstd"), fill_value=-1, dimension_names=("filter",))
-        if self.state["done"] == 0:
-            write_json_atomic(self.loc, _progress_path(self.loc), self.state)
         return group
-
-    def _store_exists(self) -> bool:
-        fs, root = self.loc.fs()
-        return fs.exists(f"{root}/zarr.json")
 
     def _block(self, h5, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray | None]:
         if self.segments is None:
@@ -252,7 +308,7 @@ class _Writer:
                         filter_id[lo:hi] = ids
                     self.state["chunk_sums"].append(float(block.sum(dtype=np.float64)))
                     self.state["done"] = i + 1
-                    write_json_atomic(self.loc, _progress_path(self.loc), self.state)
+                    self._save_progress()
                 pbar.update(hi - lo)
         if not writing:
             fs, root = self.loc.fs()

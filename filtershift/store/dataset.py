@@ -1,32 +1,26 @@
 """A store (or in-memory arrays) as a lazy, labelled ``xarray.Dataset``.
 
-The ``filter`` dimension has no index (a pandas index of 1.4e9 rows would be built eagerly); every per-filter
-coordinate is computed per block with ``np.repeat`` from the small records table, chunked exactly like
-``weights``. Nothing of size N is computed on open.
+The ``filter`` dimension is indexed by a :class:`~filtershift.store.index.RecordIndex` (runs of records; a pandas
+index of 1.4e9 rows would be built eagerly): it holds the records and models tables and owns every per-filter
+coordinate, computed per block with ``np.repeat`` from the small tables, chunked exactly like ``weights``, grouping
+coordinates as string labels. ``ds.sel(task=...)``, ``isel``, ``xr.concat`` keep the tables in step with the
+filters; ``ds.attrs`` holds only scalars and strings. Nothing of size N is computed on open.
 """
 
 from __future__ import annotations
-
-import itertools
-import mmap
-import os
 
 import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
-from dask.highlevelgraph import HighLevelGraph
 from dask.base import tokenize
 
 from filtershift.errors import InputError, StoreError
 from filtershift.store import format as fmt
+from filtershift.store.chunks import ChunkReader
+from filtershift.store.index import LABEL_DTYPE, META, RecordIndex, Tables
+from filtershift.store.verify import check_tables
 
-TABLES_ATTR = "_filtershift_tables"
-#: The values of every per-record coordinate, one row per record (index: record id). Coordinates built from it
-#: carry the attribute ``per_record="tables"``; statistics read their per-record values here instead of
-#: reducing the per-filter arrays (a coordinate that keeps this attribute must keep its values).
-RECORD_COORDS_ATTR = "_filtershift_record_coords"
-PER_RECORD = "per_record"
 
 
 def open_store(path_or_url, *, label_rules=None, **storage_options) -> xr.Dataset:
@@ -43,113 +37,46 @@ def open_store(path_or_url, *, label_rules=None, **storage_options) -> xr.Datase
         records = fmt.read_table(loc, "records", version)
         models = fmt.read_table(loc, "models", version)
         n = manifest["n_filters"]
-        weights = _lazy(group[fmt.WEIGHTS], loc, n)
+        _check_layout(group, manifest, loc)
+        problems = check_tables(records, models, manifest)
+        if problems:
+            raise StoreError(f"{loc.display}: the tables of version {version} do not match the manifest: "
+                             f"{'; '.join(problems)}. Run `filtershift verify` and restore the store from a copy "
+                             "or convert it again.")
+        weights = _lazy(group[fmt.WEIGHTS], loc, n, manifest["integrity"].get("chunk_sums"))
         filter_id = _lazy(group[fmt.FILTER_ID], loc, n) if manifest.get("reordered") else None
     rules = manifest.get("label_rules", fmt.DEFAULT_LABEL_RULES) if label_rules is None else label_rules
     attrs = {"store": loc.display, "version": version, "schema_version": manifest["schema_version"]}
     return _build(weights, records, models, rules, attrs, filter_id=filter_id)
 
 
-class _ChunkReader:
-    """Array-like over a Zarr array for ``da.from_array``.
-
-    Read errors name the store, array and chunk (e.g. a checksum mismatch from a flipped byte) instead of a bare
-    codec error. For the layout filtershift writes by default on a local disk (no compressor, crc32c, default
-    chunk keys) chunks are read straight from their files and checked here, in the calling thread: zarr's
-    synchronous API funnels every read of every dask thread through one event-loop thread, which halved the
-    read throughput of a threaded dask pass (see BENCHMARKS.md).
-    """
-
-    def __init__(self, array, loc: fmt.Location):
-        self.array, self.display = array, loc.display
-        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
-        self.rows = array.chunks[0]
-        self.direct = _direct_path(array, loc)
-
-    def __getitem__(self, key):
-        rows = key[0] if isinstance(key, tuple) else key
-        if self.direct and isinstance(rows, slice) and rows.step in (None, 1) and \
-                all(k == slice(None) or k == slice(0, n) for k, n in zip(key[1:] if isinstance(key, tuple) else (),
-                                                                         self.shape[1:])):
-            lo, hi, _ = rows.indices(self.shape[0])
-            return self._read_direct(lo, hi)
-        try:
-            return self.array[key]
-        except ValueError as exc:
-            first = (rows.start or 0) if isinstance(rows, slice) else rows
-            raise self._corrupt(int(first) // self.rows, exc) from None
-
-    def _corrupt(self, chunk: int, exc) -> StoreError:
-        return StoreError(f"{self.display}: array '{self.array.basename}' chunk {chunk} (filters from "
-                          f"{chunk * self.rows}) is corrupted: {exc}. Run `filtershift verify` and restore or "
-                          "re-convert the store.")
-
-    def _read_direct(self, lo: int, hi: int) -> np.ndarray:
-        import google_crc32c
-
-        inner = self.shape[1:]
-        nbytes = self.rows * int(np.prod(inner, dtype=np.int64)) * self.dtype.itemsize
-        pieces = []
-        for i in range(lo // self.rows, (max(hi, lo + 1) - 1) // self.rows + 1):
-            path = os.path.join(self.direct, "c", str(i), *(["0"] * len(inner)))
-            try:
-                raw = _read_file(path)
-            except FileNotFoundError:
-                block = np.full((self.rows, *inner), self.array.fill_value, dtype=self.dtype)
-            else:
-                if len(raw) != nbytes + 4 or google_crc32c.value(raw) != CRC32C_RESIDUE:
-                    raise self._corrupt(i, "stored and computed checksum do not match")
-                block = np.frombuffer(raw, dtype=self.dtype.newbyteorder("<"), count=nbytes // self.dtype.itemsize)
-                block = block.reshape(self.rows, *inner)
-            a, b = max(lo, i * self.rows) - i * self.rows, min(hi, (i + 1) * self.rows) - i * self.rows
-            pieces.append(block[a:b])
-        out = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
-        return out.astype(self.dtype, copy=False)
-
-
-def _read_file(path: str):
-    """A chunk file's bytes as a read-only array: memory-mapped (pages prefaulted) on POSIX, which saves the
-    kernel zeroing and copying a fresh buffer per chunk (the dask read pass took 2.3x less time). Every writer
-    (filtershift, zarr's local store) replaces chunk files by a rename, so a mapped file never changes under a
-    reader; a program truncating a chunk file in place while it is read would end the reader with SIGBUS."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size and os.name == "posix":
-            try:
-                m = mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ,
-                              flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
-            except (OSError, ValueError):
-                pass
-            else:
-                return np.frombuffer(m, np.uint8)
-        return np.frombuffer(f.read(), np.uint8)
-
-
-#: CRC-32C of any message followed by its own little-endian CRC: checks data + stored checksum in one call.
-CRC32C_RESIDUE = 0x48674BC7
-
-
-def _direct_path(array, loc: fmt.Location) -> str | None:
-    """The array's directory when its chunks are plain little-endian bytes + crc32c in default keys on a local
-    disk (what filtershift writes with codec 'none'); None otherwise."""
-    if not loc.is_local:
-        return None
-    meta = array.metadata.to_dict()
-    codecs = [c.get("name") if isinstance(c, dict) else c for c in meta.get("codecs", [])]
-    first = meta.get("codecs", [{}])[0]
-    endian = first.get("configuration", {}).get("endian", "little") if isinstance(first, dict) else None
-    keys = meta.get("chunk_key_encoding", {})
-    if codecs != ["bytes", "crc32c"] or endian != "little" or keys.get("name") != "default" or \
-            keys.get("configuration", {}).get("separator", "/") != "/":
-        return None
-    root = loc.url[len("file://"):] if loc.url.startswith("file://") else loc.url
-    return os.path.join(root, array.path)
-
-
-def _lazy(array, loc: fmt.Location, n: int) -> da.Array:
+def _lazy(array, loc: fmt.Location, n: int, chunk_sums=None) -> da.Array:
+    """Rows ``[0, n)`` of a store array, read and checked chunk by chunk (see :mod:`filtershift.store.chunks`);
+    chunks wholly past ``n`` are never requested."""
     chunks = (array.chunks[0],) + tuple(array.shape[1:])
-    return da.from_array(_ChunkReader(array, loc), chunks=chunks, asarray=True,
-                         name=f"{array.basename}-{tokenize(loc.url, array.shape, n)}", fancy=False)[:n]
+    return da.from_array(ChunkReader(array, loc, n, chunk_sums), chunks=chunks, asarray=True,
+                         name=f"{array.basename}-{tokenize(loc.url, array.shape, n, chunk_sums)}", fancy=False)[:n]
+
+
+def _check_layout(group, manifest: dict, loc: fmt.Location) -> None:
+    """The arrays must hold what the manifest promises: ``n_filters`` rows of 9 values in chunks of
+    ``chunk_filters`` rows, one recorded sum per chunk (reads check every chunk against it)."""
+    n, chunk = manifest["n_filters"], manifest["chunk_filters"]
+    remedy = "Run `filtershift verify` and restore the store from a copy or convert it again."
+    for name in (fmt.WEIGHTS, fmt.FILTER_ID) if manifest.get("reordered") else (fmt.WEIGHTS,):
+        if name not in group:
+            raise StoreError(f"{loc.display}: the array '{name}' is missing; the store is damaged. {remedy}")
+        array = group[name]
+        if array.shape[0] < n or array.shape[1:] != ((9,) if name == fmt.WEIGHTS else ()):
+            raise StoreError(f"{loc.display}: the manifest says {n} filters, but the array '{name}' has shape "
+                             f"{array.shape}; the store is damaged. {remedy}")
+        if array.chunks[0] != chunk:
+            raise StoreError(f"{loc.display}: the array '{name}' has chunks of {array.chunks[0]} rows, the "
+                             f"manifest says {chunk}; the store is damaged. {remedy}")
+    sums = manifest.get("integrity", {}).get("chunk_sums")
+    if sums is not None and len(sums) != -(-n // chunk):
+        raise StoreError(f"{loc.display}: the manifest records {len(sums)} chunk sums for {-(-n // chunk)} "
+                         f"chunks; the store is damaged. {remedy}")
 
 
 def from_arrays(weights, records: pd.DataFrame, models: pd.DataFrame, *, chunk_filters: int | None = None,
@@ -217,87 +144,98 @@ def normalise_models(models: pd.DataFrame, records: pd.DataFrame) -> pd.DataFram
     return mod.sort_values("model_id").reset_index(drop=True)
 
 
-def _per_filter(values: np.ndarray, starts: np.ndarray, stops: np.ndarray, chunks: tuple[int, ...],
-                name: str) -> da.Array:
-    """A dask array that repeats one value per record over the record's filters, block by block.
-
-    Each block's task holds only the values of the records that overlap it, so the graph stays small.
-    """
-    token = f"{name}-{tokenize(values, starts, stops, chunks)}"
-    dsk = {}
-    offset = 0
-    for i, size in enumerate(chunks):
-        lo, hi = offset, offset + size
-        r0 = int(np.searchsorted(stops, lo, side="right"))
-        r1 = int(np.searchsorted(starts, hi, side="left"))
-        counts = np.minimum(stops[r0:r1], hi) - np.maximum(starts[r0:r1], lo)
-        dsk[(token, i)] = (np.repeat, values[r0:r1].copy(), counts)
-        offset = hi
-    graph = HighLevelGraph.from_collections(token, dsk, dependencies=[])
-    return da.Array(graph, token, chunks=(chunks,), dtype=values.dtype, meta=np.empty(0, values.dtype))
-
-
 def _build(weights: da.Array, records: pd.DataFrame, models: pd.DataFrame, rules, attrs: dict,
            filter_id: da.Array | None = None) -> xr.Dataset:
-    starts = records["start"].to_numpy(np.int64)
-    stops = records["stop"].to_numpy(np.int64)
-    chunks = weights.chunks[0]
-    model_index = pd.Index(models["model_id"])
-    model_row = model_index.get_indexer(records["model_id"])
-
-    per_record = {"record": records["record"].to_numpy(np.int32),
-                  "model_id": records["model_id"].to_numpy(np.int64),
-                  "conv_depth": records["conv_depth"].to_numpy(np.int32),
-                  "conv_depth_norm": records["conv_depth_norm"].to_numpy(np.float32)}
-    coord_attrs = {}
+    model_row = pd.Index(models["model_id"]).get_indexer(records["model_id"])
+    values = {name: records[name].to_numpy(dtype) for name, dtype in META.items()}
     grouping = fmt.grouping_columns(models)
+    labels, codes = {}, {}
     for name, column in grouping.items():
-        vocab, codes = fmt.vocabulary_codes(fmt.apply_label_rules(models[column], column, rules))
-        per_record[name] = codes[model_row]
-        coord_attrs[name] = {"labels": vocab, "column": column}
-    coords = {name: xr.Variable("filter", _per_filter(np.asarray(values), starts, stops, chunks, name),
-                                attrs={**coord_attrs.get(name, {}), PER_RECORD: "tables"})
-              for name, values in per_record.items()}
-    if filter_id is not None:
-        coords["filter_id"] = xr.Variable("filter", filter_id)
+        vocab, model_codes = fmt.vocabulary_codes(fmt.apply_label_rules(models[column], column, rules))
+        labels[name], codes[name] = tuple(vocab), model_codes[model_row]
+        values[name] = np.asarray(vocab, dtype=LABEL_DTYPE)[codes[name]]
+    tables = Tables(records, models, dict(grouping), labels, values, codes,
+                    tuple(tuple(sorted(dict(r).items())) for r in rules))
+    index = RecordIndex.from_tables(tables, weights.chunks[0], weights.shape[1:], weights.dtype)
+    coords = xr.Coordinates.from_xindex(index)
     ds = xr.Dataset({"weights": (("filter", "k"), weights)}, coords=coords)
+    if filter_id is not None:
+        ds = ds.assign_coords(filter_id=xr.Variable("filter", filter_id))
     ds["weights"].attrs.update({"description": "3x3 kernels, row-major (k = 3*y + x)"})
     ds.attrs.update(attrs)
-    ds.attrs.update({"filtershift_schema": fmt.SCHEMA_VERSION, "n_filters": int(weights.shape[0]),
-                     "grouping": grouping, "label_rules": [dict(r) for r in rules]})
-    ds.attrs[TABLES_ATTR] = (records, models)
-    ds.attrs[RECORD_COORDS_ATTR] = pd.DataFrame(per_record).set_index("record", drop=False)
+    ds.attrs.update({"filtershift_schema": fmt.SCHEMA_VERSION, "n_filters": int(weights.shape[0])})
     return ds
 
 
+def record_index(ds: xr.Dataset) -> RecordIndex:
+    """The :class:`RecordIndex` of a filtershift Dataset (or a selection of one)."""
+    index = ds.xindexes.get("record")
+    if not isinstance(index, RecordIndex):
+        raise InputError("this Dataset carries no filtershift record index; open it with filtershift.open_store "
+                         "or build it with filtershift.from_arrays (and keep its record coordinate).")
+    return index
+
+
 def records(ds: xr.Dataset) -> pd.DataFrame:
-    """The records table (one row per record: model x conv depth, or one layer) of a Dataset."""
-    return _tables(ds)[0]
+    """The records table of a Dataset: one row per record (model x conv depth, or one layer) present in it; in a
+    selection, ``start``/``stop``/``n`` are positions and counts in the selection."""
+    return record_index(ds).record_table()
 
 
 def models(ds: xr.Dataset) -> pd.DataFrame:
-    """The models table (one row per model, every meta column) of a Dataset."""
-    return _tables(ds)[1]
+    """The models table (one row per model, every meta column) of the models present in a Dataset."""
+    return record_index(ds).model_table()
 
 
-def _tables(ds: xr.Dataset):
-    try:
-        return ds.attrs[TABLES_ATTR]
-    except KeyError:
-        raise InputError("this Dataset carries no filtershift tables; open it with filtershift.open_store "
-                         "or build it with filtershift.from_arrays.") from None
+def grouping(ds: xr.Dataset) -> dict[str, str]:
+    """Grouping coordinate name -> models-table column, e.g. ``{"visual_category": "Visual Category"}``."""
+    return dict(record_index(ds).tables.grouping)
+
+
+def record_table(ds: xr.Dataset) -> pd.DataFrame:
+    """Per-record meta of the records present in ``ds``, indexed by record id (sorted): model_id, conv_depth,
+    conv_depth_norm and every grouping coordinate as a ``pandas.Categorical`` (categories: its labels, sorted).
+    O(records); what the statistics read instead of reducing the per-filter coordinates."""
+    index = record_index(ds)
+    t = index.tables
+    rows = np.unique(index.row)
+    data = {name: t.values[name][rows] for name in META}
+    for name in t.grouping:
+        data[name] = pd.Categorical.from_codes(t.codes[name][rows], categories=list(t.labels[name]))
+    out = pd.DataFrame(data, index=pd.Index(t.values["record"][rows].astype(np.int64), name="record"))
+    return out.sort_index()
+
+
+def groupers(ds: xr.Dataset, *names: str) -> dict:
+    """``{name: UniqueGrouper(labels=...)}`` for a lazy groupby by per-filter coordinates, e.g.
+    ``ds.weights.groupby(**groupers(ds, "task", "conv_depth")).mean()``. xarray needs the labels of a dask
+    coordinate up front; they come from the tables (O(records)), and the result's coordinates are the labels."""
+    from xarray.groupers import UniqueGrouper
+
+    index = record_index(ds)
+    t = index.tables
+    rows = np.unique(index.row)
+    out = {}
+    for key in names:
+        name = resolve_coord(ds, key)
+        if name not in t.values:
+            raise InputError(f"{key!r} is not a coordinate of the record index; choose one of {t.names}.")
+        labels = list(t.labels[name]) if name in t.grouping else np.unique(t.values[name][rows])
+        out[name] = UniqueGrouper(labels=labels)
+    return out
 
 
 def resolve_coord(ds: xr.Dataset, key: str) -> str:
     """Coordinate name for a coordinate name or an original meta column name ('Visual Category')."""
     if key in ds.coords:
         return key
-    for name, column in ds.attrs.get("grouping", {}).items():
+    names = grouping(ds)
+    for name, column in names.items():
         if column == key:
             return name
     if fmt.snake_case(key) in ds.coords:
         return fmt.snake_case(key)
-    choices = sorted(set(ds.attrs.get("grouping", {})) | {"model_id", "conv_depth"})
+    choices = sorted(set(names) | {"model_id", "conv_depth"})
     raise InputError(f"unknown grouping {key!r}; choose one of {choices} (or the original column names).")
 
 
@@ -306,40 +244,25 @@ def select(ds: xr.Dataset, **criteria) -> xr.Dataset:
     visual_category=["medical ct", "medical mri"], conv_depth=0)``.
 
     Keys are coordinate or column names; values a label or a list of labels (model_id and conv_depth take
-    numbers). Works on whole records, so the result is a few contiguous slices concatenated: still lazy.
+    numbers). Works on whole runs of records, so the result is a few contiguous slices concatenated: still lazy,
+    and its index (hence :func:`records`, :func:`models`) follows the selection.
     """
-    recs, mods = _tables(ds)
-    keep = pd.Series(True, index=recs.index)
-    rules = ds.attrs.get("label_rules", fmt.DEFAULT_LABEL_RULES)
+    index = record_index(ds)
+    keep = np.ones(len(index.row), bool)
     for key, wanted in criteria.items():
         name = resolve_coord(ds, key)
-        wanted_list = list(wanted) if isinstance(wanted, (list, tuple, set)) else [wanted]
-        if name in ("model_id", "conv_depth", "record"):
-            keep &= recs[name].isin(wanted_list)
-            continue
         if name == "conv_depth_norm":
             raise InputError("select by conv_depth_norm is ambiguous; use ds.where or select conv_depth.")
-        column = ds.attrs["grouping"][name]
-        labels = fmt.apply_label_rules(mods[column], column, rules)
-        vocab = ds[name].attrs["labels"]
-        unknown = [w for w in wanted_list if w not in vocab]
-        if unknown:
-            raise InputError(f"{name}: no label(s) {unknown}; the labels are {vocab}.")
-        chosen = set(mods["model_id"][labels.isin(wanted_list).to_numpy()])
-        keep &= recs["model_id"].isin(chosen)
-    rows = recs.index[keep.to_numpy()]
-    if len(rows) == 0:
+        keep &= index.match(name, list(wanted) if isinstance(wanted, (list, tuple, set)) else [wanted])
+    if not keep.any():
         raise InputError(f"select({criteria}) matched no records.")
-    runs = []
-    for _, grp in itertools.groupby(enumerate(rows), key=lambda t: t[1] - t[0]):
-        grp = list(grp)
-        runs.append((int(recs["start"].iat[grp[0][1]]), int(recs["stop"].iat[grp[-1][1]])))
-    parts = [ds.isel(filter=slice(a, b)) for a, b in runs]
-    out = parts[0] if len(parts) == 1 else xr.concat(parts, dim="filter", data_vars="all", coords="all",
-                                                     compat="override", join="override",
-                                                     combine_attrs="override")
+    starts, stops = index.start[keep], index.stop[keep]
+    edge = np.flatnonzero(starts[1:] != stops[:-1]) + 1
+    firsts, lasts = np.concatenate([[0], edge]), np.concatenate([edge - 1, [len(starts) - 1]])
+    parts = [ds.isel(filter=slice(int(starts[a]), int(stops[b]))) for a, b in zip(firsts, lasts)]
+    out = parts[0] if len(parts) == 1 else xr.concat(parts, dim="filter", data_vars="all", coords="different",
+                                                     compat="equals", join="exact", combine_attrs="override")
     out.attrs = dict(ds.attrs)
     out.attrs["n_filters"] = int(out.sizes["filter"])
-    out.attrs["selection"] = {k: (list(v) if isinstance(v, (list, tuple, set)) else v)
-                              for k, v in criteria.items()}
+    out.attrs["selection"] = ", ".join(f"{k}={v!r}" for k, v in criteria.items())
     return out

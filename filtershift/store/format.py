@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import json
+import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -62,13 +63,39 @@ class Location:
     storage_options: dict
 
     @classmethod
-    def of(cls, path_or_url, storage_options: dict | None = None) -> "Location":
-        url = str(path_or_url).rstrip("/")
-        return cls(url, dict(storage_options or {}))
+    def of(cls, path_or_url, storage_options: dict | None = None, *, write: bool = False) -> "Location":
+        """Where a store lives, resolved once, where the user typed it.
+
+        A local path (or ``file://`` URL) is made absolute: dask workers run in other working directories, and a
+        relative path would name another (or no) store there. ``write``: the store will be written (read-only
+        schemes such as https:// are refused). Unknown schemes and paths with a component named after a scheme
+        (``s3:``, a URL that lost its '//') are refused."""
+        from filtershift.outputs import check
+
+        url = os.fspath(path_or_url) if isinstance(path_or_url, os.PathLike) else str(path_or_url)
+        check(url.rstrip("/"), "store", write=write)
+        if "://" not in url:
+            url = os.path.abspath(url)
+        elif url.startswith("file://"):
+            url = "file://" + os.path.abspath(url[len("file://"):])
+        return cls(url.rstrip("/") or "/", dict(storage_options or {}))
 
     @property
     def is_local(self) -> bool:
         return "://" not in self.url or self.url.startswith("file://")
+
+    @property
+    def local_path(self) -> str | None:
+        """The store's directory on this host, or None for object storage."""
+        if not self.is_local:
+            return None
+        return self.url[len("file://"):] if self.url.startswith("file://") else self.url
+
+    def scrub(self, text: str) -> str:
+        """``text`` without this location's credentials (storage option values, user:password@ in URLs)."""
+        for secret in _secrets(self.storage_options):
+            text = text.replace(secret, "***")
+        return re.sub(r"//[^/@\s]*@", "//", text)
 
     @property
     def display(self) -> str:
@@ -81,8 +108,7 @@ class Location:
 
     def zarr_store(self, read_only: bool):
         if self.is_local:
-            path = self.url[len("file://"):] if self.url.startswith("file://") else self.url
-            return zarr.storage.LocalStore(path, read_only=read_only)
+            return zarr.storage.LocalStore(self.local_path, read_only=read_only)
         return zarr.storage.FsspecStore.from_url(self.url, storage_options=self.storage_options,
                                                  read_only=read_only)
 
@@ -272,8 +298,13 @@ def read_table(loc: Location, name: str, version: int) -> pd.DataFrame:
         with fs.open(path, "rb") as f:
             return pd.read_parquet(f)
     except FileNotFoundError:
-        raise StoreError(f"{loc.display}: table {name}-v{version}.parquet is missing; the store is damaged. "
-                         "Run `filtershift verify` and convert again.") from None
+        try:
+            found = sorted(p.rsplit("/", 1)[-1] for p in fs.glob(path.rsplit("/", 1)[0] + f"/{name}-v*.parquet"))
+        except OSError:
+            found = []
+        raise StoreError(f"{loc.display}: table {name}-v{version}.parquet of the manifest's version {version} is "
+                         f"missing (tables present: {', '.join(found) or 'none'}); the store is damaged. Run "
+                         "`filtershift verify` and restore the store from a copy or convert again.") from None
 
 
 def snake_case(column: str) -> str:

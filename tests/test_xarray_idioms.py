@@ -1,0 +1,185 @@
+"""What a pangeo user types first on a store (issue #13), each checked against plain zarr + pandas + numpy.
+
+One small synthetic store of a few chunks serves every case; the weights are read with zarr and the tables with
+pandas, independently of filtershift's Dataset. The last test checks that selections build no dask task at all on
+a 1e6-filter Dataset with small chunks.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import dask
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+import zarr
+from dask.callbacks import Callback
+
+import filtershift as fs
+from filtershift.errors import InputError
+from filtershift.store.dataset import from_arrays, groupers
+
+CHUNK = 4096
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory):
+    """(path, ds, weights, per-filter pandas frame) of a 30,000-filter store in 8 chunks."""
+    tmp = tmp_path_factory.mktemp("idioms")
+    h5 = fs.synthesize(tmp / "dataset.h5", n_filters=30_000, n_models=12, seed=3)
+    path = fs.convert(h5, str(tmp / "store.zarr"), chunk_filters=CHUNK)
+    w = zarr.open_group(path, mode="r")["weights"][:]
+    recs = pd.read_parquet(f"{path}/tables/records-v1.parquet")
+    mods = pd.read_parquet(f"{path}/tables/models-v1.parquet").set_index("model_id")
+    task = mods["Task"].astype(str).where(~mods["Task"].astype(str).str.contains("Segmentation"), "Segmentation")
+    per_filter = pd.DataFrame({"record": np.repeat(recs["record"].to_numpy(), recs["n"].to_numpy()),
+                               "model_id": np.repeat(recs["model_id"].to_numpy(), recs["n"].to_numpy()),
+                               "conv_depth": np.repeat(recs["conv_depth"].to_numpy(), recs["n"].to_numpy())})
+    per_filter["task"] = task.loc[per_filter["model_id"]].to_numpy()
+    assert len(per_filter) == len(w) == 30_000
+    return path, fs.open_store(path), w, per_filter, recs
+
+
+def test_sel_by_label_follows_tables(store):
+    _, ds, w, pf, recs = store
+    keep = (pf["task"] == "Classification").to_numpy()
+    sub = ds.sel(task="Classification")
+    np.testing.assert_array_equal(sub["weights"].values, w[keep])
+    assert set(sub["task"].values) == {"Classification"}
+    want = sorted(set(pf["record"][keep]))
+    assert fs.records(sub)["record"].tolist() == want
+    assert int(fs.records(sub)["n"].sum()) == keep.sum()
+    assert sorted(fs.models(sub)["model_id"]) == sorted(set(pf["model_id"][keep]))
+
+
+def test_sel_list_scalar_and_slice(store):
+    _, ds, w, pf, recs = store
+    keep = pf["model_id"].isin([3, 4]).to_numpy()
+    np.testing.assert_array_equal(ds.sel(model_id=[3, 4])["weights"].values, w[keep])
+    one = ds.sel(model_id=3)
+    assert one.sizes["filter"] == (pf["model_id"] == 3).sum()
+    np.testing.assert_array_equal(one["model_id"].values, np.full(one.sizes["filter"], 3))
+    rng = ds.sel(record=slice(5, 9))
+    np.testing.assert_array_equal(rng["weights"].values, w[pf["record"].between(5, 9).to_numpy()])
+    both = ds.sel(task=["Detection", "Generative"], conv_depth=0)
+    keep = (pf["task"].isin(["Detection", "Generative"]) & (pf["conv_depth"] == 0)).to_numpy()
+    np.testing.assert_array_equal(both["weights"].values, w[keep])
+    big = fs.records(ds)["n"] > 200
+    chosen = recs["record"][(recs["n"] > 200).to_numpy()]
+    np.testing.assert_array_equal(ds.sel(record=big)["weights"].values, w[pf["record"].isin(chosen).to_numpy()])
+    shallow = ds.sel(conv_depth_norm=slice(None, 0.5))
+    norm = np.repeat(recs["conv_depth_norm"].to_numpy(), recs["n"].to_numpy())
+    np.testing.assert_array_equal(shallow["weights"].values, w[norm <= np.float32(0.5)])
+
+
+def test_unknown_label_names_the_labels(store):
+    ds = store[1]
+    with pytest.raises(InputError, match=r"no label\(s\) \['Nope'\]; the labels are \['Classification'"):
+        ds.sel(task="Nope")
+
+
+def test_where_compares_labels(store):
+    _, ds, w, pf, _ = store
+    keep = (pf["task"] == "Classification").to_numpy()
+    masked = ds.where(ds.task == "Classification")
+    assert isinstance(masked["weights"].data, dask.array.Array)
+    assert int(masked["weights"].count()) == keep.sum() * 9 > 0
+    np.testing.assert_allclose(masked["weights"].mean("filter").values, w[keep].mean(0), rtol=1e-5)
+
+
+def test_groupby_labels_lazy(store):
+    _, ds, w, pf, _ = store
+    res = ds["weights"].groupby(**groupers(ds, "task")).mean()
+    assert isinstance(res.data, dask.array.Array)
+    want = pd.DataFrame(w).groupby(pf["task"].to_numpy()).mean()
+    assert list(res["task"].values) == list(want.index)
+    np.testing.assert_allclose(res.transpose("task", "k").values, want.to_numpy(), rtol=1e-5)
+    res2 = ds["weights"].groupby(**groupers(ds, "task", "conv_depth")).sum()
+    want2 = pd.DataFrame(w).groupby([pf["task"].to_numpy(), pf["conv_depth"].to_numpy()]).sum()
+    got2 = res2.transpose("task", "conv_depth", "k")
+    for (task, depth), row in want2.iterrows():
+        np.testing.assert_allclose(got2.sel(task=task, conv_depth=depth).values, row.to_numpy(), rtol=1e-5)
+
+
+def test_select_then_records_is_the_subset(store):
+    _, ds, w, pf, _ = store
+    sub = fs.select(ds, task="Detection")
+    keep = (pf["task"] == "Detection").to_numpy()
+    np.testing.assert_array_equal(sub["weights"].values, w[keep])
+    assert fs.records(sub)["record"].tolist() == sorted(set(pf["record"][keep]))
+    np.testing.assert_array_equal(sub["record"].values, pf["record"][keep].to_numpy())
+
+
+def test_isel_cuts_records_and_concat_joins(store):
+    _, ds, w, pf, recs = store
+    a, b = ds.isel(filter=slice(100, 5000)), ds.isel(filter=slice(20_000, 20_500))
+    rec_a = fs.records(a)
+    assert int(rec_a["n"].sum()) == 4900 and rec_a["start"].iloc[0] == 0
+    assert rec_a["record"].tolist() == sorted(set(pf["record"][100:5000]))
+    both = xr.concat([a, b], dim="filter")
+    pos = np.r_[100:5000, 20_000:20_500]
+    np.testing.assert_array_equal(both["weights"].values, w[pos])
+    np.testing.assert_array_equal(both["record"].values, pf["record"].to_numpy()[pos])
+    np.testing.assert_array_equal(both["task"].values, pf["task"].to_numpy()[pos])
+    assert int(fs.records(both)["n"].sum()) == len(pos)
+    assert both["weights"].chunks[0] == both["record"].chunks[0]
+    picked = ds.isel(filter=np.array([5, 6, 7, 29_999, 0]))
+    np.testing.assert_array_equal(picked["model_id"].values, pf["model_id"].to_numpy()[[5, 6, 7, 29_999, 0]])
+    mask = np.zeros(len(w), bool)
+    mask[[3, 4, 9000, 29_998]] = True
+    masked = ds.isel(filter=mask)
+    np.testing.assert_array_equal(masked["record"].values, pf["record"].to_numpy()[mask])
+    assert masked["weights"].chunks[0] == masked["record"].chunks[0]
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "netcdf"])
+def test_subset_round_trips_to_files(store, tmp_path, fmt):
+    _, ds, w, pf, _ = store
+    sub = ds.isel(filter=slice(0, 1000))
+    target = tmp_path / ("out.zarr" if fmt == "zarr" else "out.nc")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", xr.SerializationWarning)
+        if fmt == "zarr":
+            sub.to_zarr(target, consolidated=False)
+            back = xr.open_zarr(target, consolidated=False)
+        else:
+            sub.to_netcdf(target, engine="h5netcdf")
+            back = xr.open_dataset(target, engine="h5netcdf")
+    np.testing.assert_array_equal(back["weights"].values, w[:1000])
+    assert back["task"].values.tolist() == pf["task"].to_numpy()[:1000].tolist()
+    np.testing.assert_array_equal(back["model_id"].values, pf["model_id"].to_numpy()[:1000])
+    assert back["task"].attrs["column"] == "Task"
+    assert all(isinstance(v, (str, int, np.integer)) for v in back.attrs.values())
+
+
+class _Count(Callback):
+    def __init__(self):
+        super().__init__()
+        self.tasks = 0
+
+    def _pretask(self, key, dsk, state):
+        self.tasks += 1
+
+
+def test_selections_compute_nothing():
+    """sel/isel/where/select on a 1e6-filter Dataset in 1,000 chunks run no dask task (nothing of size N)."""
+    n, per = 1_000_000, 250
+    recs = pd.DataFrame({"model_id": np.arange(n // per) // 20, "conv_depth": np.arange(n // per) % 20,
+                         "n": np.full(n // per, per)})
+    mods = pd.DataFrame({"model_id": np.arange(recs["model_id"].max() + 1),
+                         "Task": np.where(np.arange(recs["model_id"].max() + 1) % 3, "Detection", "Classification")})
+    weights = dask.array.zeros((n, 9), chunks=(1000, 9), dtype=np.float32)
+    with _Count() as count:
+        ds = from_arrays(weights, recs, mods)
+        ds.sel(task="Classification")
+        ds.sel(model_id=[3, 4])
+        ds.sel(record=slice(10, 2000))
+        ds.isel(filter=slice(1234, 500_000))
+        ds.where(ds.task == "Classification")
+        sub = fs.select(ds, task="Detection", conv_depth=[0, 1])
+        fs.records(sub), fs.models(sub)
+        xr.concat([ds.isel(filter=slice(0, 10)), ds.isel(filter=slice(-10, None))], dim="filter")
+    assert count.tasks == 0
+    assert ds["task"].data.numblocks == (1000,)
