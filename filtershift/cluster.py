@@ -489,13 +489,15 @@ def _wait_scheduler_file(path: Path, proc: subprocess.Popen, log: Path, timeout:
 def start_local_processes(n_workers: int = 2, *, host: str = "127.0.0.1", port: int = 0, nthreads: int = 1,
                           memory_limit="1GB", directory=None, dashboard: bool = False, nanny: bool = True,
                           idle_timeout: str | None = None, death_timeout: str | None = "60s",
-                          timeout: float = 60.0, env: dict | None = None) -> LocalProcesses:
+                          timeout: float = 60.0, env: dict | None = None,
+                          wrap: list[str] | None = None) -> LocalProcesses:
     """Start ``dask scheduler`` and ``n_workers`` ``dask worker`` processes on ``host``; wait until all joined.
 
     Each process leads its own process group (a nanny and its worker die together). Logs, the scheduler file
     and nothing else go to ``directory`` (a temporary one, removed by ``stop()``, when not given).
     ``idle_timeout`` (scheduler) and ``death_timeout`` (workers) let orphans end themselves if the owner dies.
-    Call ``stop()`` or use the result as a context manager."""
+    ``wrap`` prefixes each worker's command (e.g. ``unshare`` or ``setpriv``: workers with another view of the
+    machine than the client's). Call ``stop()`` or use the result as a context manager."""
     own = directory is None
     directory = Path(tempfile.mkdtemp(prefix="filtershift-cluster-")) if own else Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -514,7 +516,7 @@ def start_local_processes(n_workers: int = 2, *, host: str = "127.0.0.1", port: 
     try:
         procs.address = _wait_scheduler_file(scheduler_file, sched, log, timeout)
         for i in range(n_workers):
-            wcmd = [*_dask_command(), "worker", "--scheduler-file", str(scheduler_file), "--host", host,
+            wcmd = [*(wrap or []), *_dask_command(), "worker", "--scheduler-file", str(scheduler_file), "--host", host,
                     "--nthreads", str(nthreads), "--memory-limit", str(memory_limit), "--no-dashboard",
                     "--name", f"worker-{i}", "--local-directory", str(directory / f"worker-{i}")]
             wcmd += ["--nanny"] if nanny else ["--no-nanny"]

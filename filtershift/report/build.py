@@ -18,7 +18,7 @@ import numpy as np
 
 from filtershift import progress
 from filtershift._version import __version__
-from filtershift.errors import InputError
+from filtershift.errors import FiltershiftError, InputError
 from filtershift.report import figures as F
 from filtershift.report import html, publish
 from filtershift.report.config import load_config, spec_hash
@@ -125,8 +125,9 @@ def build_report(store=None, out=None, config=None, scheduler=None, *, force: bo
             write_history(target)
             log.info("published %s", final)
         except BaseException as exc:
-            log.error("run %s failed: %s: %s", name, type(exc).__name__, exc,
-                      exc_info=not isinstance(exc, (InputError, KeyboardInterrupt)))
+            expected = isinstance(exc, (FiltershiftError, KeyboardInterrupt))
+            log.error("run %s failed: %s", name, exc if expected else f"{type(exc).__name__}: {exc}",
+                      exc_info=not expected)
             kept = target.discard(staging, name)
             if kept is not None:
                 log.error("the failed run's files and log are in %s; the published report is unchanged", kept)

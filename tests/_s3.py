@@ -1,0 +1,60 @@
+"""moto's S3 server on 127.0.0.1 for tests that read or write object storage, with fake credentials in the
+environment; ``AWS_ENDPOINT_URL`` points at it, so the command line reaches it as a user's does."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pytest
+
+KEY_ID = "AKIAFILTERSHIFT0TEST"
+SECRET = "fs-Secret-7d1e9c-never-printed"
+BUCKET = "filtershift-test"
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    bucket: str
+
+    def options(self, **extra) -> dict:
+        """fsspec storage options for the server (explicit, for processes started before the environment)."""
+        return {"endpoint_url": self.endpoint, "key": KEY_ID, "secret": SECRET,
+                "client_kwargs": {"region_name": "us-east-1"}, **extra}
+
+    def fs(self):
+        import s3fs
+
+        return s3fs.S3FileSystem(**self.options(), skip_instance_cache=True)
+
+
+@contextmanager
+def moto_s3(home, bucket: str = BUCKET):
+    """Start the server, set the AWS variables (credentials, region, endpoint) and create ``bucket``."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
+        mp.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        mp.setenv("AWS_CONFIG_FILE", str(home / "config"))
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "credentials"))
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+            mp.delenv(name, raising=False)
+        werkzeug_log = logging.getLogger("werkzeug")
+        level = werkzeug_log.level
+        werkzeug_log.setLevel(logging.ERROR)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        try:
+            host, port = server.get_host_and_port()
+            endpoint = f"http://{host}:{port}"
+            mp.setenv("AWS_ENDPOINT_URL", endpoint)
+            boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+            yield S3Server(endpoint, bucket)
+        finally:
+            server.stop()
+            werkzeug_log.setLevel(level)
