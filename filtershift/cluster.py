@@ -44,7 +44,7 @@ from typing import Iterator
 
 import dask
 
-from filtershift.errors import FiltershiftError
+from filtershift.errors import FiltershiftError, reason
 
 MEMORY_FRACTION = 0.8
 THREADS_PER_WORKER = 2
@@ -63,6 +63,12 @@ def redact(address: str) -> str:
     text = str(address)
     text = re.sub(r"^([A-Za-z][A-Za-z0-9+.\-]*://)[^/@]*@", r"\1", text)
     return text.split("?", 1)[0]
+
+
+def _scrubbed(exc: BaseException) -> str:
+    """An exception's text for a message, without user info (``user:secret@``) or query strings of addresses."""
+    text = re.sub(r"[^\s/'\"@]+@", "", reason(exc))
+    return re.sub(r"\?[^\s'\"]*", "", text)
 
 
 @dataclass(frozen=True)
@@ -246,13 +252,13 @@ def probe(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT, *, source: str
     try:
         answer = asyncio.run(asyncio.wait_for(_identify(address, timeout), timeout))
     except (OSError, asyncio.TimeoutError, TimeoutError) as exc:
-        reason = ("no answer: nothing listens there, or it does not speak the dask protocol"
-                  if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) or "Timed out" in str(exc)
-                  else f"connection failed: {type(exc).__name__}")
+        why = ("no answer: nothing listens there, or it does not speak the dask protocol"
+               if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) or "Timed out" in str(exc)
+               else f"connection failed: {_scrubbed(exc)}")
         raise FiltershiftError(f"cannot reach a dask scheduler at {shown} (from {source}) within {timeout:g} s "
-                               f"({reason}). {remedy}") from None
+                               f"({why}). {remedy}") from None
     except (ValueError, TypeError) as exc:
-        raise FiltershiftError(f"dask scheduler address {shown} (from {source}) is malformed ({type(exc).__name__}): "
+        raise FiltershiftError(f"dask scheduler address {shown} (from {source}) is malformed ({_scrubbed(exc)}): "
                                "expected tcp://HOST:PORT") from None
     if not isinstance(answer, dict) or answer.get("type") != "Scheduler":
         kind = answer.get("type") if isinstance(answer, dict) else type(answer).__name__
@@ -271,7 +277,7 @@ def read_scheduler_file(path, *, source: str = "argument") -> str:
     try:
         address = json.loads(p.read_text())["address"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise FiltershiftError(f"scheduler file {p} is not a dask scheduler file ({type(exc).__name__}): "
+        raise FiltershiftError(f"scheduler file {p} is not a dask scheduler file ({_scrubbed(exc)}): "
                                "it must be JSON with an 'address' key, as written by dask scheduler "
                                "--scheduler-file") from None
     return str(address)
@@ -300,7 +306,7 @@ def connect(address: str, *, connect_timeout: float, worker_timeout: float, min_
         client = Client(address, timeout=connect_timeout, set_as_default=False)
     except (OSError, TimeoutError) as exc:
         raise FiltershiftError(f"cannot connect a client to the dask scheduler at {redact(address)} "
-                               f"({type(exc).__name__}): check that the scheduler is still running") from None
+                               f"({_scrubbed(exc)}): check that the scheduler is still running") from None
     if min_workers > 0:
         try:
             client.wait_for_workers(min_workers, timeout=worker_timeout)

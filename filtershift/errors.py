@@ -19,3 +19,9 @@ class IncompleteStoreError(StoreError):
     """A writer was interrupted; the store refuses to open until the writer is resumed."""
 
     exit_code = 3
+
+
+def reason(exc: BaseException) -> str:
+    """A wrapped library error in its own words, first line only and without its class name, for messages."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "the library gave no detail"

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from filtershift.errors import InputError
+from filtershift.errors import InputError, reason
 
 FILTER_KEYS = ("filters", "filter")
 META_KEY = "meta"
@@ -128,7 +128,7 @@ def _check_file(path: str) -> None:
 
 
 def _corrupt(path: str, exc: BaseException) -> InputError:
-    return InputError(f"{path}: the HDF5 file is corrupt or truncated ({exc.__class__.__name__}: {exc}). "
+    return InputError(f"{path}: the HDF5 file is corrupt or truncated ({reason(exc)}). "
                       "Download it again or check its SHA-256.")
 
 
@@ -251,7 +251,7 @@ def _read_meta(path: str) -> pd.DataFrame:
             warnings.simplefilter("ignore")
             meta = pd.read_hdf(path, META_KEY)
     except Exception as exc:
-        raise InputError(f"{path}: the meta table cannot be read ({exc.__class__.__name__}: {exc}).") from None
+        raise InputError(f"{path}: the meta table cannot be read ({reason(exc)}).") from None
     if not isinstance(meta, pd.DataFrame):
         raise InputError(f"{path}: '{META_KEY}' is a {type(meta).__name__}, not a DataFrame.")
     return meta

@@ -14,7 +14,7 @@ from collections import Counter
 
 import numpy as np
 
-from filtershift.errors import InputError
+from filtershift.errors import InputError, reason
 from filtershift.ingest.model import (Conv, ModelFilters, assemble, check_model_file, longest_path_depths,
                                       require)
 
@@ -38,7 +38,7 @@ def read_onnx(path) -> ModelFilters:
         model = onnx.load(path, load_external_data=False)
     except Exception as e:
         raise InputError(f"{path}: not a readable ONNX model, the file is corrupt, truncated or of another "
-                         f"format ({type(e).__name__}: {e}); export or download it again.") from None
+                         f"format ({reason(e)}); export or download it again.") from None
     if not model.ir_version or not model.HasField("graph") or not model.graph.node:
         raise InputError(f"{path}: not an ONNX model (no IR version or no graph nodes); give an .onnx file "
                          "exported by a framework.")
@@ -49,7 +49,7 @@ def read_onnx(path) -> ModelFilters:
     except (TypeError, KeyError, IndexError, ValueError, OverflowError, UnicodeDecodeError, AttributeError,
             MemoryError) as e:
         raise InputError(f"{path}: malformed ONNX model: a node, attribute or tensor does not follow the ONNX "
-                         f"specification ({type(e).__name__}: {e}); run onnx.checker.check_model on it, or "
+                         f"specification ({reason(e)}); run onnx.checker.check_model on it, or "
                          "export it again.") from None
 
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from filtershift.errors import InputError
+from filtershift.errors import InputError, reason
 from filtershift.ingest.model import (Conv, ModelFilters, assemble, check_model_file, longest_path_depths,
                                       require)
 
@@ -64,7 +64,7 @@ def read_state_dict(path, *, module=None) -> ModelFilters:
                          f"({e}); save or download it again.") from None
     except Exception as e:
         raise InputError(f"{path}: not a readable PyTorch file, the file is corrupt, truncated or of another "
-                         f"format ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); save or "
+                         f"format ({reason(e)}); save or "
                          "download it again.") from None
     state = _unwrap(torch, obj, path)
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
@@ -94,7 +94,7 @@ def read_safetensors(path, *, module=None) -> ModelFilters:
             arrays = {k: f.get_tensor(k) for k in wanted}
     except Exception as e:
         raise InputError(f"{path}: not a readable safetensors file, the file is corrupt, truncated or of "
-                         f"another format ({type(e).__name__}: {e}); save or download it again.") from None
+                         f"another format ({reason(e)}); save or download it again.") from None
     producer = "safetensors" + (f" ({info['format']})" if "format" in info else "")
     if module is not None:
         torch = _import_torch(path)
@@ -130,7 +130,7 @@ def _plan(torch, module, where: str, trace: bool):
         try:
             graph = _trace(torch, module)
         except Exception as e:
-            warnings.warn(f"{where}: torch.fx cannot trace the module ({type(e).__name__}: {e}); conv depths "
+            warnings.warn(f"{where}: torch.fx cannot trace the module ({reason(e)}); conv depths "
                           "follow the order in which the layers are registered instead.", stacklevel=3)
         else:
             return _plan_from_graph(graph, convs, where)
