@@ -40,6 +40,7 @@ def moto_s3(home, bucket: str = BUCKET):
         mp.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
         mp.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
         mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")         # never ask a link-local metadata service
         mp.setenv("AWS_CONFIG_FILE", str(home / "config"))
         mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "credentials"))
         for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):

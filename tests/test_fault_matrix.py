@@ -25,7 +25,7 @@ from filtershift.cluster import start_local_processes
 from filtershift.ingest.synth import synthesize
 from filtershift.store.convert import convert
 
-from _s3 import BUCKET, moto_s3
+from _s3 import moto_s3
 
 CHUNK = 4096
 N_FILTERS = 5 * CHUNK - 700          # five chunks, the last one partial
@@ -288,3 +288,43 @@ def test_unreadable_chunk(scheduler, places, clean, request, tmp_path):
             address = request.getfixturevalue("no_dac_cluster")
             rc, stdout, stderr = run_cli(argv_of(command, store, clean[1], out_dir, address))
         assert_refused(command, rc, stdout, stderr, ("chunk 1", "permission"), out_dir)
+
+
+@pytest.fixture(scope="module")
+def uncredentialed_cluster(s3):
+    """Two worker processes started without AWS credentials or endpoint in their environment."""
+    procs = start_local_processes(2, nthreads=1, memory_limit="1GB", idle_timeout="600s",
+                                  wrap=["env", "-u", "AWS_ACCESS_KEY_ID", "-u", "AWS_SECRET_ACCESS_KEY",
+                                        "-u", "AWS_ENDPOINT_URL"])
+    try:
+        yield procs.address
+    finally:
+        procs.stop()
+
+
+def test_workers_without_credentials(places, clean, uncredentialed_cluster, tmp_path):
+    """The client can read the S3 store, its workers cannot: a one-line error saying that each worker needs the
+    credentials too (before: a botocore traceback). The endpoint the client resolved from AWS_ENDPOINT_URL travels
+    with the tasks, so the workers ask the same server (not AWS's bucket of the same name)."""
+    store, _, _ = places.put("s3", "uncredentialed")
+    for command in COMMANDS:
+        out_dir = tmp_path / f"rep-{command}"
+        rc, stdout, stderr = run_cli(argv_of(command, store, clean[1], out_dir, uncredentialed_cluster))
+        assert_refused(command, rc, stdout, stderr, ("no usable credentials", "a dask worker reads the store"),
+                       out_dir)
+
+
+def test_endpoint_from_the_environment_is_part_of_the_location(monkeypatch):
+    from filtershift.store.format import Location
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    assert Location.of("s3://b/db.zarr").storage_options == {"endpoint_url": "http://127.0.0.1:9"}
+    assert Location.of("s3://b/db.zarr", {"endpoint_url": "http://x:1"}).storage_options["endpoint_url"] == \
+        "http://x:1"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:10")
+    assert Location.of("s3://b/db.zarr").storage_options["endpoint_url"] == "http://127.0.0.1:10"
+    assert Location.of("memory://b/db.zarr").storage_options == {}
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    assert Location.of("s3://b/db.zarr").storage_options == {}

@@ -32,6 +32,11 @@ CRC32C_RESIDUE = 0x48674BC7
 _U = 2.0 ** -53
 
 
+#: Why a read that worked in the client can fail in a dask worker: each worker reaches object storage itself.
+WORKER_HINT = ("A dask worker reads the store itself: it needs the credentials too (its environment, an "
+               "instance role, or storage options passed to open_store).")
+
+
 class ChunkReader:
     """Array-like over a Zarr array for ``da.from_array``; pickles to dask workers, which check the same way.
 
@@ -87,7 +92,12 @@ class ChunkReader:
         """Chunk ``i`` as stored (all its rows, the last chunk of a zarr read cut at the array's end), checked."""
         start = i * self.rows
         committed = max(0, min(self.n, start + self.rows, self.shape[0]) - start)
-        block = self._read_direct(i) if self.direct else self._read_zarr(i)
+        if self.direct:
+            block = self._read_direct(i)
+        else:
+            with fmt.remote_errors(self.loc, f"read chunk {i} of array '{self.name}' on host {socket.gethostname()} "
+                                   "from", hint=WORKER_HINT):
+                block = self._read_zarr(i)
         if block is None:
             return self._absent(i, committed)
         if committed and self.sums is not None:
@@ -106,7 +116,10 @@ class ChunkReader:
             raise self._unreadable(i, exc) from None
         import google_crc32c
 
-        if len(raw) != nbytes + 4 or google_crc32c.value(raw) != CRC32C_RESIDUE:
+        if len(raw) != nbytes + 4:
+            what = "empty" if len(raw) == 0 else f"{len(raw):,} bytes long where {nbytes + 4:,} were written"
+            raise self._error(i, f"is corrupted: the file is {what} (truncated or overwritten)")
+        if google_crc32c.value(raw) != CRC32C_RESIDUE:
             raise self._error(i, "is corrupted: stored and computed checksum do not match")
         block = np.frombuffer(raw, dtype=self.dtype.newbyteorder("<"), count=nbytes // self.dtype.itemsize)
         return block.reshape(self.rows, *inner)

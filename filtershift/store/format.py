@@ -78,7 +78,7 @@ class Location:
             url = os.path.abspath(url)
         elif url.startswith("file://"):
             url = "file://" + os.path.abspath(url[len("file://"):])
-        return cls(url.rstrip("/") or "/", dict(storage_options or {}))
+        return cls(url.rstrip("/") or "/", _with_endpoint(url, dict(storage_options or {})))
 
     @property
     def is_local(self) -> bool:
@@ -116,6 +116,17 @@ class Location:
         return "/".join([self.url, *parts])
 
 
+def _with_endpoint(url: str, options: dict) -> dict:
+    """For s3:// URLs, the endpoint this process resolves from ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (MinIO,
+    Ceph, moto) becomes an explicit storage option, so dask workers started with another environment reach the
+    same store, not AWS's bucket of the same name. Credentials stay where they are."""
+    if not url.startswith(("s3://", "s3a://")) or "endpoint_url" in options or \
+            "endpoint_url" in options.get("client_kwargs", {}):
+        return options
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return {**options, "endpoint_url": endpoint} if endpoint else options
+
+
 #: Libraries whose exceptions mean "the object store could not be reached or refused the request".
 _REMOTE_ERROR_MODULES = ("botocore", "aiobotocore", "aiohttp", "s3fs", "gcsfs", "adlfs", "azure", "google",
                          "urllib3", "requests", "fsspec")
@@ -150,9 +161,10 @@ def _remote_reason(exc: BaseException) -> str:
 
 
 @contextmanager
-def remote_errors(loc: Location, action: str = "open"):
+def remote_errors(loc: Location, action: str = "open", hint: str = ""):
     """Turn a failure to reach object storage (connection refused, timeout, access denied) into a StoreError that
-    names the store and the remedy, without credentials; local paths and filtershift's own errors pass through."""
+    names the store and the remedy, without credentials; local paths and filtershift's own errors pass through.
+    ``hint`` is a sentence added before the generic remedies."""
     try:
         yield
     except StoreError:
@@ -165,7 +177,8 @@ def remote_errors(loc: Location, action: str = "open"):
         for secret in _secrets(loc.storage_options):
             text = text.replace(secret, "***")
         text = re.sub(r"//[^/@\s]*@", "//", text)
-        raise StoreError(f"{loc.display}: cannot {action} the store: {_remote_reason(exc)} ({text}). Check the URL, "
+        raise StoreError(f"{loc.display}: cannot {action} the store: {_remote_reason(exc)} ({text}). "
+                         f"{hint + ' ' if hint else ''}Check the URL, "
                          "the endpoint (storage option endpoint_url, or AWS_ENDPOINT_URL), the network and the "
                          "credentials; s3fs storage options config_kwargs={'retries': {'max_attempts': N}, "
                          "'connect_timeout': S} bound the wait.") from None
