@@ -376,3 +376,12 @@ def test_pathlib_collapsed_url_is_refused(store):
     with pytest.raises(InputError, match="'memory:'"):
         build_report(store, Path("memory://bucket/reports"), SMALL, scheduler="threads")
     assert not Path("memory:").exists() and os.listdir(".") == []
+
+
+@pytest.mark.parametrize("target", ["s3://bucket/cluster", "memory://cluster", "s3:/bucket/cluster"])
+def test_cluster_dir_must_be_a_local_path(target, capsys):
+    """``cluster local --dir`` holds logs and a scheduler file for local processes: a URL is refused before any
+    process starts (it used to become a local directory named ``s3:``)."""
+    assert cli(["cluster", "local", "--dir", target, "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("filtershift cluster: error: --dir ") and "Traceback" not in "\n".join(err)

@@ -71,10 +71,12 @@ def run_check(args) -> int:
 
 def run_local(args) -> int:
     from filtershift.cluster import machine_defaults, start_local_processes
+    from filtershift.outputs import local_path
 
+    directory = None if args.dir is None else local_path(args.dir, "--dir")
     d = machine_defaults(args.workers, args.memory_limit, args.threads)
     procs = start_local_processes(d.n_workers, port=args.port, nthreads=d.threads_per_worker,
-                                  memory_limit=d.memory_limit, directory=args.dir, dashboard=True)
+                                  memory_limit=d.memory_limit, directory=directory, dashboard=True)
     try:
         print(f"scheduler       {procs.address}")
         print(f"scheduler file  {procs.scheduler_file}")
