@@ -13,8 +13,9 @@ WORKER_MEMORY = "1GB"
 
 @pytest.fixture(scope="session")
 def local_cluster_processes():
-    """The session's LocalProcesses: a scheduler and two one-thread workers."""
-    procs = start_local_processes(2, nthreads=1, memory_limit=WORKER_MEMORY, idle_timeout="600s")
+    """The session's LocalProcesses: a scheduler and two one-thread workers. Its idle timeout only ends orphans
+    of a killed test run: it must outlast the suite's longest stretch without cluster work (the crash loops)."""
+    procs = start_local_processes(2, nthreads=1, memory_limit=WORKER_MEMORY, idle_timeout="3600s")
     try:
         yield procs
     finally:

@@ -257,7 +257,7 @@ def test_append_killed_at_spread_points_keeps_a_snapshot_and_rerun_completes(tmp
 # -- report ----------------------------------------------------------------------------------------------------------
 
 SPEC = {"groupings": ["task", "depth"], "metrics": ["kl_sym", "js"], "bootstrap": {"n_boot": 5, "seed": 1},
-        "figures": {"formats": ["png", "svg"], "density_bins": 32}}
+        "figures": {"formats": ["png"], "density_bins": 32, "dpi": 40}}
 
 
 def _report_cmd(store: Path, out: Path, cfg: Path) -> list[str]:

@@ -20,6 +20,7 @@ from dask.callbacks import Callback
 import filtershift as fs
 from filtershift.cli import main as cli
 from filtershift.errors import IncompleteStoreError, InputError, StoreError
+from filtershift.store import verify
 from filtershift.store.convert import convert
 from sources import make_meta, random_weights, write_source
 
@@ -200,7 +201,7 @@ def test_nonfinite_policies(tmp_path):
     convert(src, tmp_path / "db.zarr", chunk_filters=64, nonfinite="zero")
     got = fs.open_store(tmp_path / "db.zarr")["weights"].values
     assert np.isfinite(got).all() and got[5, 2] == 0 and got[5, 1] == w[5, 1]
-    assert fs.store.verify.info(tmp_path / "db.zarr")["n_nonfinite"] == 3
+    assert verify.info(tmp_path / "db.zarr")["n_nonfinite"] == 3
 
 
 def test_float16_and_float64_sources(tmp_path):
@@ -289,7 +290,7 @@ def test_destination_rules(tmp_path):
         convert(src, other, overwrite=True)
     assert (other / "thesis.tex").exists()
     convert(src, db, chunk_filters=100, overwrite=True)
-    assert fs.store.verify.info(db)["chunk_filters"] == 100
+    assert verify.info(db)["chunk_filters"] == 100
 
 
 def _tables(db):
