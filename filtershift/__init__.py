@@ -16,6 +16,8 @@ _API = {
     "select": "filtershift.store.dataset",
     "records": "filtershift.store.dataset",
     "models": "filtershift.store.dataset",
+    "groupers": "filtershift.store.dataset",
+    "record_table": "filtershift.store.dataset",
     "convert": "filtershift.store.convert",
     "verify": "filtershift.store.verify",
     "synthesize": "filtershift.ingest.synth",
