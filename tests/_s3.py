@@ -31,8 +31,9 @@ class S3Server:
 
 
 @contextmanager
-def moto_s3(home, bucket: str = BUCKET):
-    """Start the server, set the AWS variables (credentials, region, endpoint) and create ``bucket``."""
+def moto_s3(home, bucket: str = BUCKET, *, endpoint_variable: str = "AWS_ENDPOINT_URL", env: dict | None = None):
+    """Start the server, set the AWS variables (credentials, region, the endpoint in ``endpoint_variable``, and
+    ``env``) and create ``bucket``."""
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -43,7 +44,9 @@ def moto_s3(home, bucket: str = BUCKET):
         mp.setenv("AWS_EC2_METADATA_DISABLED", "true")         # never ask a link-local metadata service
         mp.setenv("AWS_CONFIG_FILE", str(home / "config"))
         mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "credentials"))
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        for name, value in (env or {}).items():
+            mp.setenv(name, value)
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
             mp.delenv(name, raising=False)
         werkzeug_log = logging.getLogger("werkzeug")
         level = werkzeug_log.level
@@ -53,7 +56,7 @@ def moto_s3(home, bucket: str = BUCKET):
         try:
             host, port = server.get_host_and_port()
             endpoint = f"http://{host}:{port}"
-            mp.setenv("AWS_ENDPOINT_URL", endpoint)
+            mp.setenv(endpoint_variable, endpoint)
             boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
             yield S3Server(endpoint, bucket)
         finally:

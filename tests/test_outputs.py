@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import uuid
 from pathlib import Path
@@ -22,6 +21,8 @@ from filtershift.cli import main as cli
 from filtershift.ingest.synth import synthesize
 from filtershift.report import build_report
 from filtershift.store.format import Location, read_table
+
+from _s3 import moto_s3
 
 BUCKET = "filtershift-outputs"
 SMALL = {"groupings": ["task"], "metrics": ["kl_sym"], "bootstrap": {"n_boot": 0},
@@ -47,33 +48,15 @@ def workdir(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """moto's S3 server on 127.0.0.1, found through the environment (as a CLI user configures it), one bucket."""
-    import boto3
     import s3fs
-    from moto.server import ThreadedMotoServer
 
-    home = tmp_path_factory.mktemp("aws")
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in {"AWS_ACCESS_KEY_ID": "AKIAOUTPUTSTEST", "AWS_SECRET_ACCESS_KEY": "outputs-secret",
-                            "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": str(home / "config"),
-                            "AWS_SHARED_CREDENTIALS_FILE": str(home / "credentials"), "AWS_MAX_ATTEMPTS": "1"}.items():
-            mp.setenv(name, value)
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-            mp.delenv(name, raising=False)
-        werkzeug_log = logging.getLogger("werkzeug")
-        level = werkzeug_log.level
-        werkzeug_log.setLevel(logging.ERROR)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
+    with moto_s3(tmp_path_factory.mktemp("aws"), BUCKET, endpoint_variable="AWS_ENDPOINT_URL_S3",
+                 env={"AWS_MAX_ATTEMPTS": "1"}):
+        s3fs.S3FileSystem.clear_instance_cache()
         try:
-            host, port = server.get_host_and_port()
-            mp.setenv("AWS_ENDPOINT_URL_S3", f"http://{host}:{port}")
-            s3fs.S3FileSystem.clear_instance_cache()
-            boto3.client("s3").create_bucket(Bucket=BUCKET)
             yield f"s3://{BUCKET}"
         finally:
             s3fs.S3FileSystem.clear_instance_cache()
-            server.stop()
-            werkzeug_log.setLevel(level)
 
 
 @pytest.fixture(scope="module")
