@@ -17,7 +17,7 @@ from pathlib import Path
 
 import fsspec
 
-from filtershift.errors import InputError
+from filtershift.errors import InputError, reason
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 #: fsspec schemes that can only read.
@@ -103,7 +103,7 @@ def failures(url: str, action: str, option: str = "output"):
         raise InputError(f"{option} {display(url)}: this filesystem cannot {action} files; give {SUPPORTED}.") \
             from None
     except Exception as exc:
-        text = " ".join(str(exc).split()) or type(exc).__name__
+        text = " ".join(str(exc).split()) or reason(exc)
         text = re.sub(r"//[^/@\s]*@", "//", text)
         raise InputError(f"{option} {display(url)}: cannot {action} ({text}). Check the URL, that the bucket "
                          "exists, the endpoint, the network and the credentials.") from None
