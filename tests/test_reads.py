@@ -359,19 +359,17 @@ def test_manifest_faults_at_open(stores, layout):
 
 
 def test_permission_denied_names_the_chunk(stores, tmp_path_factory):
-    """A chunk file this user may not read (tests run as root, so the reader runs as nobody in a subprocess)."""
+    """A chunk file this process may not read. Tests run as root, which reads any file: the reader runs in a
+    subprocess without root's two DAC-override capabilities, so the file mode applies to it (its owner, root, may
+    still read the project's files wherever CI put them, which a user switch to nobody may not)."""
     if shutil.which("setpriv") is None or os.geteuid() != 0:
-        pytest.fail("this test needs setpriv and root (to run the reader as nobody)")
+        pytest.fail("this test needs setpriv and root (to drop root's DAC-override capabilities)")
     root = tempfile.mkdtemp(prefix="filtershift-perm-")
     try:
-        os.chmod(root, 0o755)
         paths = {}
         for layout in ("direct", "zstd"):
             paths[layout] = shutil.copytree(stores[layout].url, os.path.join(root, f"{layout}.zarr"))
             os.chmod(os.path.join(paths[layout], "weights", "c", str(DAMAGED), "0"), 0)
-        for dirpath, dirnames, _ in os.walk(root):
-            for d in dirnames:
-                os.chmod(os.path.join(dirpath, d), 0o755)
         script = ("import json, sys\nfrom filtershift.errors import StoreError\n"
                   "from filtershift.store.dataset import open_store\nout = {}\n"
                   "for path in sys.argv[1:]:\n"
@@ -380,7 +378,7 @@ def test_permission_denied_names_the_chunk(stores, tmp_path_factory):
                   "    except StoreError as exc:\n        out[path] = str(exc)\n"
                   "print(json.dumps(out))\n")
         env = {**os.environ, "HOME": root}
-        done = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
+        done = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable,
                                "-c", script, *paths.values()], capture_output=True, text=True, env=env,
                               cwd=root, timeout=120)
         assert done.returncode == 0, done.stderr
