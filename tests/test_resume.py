@@ -46,6 +46,16 @@ def _kill(*args, **kwargs):
     raise Killed()
 
 
+def killed_convert(src, db, where: str, monkeypatch) -> None:
+    """Convert ``src`` into ``db`` and 'kill' it when ``where`` (a function of store.convert, or ``Class.method``)
+    is called."""
+    owner, _, name = where.rpartition(".")
+    with monkeypatch.context() as m:
+        m.setattr(getattr(convert_module, owner) if owner else convert_module, name, _kill)
+        with pytest.raises(Killed):
+            convert(src, db, chunk_filters=CHUNK)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def parse_in_process():
     """Parse the sources in this process, not in the memory-limited child (seconds each on a busy machine): the
@@ -129,11 +139,7 @@ def test_kill_before_first_chunk_then_resume(sources, tmp_path, monkeypatch, whe
     the plain conversion (a kill while the source is validated leaves no destination: resume starts afresh)."""
     a, _, ref = sources
     db = tmp_path / "db.zarr"
-    owner, _, name = where.rpartition(".")
-    with monkeypatch.context() as m:
-        m.setattr(getattr(convert_module, owner) if owner else convert_module, name, _kill)
-        with pytest.raises(Killed):
-            convert(a, db, chunk_filters=CHUNK)
+    killed_convert(a, db, where, monkeypatch)
     if where != "open_source":
         assert _manifest(db)["state"] == "converting"
         with pytest.raises(IncompleteStoreError, match="--resume"):
@@ -147,10 +153,7 @@ def test_resume_reuses_a_recorded_source_hash(sources, tmp_path, monkeypatch):
     and the provenance still carries the file's SHA-256."""
     a, _, ref = sources
     db = tmp_path / "db.zarr"
-    with monkeypatch.context() as m:
-        m.setattr(convert_module._Writer, "_commit", _kill)
-        with pytest.raises(Killed):
-            convert(a, db, chunk_filters=CHUNK)
+    killed_convert(a, db, "_Writer._commit", monkeypatch)
     assert json.loads((db / PROGRESS).read_text())["sha256"] == hashlib.sha256(Path(a).read_bytes()).hexdigest()
 
     def no_rehash(self):
@@ -164,10 +167,7 @@ def test_resume_reuses_a_recorded_source_hash(sources, tmp_path, monkeypatch):
 def test_resume_with_another_source_or_settings_refuses(sources, tmp_path, monkeypatch):
     a, b, ref = sources
     db = tmp_path / "db.zarr"
-    with monkeypatch.context() as m:
-        m.setattr(convert_module._Writer, "run", _kill)
-        with pytest.raises(Killed):
-            convert(a, db, chunk_filters=CHUNK)
+    killed_convert(a, db, "_Writer.run", monkeypatch)
     before = sorted(p.name for p in db.iterdir())
     with pytest.raises(StoreError, match="another source file"):
         convert(b, db, chunk_filters=CHUNK, resume=True)
