@@ -163,7 +163,7 @@ def _build(weights: da.Array, records: pd.DataFrame, models: pd.DataFrame, rules
         ds = ds.assign_coords(filter_id=xr.Variable("filter", filter_id))
     ds["weights"].attrs.update({"description": "3x3 kernels, row-major (k = 3*y + x)"})
     ds.attrs.update(attrs)
-    ds.attrs.update({"filtershift_schema": fmt.SCHEMA_VERSION, "n_filters": int(weights.shape[0])})
+    ds.attrs.update({"filtershift_schema": fmt.SCHEMA_VERSION})
     return ds
 
 
@@ -263,6 +263,5 @@ def select(ds: xr.Dataset, **criteria) -> xr.Dataset:
     out = parts[0] if len(parts) == 1 else xr.concat(parts, dim="filter", data_vars="all", coords="different",
                                                      compat="equals", join="exact", combine_attrs="override")
     out.attrs = dict(ds.attrs)
-    out.attrs["n_filters"] = int(out.sizes["filter"])
     out.attrs["selection"] = ", ".join(f"{k}={v!r}" for k, v in criteria.items())
     return out
