@@ -19,17 +19,19 @@ from filtershift.errors import InputError, StoreError
 from filtershift.store import format as fmt
 from filtershift.store.chunks import ChunkReader
 from filtershift.store.index import LABEL_DTYPE, META, RecordIndex, Tables
+from filtershift.store.options import storage_options_of
 from filtershift.store.verify import check_tables
 
 
 
-def open_store(path_or_url, *, label_rules=None, **storage_options) -> xr.Dataset:
+def open_store(path_or_url, *, label_rules=None, storage_options: dict | None = None, **legacy) -> xr.Dataset:
     """Open a complete store as a dask-backed Dataset; computes nothing of size N.
 
     ``label_rules`` replaces the store's label-cleaning rules (a list of ``{"column", "contains", "value"}``);
-    ``storage_options`` go to fsspec for object storage (``s3://``, ``gs://``, ...).
+    ``storage_options`` (a dict) go to fsspec for object storage (``s3://``, ``gs://``, ...), as in
+    ``xr.open_zarr``; options as keyword arguments are deprecated.
     """
-    loc = fmt.Location.of(path_or_url, storage_options)
+    loc = fmt.Location.of(path_or_url, storage_options_of(storage_options, legacy, "open_store"))
     with fmt.remote_errors(loc, "open"):
         group = fmt.open_group(loc, "r")
         manifest = fmt.read_manifest(group, loc)
