@@ -35,9 +35,10 @@ def run(args) -> int:
     from filtershift.store.convert import convert
     from filtershift.store.verify import info
 
+    options = storage_options(args)
     convert(args.src, args.dst, chunk_filters=args.chunk_filters, codec=args.codec, overwrite=args.overwrite,
-            resume=args.resume, trust_pickle=args.trust_pickle, nonfinite=args.nonfinite, storage_options=storage_options(args))
-    summary = info(args.dst, storage_options=storage_options(args))
+            resume=args.resume, trust_pickle=args.trust_pickle, nonfinite=args.nonfinite, storage_options=options)
+    summary = info(args.dst, storage_options=options)
     print(f"{summary['store']}: {summary['n_filters']:,} filters, {summary['n_records']:,} records, "
           f"{summary['n_models']:,} models")
     return 0

@@ -108,8 +108,8 @@ def run(args) -> int:
 
     thresholds = Thresholds(sparsity=args.max_sparsity, entropy_low=args.entropy_low,
                             entropy_high=args.entropy_high, min_filters=args.min_filters)
-    table = layer_quality(open_store(args.store, storage_options=storage_options(args)), args.eps, thresholds=thresholds,
-                          orthogonality=not args.no_orthogonality)
+    ds = open_store(args.store, storage_options=storage_options(args))
+    table = layer_quality(ds, args.eps, thresholds=thresholds, orthogonality=not args.no_orthogonality)
     if args.models:
         table = model_quality(table)
     total = len(table)
