@@ -39,6 +39,7 @@ CASES = {
     "ds.isel(filter=slice(10**7, 5 * 10**7))": "out = ds.isel(filter=slice(10**7, 5 * 10**7))",
     "xr.concat([ds.sel(task=tasks[0]), ds.sel(task=tasks[1])])":
         "out = xr.concat([ds.sel(task=tasks[0]), ds.sel(task=tasks[1])], dim='filter')",
+    "fs.select(ds, task=tasks[0])  (contiguous slices, concatenated)": "out = fs.select(ds, task=tasks[0])",
 }
 
 
