@@ -17,7 +17,7 @@ import zarr
 
 from _s3 import KEY_ID, SECRET, moto_s3
 from filtershift.cli import main
-from filtershift.cli._args import storage_option
+from filtershift.cli import _args
 from filtershift.ingest.synth import synthesize
 from filtershift.store.convert import convert
 from filtershift.store.dataset import open_store, records
@@ -117,12 +117,12 @@ def test_cli_without_the_option_does_not_reach_it(s3, local, no_endpoint, capsys
                                                                                  {"region_name": "eu"})),
                                         ("key=", ("key", "")), ("retries=3", ("retries", 3))])
 def test_storage_option_values(text, want):
-    assert storage_option(text) == want
+    assert _args.storage_option(text) == want
 
 
 def test_storage_option_refuses_what_is_not_key_value(capsys):
     for bad in ("endpoint", "=x"):
         with pytest.raises(argparse.ArgumentTypeError, match="KEY=VALUE"):
-            storage_option(bad)
+            _args.storage_option(bad)
     assert main(["info", "db.zarr", "--storage-option", "nothing"]) == 2
     assert "is not KEY=VALUE" in capsys.readouterr().err
