@@ -96,6 +96,26 @@ def compare(model, store, *, by=("task",), metric: str = "kl_sym", bins: int = 7
     result.attrs.update({"model": str(m.source), "model_sha256": m.sha256, "metric": metric, "bins": bins,
                          "n_filters": int(m.filters().shape[0]), "n_layers": len(m.layers),
                          "outside_range": outside, "range": [lo, hi], "store": db.attrs.get("store", "")})
+    return _described(result, metric)
+
+
+def _described(result: xr.Dataset, metric: str) -> xr.Dataset:
+    """long_name, units and description on the result and each of its variables."""
+    from filtershift.stats._attrs import METRIC_NAMES, METRIC_UNITS, describe
+
+    describe(result, "model against the database", "1",
+             f"{METRIC_NAMES[metric]} of the model to each group and to each database model, and its layers' quality")
+    for name, var in result.data_vars.items():
+        text = var.attrs.get("description", "")
+        if name.startswith("drift_") or name == "nearest_drift":
+            describe(var, METRIC_NAMES[metric], METRIC_UNITS[metric], text or f"{metric} drift to the nearest models")
+        elif name.endswith("_percentile"):
+            describe(var, f"{name[len('layer_'):-len('_percentile')]} percentile", "percent", text)
+        elif name.startswith("layer_"):
+            unit = "weight units" if "norm" in name and "entropy" not in name else "1"
+            describe(var, name[len("layer_"):].replace("_", " "), unit, text or f"the layer's {name[len('layer_'):]}")
+        else:
+            describe(var, name.replace("_", " "), "1", text or name.replace("_", " "))
     return result
 
 
