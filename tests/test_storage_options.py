@@ -126,3 +126,24 @@ def test_storage_option_refuses_what_is_not_key_value(capsys):
             _args.storage_option(bad)
     assert main(["info", "db.zarr", "--storage-option", "nothing"]) == 2
     assert "is not KEY=VALUE" in capsys.readouterr().err
+
+
+def test_compare_reads_the_store_and_writes_the_figure_with_the_options(s3, local, no_endpoint, tmp_path):
+    """compare(..., storage_options=) equals the comparison against the local copy; its figure goes to S3."""
+    import dask
+    import s3fs
+    import xarray as xr
+    from safetensors.numpy import save_file
+
+    from filtershift.compare import compare, plot
+
+    rng = np.random.default_rng(0)
+    model = str(tmp_path / "tiny.safetensors")
+    save_file({"conv1.weight": (rng.normal(size=(8, 3, 3, 3)) * 0.1).astype(np.float32)}, model)
+    with dask.config.set(scheduler="threads"):
+        remote = compare(model, URL, by=["task"], storage_options=s3.options())
+        here = compare(model, local[0], by=["task"])
+    xr.testing.assert_allclose(remote.drop_attrs(), here.drop_attrs())
+    plot(remote, f"s3://{BUCKET}/compare.png", storage_options=s3.options())
+    data = s3fs.S3FileSystem(**s3.options(), skip_instance_cache=True).cat_file(f"{BUCKET}/compare.png")
+    assert data.startswith(b"\x89PNG")
