@@ -121,7 +121,8 @@ def build_report(store=None, out=None, config=None, scheduler=None, *, force: bo
         try:
             log.info("run %s: store %s (version %s), spec %s, output %s", name, identity["store"],
                      identity["store_version"], shash[:8], target.display)
-            results = _build_run(spec, identity, name, staging, default_scheduler, storage_options)
+            results = _build_run(spec, identity, name, staging, default_scheduler,
+                                 storage_options=storage_options)
             final = target.promote(staging, name)
             write_history(target)
             log.info("published %s", final)
