@@ -147,3 +147,22 @@ def test_compare_reads_the_store_and_writes_the_figure_with_the_options(s3, loca
     plot(remote, f"s3://{BUCKET}/compare.png", storage_options=s3.options())
     data = s3fs.S3FileSystem(**s3.options(), skip_instance_cache=True).cat_file(f"{BUCKET}/compare.png")
     assert data.startswith(b"\x89PNG")
+
+
+def test_build_report_reads_and_publishes_with_the_options(s3, local, no_endpoint):
+    """The store and the output URL both through storage_options=; the options (a secret among them) appear in no
+    published object."""
+    import s3fs
+
+    from filtershift.report import build_report
+
+    spec = {"groupings": ["task"], "metrics": ["kl_sym"], "bootstrap": {"n_boot": 0},
+            "figures": {"formats": ["png"], "density_bins": 0}}
+    out = f"s3://{BUCKET}/reports"
+    result = build_report(URL, out, spec, "threads", storage_options=s3.options())
+    assert result.status == "built" and result.identity["n_filters"] == len(local[1])
+    fs = s3fs.S3FileSystem(**s3.options(), skip_instance_cache=True)
+    results = json.loads(fs.cat_file(f"{BUCKET}/reports/runs/{result.run}/results.json"))
+    assert results["store"]["n_filters"] == len(local[1])
+    for key in fs.find(f"{BUCKET}/reports"):
+        assert SECRET.encode() not in fs.cat_file(key), key
