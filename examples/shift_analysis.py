@@ -2,9 +2,11 @@
 
     python examples/shift_analysis.py STORE [--task Classification] [--by visual_category] [--out DIR]
 
-Opens the store lazily, keeps one task's models (``filtershift.select``), fits the PCA basis of the scaled
-filters, computes the drift matrix of a grouping and its 95% bootstrap intervals over models, and draws the
-eigenimages and the matrix to PNG files. Three passes over the selected filters in all.
+Opens the store lazily, keeps one task's models (``ds.sel(task=...)``), fits the PCA basis of the scaled
+filters (``ds.filtershift.basis()``), computes the drift matrix of a grouping and its 95% bootstrap intervals over
+models, and draws the eigenimages and the matrix to PNG files: three passes over the selected filters. Then the
+mean filter per task (a lazy ``groupby`` whose groups come from the index), the coefficients of a few filters
+(``basis.transform``, lazy), and a sample of the selection saved to netCDF.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import filtershift as fs  # noqa: E402
-from filtershift.stats import distributions, drift, drift_ci, fit_basis  # noqa: E402
+import xarray as xr  # noqa: E402
 
 
 def draw_eigenimages(basis, path: pathlib.Path) -> None:
@@ -68,16 +70,29 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     ds = fs.open_store(args.store)
-    sub = fs.select(ds, task=args.task)                       # lazy: no data read yet
-    basis = fit_basis(sub)                                    # pass 1
-    dist = distributions(sub, basis, by=args.by)              # passes 2 and 3
-    ci = drift_ci(dist, n_boot=args.n_boot, seed=0)           # no pass: per-model histograms
-    print(f"{int(sub.attrs['n_filters']):,} filters of task {args.task!r}; explained variance ratio "
-          f"{np.round(basis.explained_variance_ratio_, 3).tolist()}")
-    print(drift(dist).to_pandas().round(4).to_string())
+    sub = ds.sel(task=args.task)                              # lazy: no data read yet
+    basis = sub.filtershift.basis()                           # pass 1
+    dist = sub.filtershift.distributions(by=args.by)          # passes 2 and 3 (the same basis)
+    ci = fs.drift_ci(dist, n_boot=args.n_boot, seed=0)        # no pass: per-model histograms
+    print(f"{sub.sizes['filter']:,} filters of {len(sub.filtershift.models)} models of task {args.task!r}; "
+          f"explained variance ratio {np.round(basis.explained_variance_ratio_, 3).tolist()}")
+    matrix = fs.drift(dist)
+    print(f"{matrix.attrs['long_name']} ({matrix.attrs['units']})")
+    print(matrix.to_pandas().round(4).to_string())
     draw_eigenimages(basis, out / "eigenimages.png")
     draw_matrix(ci, out / "drift.png")
     print(f"figures: {out / 'eigenimages.png'}, {out / 'drift.png'}")
+
+    means = ds.filtershift.groupby("task").mean()             # lazy, labels from the index; one more pass
+    print("mean filter per task (k = 3*y + x):")
+    print(means["weights"].transpose("task", "k").to_pandas().round(4).to_string())
+    sample = sub.isel(filter=slice(0, 1000))
+    coef = basis.transform(sample)                            # lazy DataArray (filter, component), coords kept
+    print(f"first coefficient of {coef.sizes['filter']} filters: mean {float(coef.isel(component=0).mean()):+.4f} "
+          f"({coef.attrs['units']})")
+    sample.to_netcdf(out / "sample.nc", engine="h5netcdf")    # a selection saves with its coordinates
+    back = xr.open_dataset(out / "sample.nc", engine="h5netcdf")
+    print(f"saved {back.sizes['filter']} filters with coordinates {sorted(back.coords)[:4]}... to {out / 'sample.nc'}")
     return 0
 
 

@@ -1,7 +1,8 @@
 """filtershift: distribution shifts and quality of trained 3x3 convolution filters, out of core.
 
 The public API is imported lazily so that ``import filtershift`` stays fast and optional extras (onnx, torch)
-are only needed by the functions that use them.
+are only needed by the functions that use them. The first access to it registers the ``ds.filtershift`` accessor
+(:mod:`filtershift.accessor`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def __getattr__(name: str):
         module = _API[name]
     except KeyError:
         raise AttributeError(f"module 'filtershift' has no attribute {name!r}") from None
+    # The ds.filtershift accessor is registered before any Dataset reaches the user (the store layer, below the
+    # statistics, cannot import it); the module imports only xarray until a method runs.
+    importlib.import_module("filtershift.accessor")
     return getattr(importlib.import_module(module), name)
 
 

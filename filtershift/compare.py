@@ -47,9 +47,10 @@ def model_dataset(model) -> xr.Dataset:
 
 
 def compare(model, store, *, by=("task",), metric: str = "kl_sym", bins: int = 70, top: int = 10,
-            min_filters: int = 1000, min_models: int = 2) -> xr.Dataset:
+            min_filters: int = 1000, min_models: int = 2, storage_options: dict | None = None) -> xr.Dataset:
     """Drift of ``model`` (a path, module or ``ModelFilters``) to each group of ``store`` for every grouping in
-    ``by`` and to every database model; returns a labelled Dataset (see the variables' descriptions)."""
+    ``by`` and to every database model; returns a labelled Dataset (see the variables' descriptions).
+    ``storage_options``: fsspec options of a store URL."""
     from filtershift.ingest import read_model
     from filtershift.ingest.model import ModelFilters
     from filtershift.stats import distributions, fit_basis, record_stats
@@ -59,7 +60,7 @@ def compare(model, store, *, by=("task",), metric: str = "kl_sym", bins: int = 7
     if metric not in METRICS:
         raise InputError(f"metric must be one of {list(METRICS)}; got {metric!r}.")
     m = model if isinstance(model, ModelFilters) else read_model(model)
-    db = store if isinstance(store, xr.Dataset) else open_store(store)
+    db = store if isinstance(store, xr.Dataset) else open_store(store, storage_options=storage_options)
     stats = record_stats(db)
     basis = fit_basis(stats)
     lo, hi = stats.coef_range(basis)
@@ -95,6 +96,26 @@ def compare(model, store, *, by=("task",), metric: str = "kl_sym", bins: int = 7
     result.attrs.update({"model": str(m.source), "model_sha256": m.sha256, "metric": metric, "bins": bins,
                          "n_filters": int(m.filters().shape[0]), "n_layers": len(m.layers),
                          "outside_range": outside, "range": [lo, hi], "store": db.attrs.get("store", "")})
+    return _described(result, metric)
+
+
+def _described(result: xr.Dataset, metric: str) -> xr.Dataset:
+    """long_name, units and description on the result and each of its variables."""
+    from filtershift.stats._attrs import METRIC_NAMES, METRIC_UNITS, describe
+
+    describe(result, "model against the database", "1",
+             f"{METRIC_NAMES[metric]} of the model to each group and to each database model, and its layers' quality")
+    for name, var in result.data_vars.items():
+        text = var.attrs.get("description", "")
+        if name.startswith("drift_") or name == "nearest_drift":
+            describe(var, METRIC_NAMES[metric], METRIC_UNITS[metric], text or f"{metric} drift to the nearest models")
+        elif name.endswith("_percentile"):
+            describe(var, f"{name[len('layer_'):-len('_percentile')]} percentile", "percent", text)
+        elif name.startswith("layer_"):
+            unit = "weight units" if "norm" in name and "entropy" not in name else "1"
+            describe(var, name[len("layer_"):].replace("_", " "), unit, text or f"the layer's {name[len('layer_'):]}")
+        else:
+            describe(var, name.replace("_", " "), "1", text or name.replace("_", " "))
     return result
 
 
@@ -167,9 +188,9 @@ def figure_target(path, option: str = "--figure") -> str:
     return checked
 
 
-def plot(result: xr.Dataset, path, option: str = "--figure") -> None:
+def plot(result: xr.Dataset, path, option: str = "--figure", storage_options: dict | None = None) -> None:
     """Bar chart of the model's drift to each group (small groups hatched) and to its nearest models, written to
-    a local path or a URL (``s3://...``) atomically; the format follows the suffix."""
+    a local path or a URL (``s3://...``, with ``storage_options``) atomically; the format follows the suffix."""
     import io
 
     import matplotlib
@@ -205,4 +226,4 @@ def plot(result: xr.Dataset, path, option: str = "--figure") -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format=_suffix(checked), dpi=110)
     plt.close(fig)
-    outputs.write_bytes(checked, buf.getvalue(), option)
+    outputs.write_bytes(checked, buf.getvalue(), option, storage_options)

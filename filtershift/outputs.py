@@ -83,10 +83,10 @@ def display(url: str) -> str:
     return re.sub(r"//[^/@]*@", "//", url)
 
 
-def filesystem(url: str):
-    """``(fs, path)`` of a URL (storage options from fsspec's config and the environment)."""
+def filesystem(url: str, storage_options: dict | None = None):
+    """``(fs, path)`` of a URL (``storage_options``, else fsspec's config and the environment)."""
     with failures(url, "open"):
-        return fsspec.core.url_to_fs(url)
+        return fsspec.core.url_to_fs(url, **(storage_options or {}))
 
 
 @contextmanager
@@ -127,14 +127,15 @@ def put_object(fs, path: str, data: bytes, *, mode: str = "overwrite") -> None:
         fs.pipe_file(path, data, mode=mode, **kwargs)
 
 
-def write_bytes(target, data: bytes, option: str) -> str:
+def write_bytes(target, data: bytes, option: str, storage_options: dict | None = None) -> str:
     """Write ``data`` to ``target`` (checked with :func:`check`) atomically; returns the checked location.
 
-    Local: the folder must exist; a temporary file in it is renamed over the target. URL: one PUT."""
+    Local: the folder must exist; a temporary file in it is renamed over the target. URL: one PUT, with
+    ``storage_options`` (fsspec)."""
     target = check(target, option)
     if is_url(target):
         with failures(target, "write", option):
-            fs, path = fsspec.core.url_to_fs(target)
+            fs, path = fsspec.core.url_to_fs(target, **(storage_options or {}))
             put_object(fs, path, data)
         return target
     path = Path(target)

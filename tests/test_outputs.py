@@ -147,7 +147,7 @@ def test_report_to_s3_is_published_and_reused(s3, store, config, capsys):
     assert not fs.exists(f"{root}/.filtershift-report.lock")
 
 
-def fake_run(spec, identity, name, staging, default_scheduler):
+def fake_run(spec, identity, name, staging, default_scheduler, storage_options=None):
     """A cheap stand-in for the analysis: the files a run publishes, run.json among them."""
     (staging / "figures").mkdir()
     (staging / "figures" / "f.png").write_bytes(PNG + b"fake")

@@ -147,9 +147,9 @@ def assert_no_secret(*texts):
 
 
 def test_s3_store_equals_local_conversion(s3, stores, capfd):
-    ds = open_store(URL, **options(s3.endpoint))
+    ds = open_store(URL, storage_options=options(s3.endpoint))
     local = open_store(stores)
-    assert ds.attrs["store"] == URL and ds.attrs["n_filters"] == local.attrs["n_filters"] == 60_000
+    assert ds.attrs["store"] == URL and ds.sizes["filter"] == local.sizes["filter"] == 60_000
     assert ds.weights.chunks == local.weights.chunks and len(ds.weights.chunks[0]) == 15
     np.testing.assert_array_equal(ds.weights.values, local.weights.values)
     pd.testing.assert_frame_equal(records(ds), records(local), check_exact=True)

@@ -183,3 +183,134 @@ def test_selections_compute_nothing():
         xr.concat([ds.isel(filter=slice(0, 10)), ds.isel(filter=slice(-10, None))], dim="filter")
     assert count.tasks == 0
     assert ds["task"].data.numblocks == (1000,)
+
+
+# -- the ds.filtershift accessor, lazy results, attrs (issue #13, second half) -------------------------------------
+
+
+def _pca_reference(w):
+    """Plain numpy PCA of the scaled filters: mean, components (sign: largest |entry| positive), variance."""
+    w = np.asarray(w, np.float64)
+    m = np.abs(w).max(1, keepdims=True)
+    s = np.divide(w, m, out=np.zeros_like(w), where=m > 0)
+    vals, vecs = np.linalg.eigh(np.cov(s, rowvar=False))
+    order = np.argsort(vals)[::-1]
+    comps = vecs[:, order].T
+    comps *= np.sign(comps[np.arange(9), np.argmax(np.abs(comps), 1)])[:, None]
+    return s.mean(0), comps, vals[order]
+
+
+def test_accessor_tables_follow_the_selection(store):
+    _, ds, w, pf, recs = store
+    sub = ds.sel(task="Detection")
+    keep = (pf["task"] == "Detection").to_numpy()
+    assert sub.filtershift.records["record"].tolist() == sorted(set(pf["record"][keep]))
+    assert int(sub.filtershift.records["n"].sum()) == keep.sum()
+    assert sorted(sub.filtershift.models["model_id"]) == sorted(set(pf["model_id"][keep]))
+    assert sub["weights"].filtershift.models["model_id"].tolist() == sub.filtershift.models["model_id"].tolist()
+    pd.testing.assert_frame_equal(ds.filtershift.records, recs[fs.records(ds).columns], check_dtype=False)
+
+
+def test_accessor_groupby_is_lazy_with_labels(store):
+    _, ds, w, pf, _ = store
+    with pytest.raises(ValueError, match="Please pass `labels` to UniqueGrouper when grouping by a chunked array"):
+        ds["weights"].groupby("task").mean()         # plain xarray: what README documents
+    with _Count() as count:
+        grouped = ds.filtershift.groupby("task").mean()
+    assert count.tasks == 0 and isinstance(grouped["weights"].data, dask.array.Array)
+    want = pd.DataFrame(w).groupby(pf["task"].to_numpy()).mean()
+    assert list(grouped["task"].values) == list(want.index)
+    np.testing.assert_allclose(grouped["weights"].transpose("task", "k").values, want.to_numpy(), rtol=1e-5)
+    two = ds["weights"].filtershift.groupby("task", "conv_depth").count()
+    want2 = pd.Series(1, index=pf.index).groupby([pf["task"], pf["conv_depth"]]).sum()
+    got2 = two.isel(k=0).to_series()
+    got2 = got2[got2 > 0]
+    assert got2.to_dict() == want2.to_dict()
+    sub = ds.sel(task="Detection").filtershift.groupby("Visual Category").sum()     # a column name works too
+    assert set(sub["visual_category"].values) <= set(ds["visual_category"].attrs["labels"])
+
+
+def test_accessor_analysis_equals_the_functions(store):
+    _, ds, w, pf, _ = store
+    basis = ds.filtershift.basis()
+    mean, comps, var = _pca_reference(w)
+    np.testing.assert_allclose(basis.mean_, mean, atol=1e-6)
+    np.testing.assert_allclose(basis.components_, comps, atol=1e-5)
+    np.testing.assert_allclose(basis.explained_variance_, var, rtol=1e-5)
+    matrix = ds.filtershift.drift(by="task", bins=30, metric="js")
+    plain = fs.drift(fs.distributions(ds, fs.fit_basis(ds), by="task", bins=30), metric="js")
+    xr.testing.assert_allclose(matrix, plain)
+    assert ds.filtershift.stats.passes == 3                   # basis and drift shared pass 1
+    q = ds.filtershift.quality(orthogonality=False)
+    pd.testing.assert_frame_equal(q, fs.layer_quality(ds, orthogonality=False))
+    assert int(q["n"].sum()) == len(w)
+    dist = ds.filtershift.distributions(by="conv_depth", bins=30)
+    np.testing.assert_array_equal(dist["n_filters"].values, pf.groupby("conv_depth").size().to_numpy())
+
+
+def test_transform_is_lazy_and_keeps_the_coords(store):
+    _, ds, w, pf, _ = store
+    basis = fs.fit_basis(w)
+    mean, comps, _ = _pca_reference(w)
+    sub = ds.sel(task="Classification")
+    keep = (pf["task"] == "Classification").to_numpy()
+    with _Count() as count:
+        coef = basis.transform(sub)
+        from_array = basis.transform(sub["weights"])
+    assert count.tasks == 0
+    assert isinstance(coef.data, dask.array.Array) and coef.dims == ("filter", "component")
+    assert coef.chunks[0] == sub["weights"].chunks[0]
+    x = w[keep].astype(np.float64)
+    m = np.abs(x).max(1, keepdims=True)
+    np.testing.assert_allclose(coef.values, (np.divide(x, m, out=np.zeros_like(x), where=m > 0) - mean) @ comps.T,
+                               atol=1e-5)
+    xr.testing.assert_identical(coef, from_array)
+    np.testing.assert_array_equal(coef["model_id"].values, pf["model_id"].to_numpy()[keep])
+    assert fs.records(coef)["record"].tolist() == sorted(set(pf["record"][keep]))
+    assert coef.attrs["units"] == "coefficient units" and coef.attrs["long_name"]
+    assert isinstance(basis.transform(w[:50]), np.ndarray)          # in-memory arrays stay in memory
+
+
+def test_fit_basis_in_memory_and_masked(store):
+    _, ds, w, pf, _ = store
+    loaded = ds.isel(filter=slice(1000, 9000)).load()
+    assert not isinstance(loaded["weights"].data, dask.array.Array)
+    mean, comps, var = _pca_reference(w[1000:9000])
+    got = fs.fit_basis(loaded)
+    np.testing.assert_allclose(got.components_, comps, atol=1e-5)
+    np.testing.assert_allclose(got.explained_variance_, var, rtol=1e-5)
+    np.testing.assert_allclose(ds.isel(filter=slice(1000, 9000)).load().filtershift.basis().mean_, mean, atol=1e-6)
+    with pytest.raises(InputError, match=r"NaN.*ds\.sel\(\.\.\.\).*drop=True"):
+        fs.fit_basis(ds.where(ds.task == "Classification"))
+    keep = (pf["task"] == "Classification").to_numpy()
+    dropped = ds.where((ds.task == "Classification").compute(), drop=True)
+    np.testing.assert_allclose(fs.fit_basis(dropped).components_, _pca_reference(w[keep])[1], atol=1e-5)
+
+
+def test_results_carry_long_name_units_description(store):
+    _, ds, w, _, _ = store
+    basis = fs.fit_basis(ds)
+    dist = fs.distributions(ds, basis, by="task", bins=20, fine_bins=40)
+    units = {"kl_sym": "nats", "js": "nats", "w1": "coefficient units"}
+    results = [dist, basis.to_dataset(), basis.eigenimages, fs.group_bases(basis, by="task"),
+               fs.drift_ci(dist, metric="w1", n_boot=5), fs.kde(dist, points=16),
+               fs.quality_by(fs.layer_quality(basis.stats_, orthogonality=False), "task")]
+    for metric, unit in units.items():
+        d = fs.drift(dist, metric=metric)
+        assert d.attrs["units"] == unit
+        results.append(d)
+    for r in results:
+        parts = [r, *r.data_vars.values()] if isinstance(r, xr.Dataset) else [r]
+        for part in parts:
+            missing = {"long_name", "units", "description"} - set(part.attrs)
+            assert not missing, (getattr(part, "name", None), missing)
+    assert dist["explained_variance"].attrs["units"] == "coefficient units squared"
+    assert dist["p"].attrs["units"] == "1"
+
+
+def test_no_stale_filter_count_in_attrs(store):
+    _, ds, _, pf, _ = store
+    assert "n_filters" not in ds.attrs
+    for sub in (ds.sel(task="Detection"), ds.isel(filter=slice(0, 10)), fs.select(ds, task="Detection")):
+        assert "n_filters" not in sub.attrs
+    assert fs.select(ds, task="Detection").sizes["filter"] == (pf["task"] == "Detection").sum()

@@ -35,18 +35,19 @@ def computing(parser: argparse.ArgumentParser, func, *, check=None) -> None:
         if check is not None:
             check(args)
         if getattr(args, "store", None):
-            check_store(args.store)
+            check_store(args.store, getattr(args, "storage_options", None))
         with context_from_args(args):
             return func(args)
 
     parser.set_defaults(func=run)
 
 
-def check_store(path: str) -> None:
-    """Refuse ``path`` unless it is a complete store (reads its manifest only)."""
+def check_store(path: str, options=None) -> None:
+    """Refuse ``path`` unless it is a complete store (reads its manifest only); ``options``: the
+    ``--storage-option`` pairs."""
     from filtershift.store import format as fmt
 
-    loc = fmt.Location.of(path)
+    loc = fmt.Location.of(path, dict(options or ()))
     fmt.read_manifest(fmt.open_group(loc, "r"), loc)
 
 

@@ -86,3 +86,35 @@ def size(text: str) -> str:
 
 
 size.__name__ = "size"
+
+
+def storage_option(text: str) -> tuple:
+    """An argparse type: ``KEY=VALUE``, one fsspec storage option; VALUE is parsed as JSON when it is JSON
+    (``anon=true``, ``client_kwargs={"region_name": "eu-west-1"}``), else kept as a string."""
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE; e.g. endpoint_url=http://localhost:9000")
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = value
+    return key.strip(), parsed
+
+
+storage_option.__name__ = "KEY=VALUE"
+
+
+def add_storage_options(parser: argparse.ArgumentParser) -> None:
+    """``--storage-option KEY=VALUE`` (repeatable): fsspec options for the store and output URLs of a command."""
+    parser.add_argument("--storage-option", dest="storage_options", action="append", type=storage_option,
+                        default=None, metavar="KEY=VALUE",
+                        help="fsspec storage option for object storage URLs (store and outputs), repeatable; "
+                             "VALUE is parsed as JSON when it is JSON (endpoint_url=http://host:9000, anon=true)")
+
+
+def storage_options(args) -> dict | None:
+    """The ``--storage-option`` values of ``args`` as a dict (None when none were given)."""
+    pairs = getattr(args, "storage_options", None)
+    return dict(pairs) if pairs else None

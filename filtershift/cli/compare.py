@@ -4,7 +4,7 @@ import json
 import os
 
 from filtershift.cli import computing
-from filtershift.cli._args import positive_int
+from filtershift.cli._args import add_storage_options, positive_int, storage_options
 
 
 def register(sub) -> None:
@@ -21,6 +21,7 @@ def register(sub) -> None:
     p.add_argument("--top", type=positive_int, default=10, help="nearest database models to list")
     p.add_argument("--figure", default=None, help="write the figure to this PNG/SVG path or URL (s3://...)")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    add_storage_options(p)
     computing(p, run, check=check)
 
 
@@ -46,10 +47,10 @@ def run(args) -> int:
     if args.figure:
         figure_target(args.figure)
     result = compare(args.model, args.store, by=args.by or ["task", "visual_category"], metric=args.metric,
-                     bins=args.bins, top=args.top)
+                     bins=args.bins, top=args.top, storage_options=storage_options(args))
     table = summary_table(result)
     if args.figure:
-        plot(result, args.figure)
+        plot(result, args.figure, storage_options=storage_options(args))
     nearest = [{"model_id": int(i), "name": str(n), "drift": float(d)} for i, n, d in zip(
         result["nearest_model_id"].values,
         result["nearest_name"].values if "nearest_name" in result else result["nearest_model_id"].values,

@@ -1,6 +1,6 @@
 """``filtershift convert SRC.h5 DST.zarr``"""
 
-from filtershift.cli._args import positive_int
+from filtershift.cli._args import add_storage_options, positive_int, storage_options
 
 #: filtershift.store.format's CODECS, DEFAULT_CODEC and DEFAULT_CHUNK_FILTERS, repeated so that building the parser
 #: imports no zarr, numpy or pandas; tests/test_cli_boundary.py checks that they agree.
@@ -27,6 +27,7 @@ def register(sub) -> None:
                    help="allow pickled objects in the meta table (runs code from the file: trusted files only)")
     p.add_argument("--nonfinite", choices=("error", "zero", "keep"), default="error",
                    help="NaN/Inf filter values: fail (default), replace by 0, or keep")
+    add_storage_options(p)
     p.set_defaults(func=run)
 
 
@@ -34,9 +35,10 @@ def run(args) -> int:
     from filtershift.store.convert import convert
     from filtershift.store.verify import info
 
+    options = storage_options(args)
     convert(args.src, args.dst, chunk_filters=args.chunk_filters, codec=args.codec, overwrite=args.overwrite,
-            resume=args.resume, trust_pickle=args.trust_pickle, nonfinite=args.nonfinite)
-    summary = info(args.dst)
+            resume=args.resume, trust_pickle=args.trust_pickle, nonfinite=args.nonfinite, storage_options=options)
+    summary = info(args.dst, storage_options=options)
     print(f"{summary['store']}: {summary['n_filters']:,} filters, {summary['n_records']:,} records, "
           f"{summary['n_models']:,} models")
     return 0

@@ -4,7 +4,7 @@ import json
 import math
 
 from filtershift.cli import computing
-from filtershift.cli._args import non_negative_int, positive_int
+from filtershift.cli._args import add_storage_options, non_negative_int, positive_int, storage_options
 
 
 def register(sub) -> None:
@@ -23,6 +23,7 @@ def register(sub) -> None:
     p.add_argument("--min-models", type=non_negative_int, default=2, help="flag groups with fewer models")
     p.add_argument("--json", action="store_true",
                    help="print JSON: labels, matrix, n_filters, n_models, small, metric, bins, by")
+    add_storage_options(p)
     computing(p, run)
 
 
@@ -34,7 +35,7 @@ def run(args) -> int:
     from filtershift.stats import distributions, drift, fit_basis
     from filtershift.store.dataset import open_store
 
-    ds = open_store(args.store)
+    ds = open_store(args.store, storage_options=storage_options(args))
     basis = fit_basis(ds)
     by = args.by[0] if len(args.by) == 1 else args.by
     dist = distributions(ds, basis, by=by, bins=args.bins, min_filters=args.min_filters,

@@ -1,5 +1,7 @@
 """``filtershift info STORE``"""
 
+from filtershift.cli._args import add_storage_options, storage_options
+
 import json
 
 
@@ -7,13 +9,14 @@ def register(sub) -> None:
     p = sub.add_parser("info", help="counts, groups and provenance of a store")
     p.add_argument("store", help="store path or URL")
     p.add_argument("--json", action="store_true", help="print JSON (keys n_filters, n_models, n_records, ...)")
+    add_storage_options(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from filtershift.store.verify import info
 
-    summary = info(args.store)
+    summary = info(args.store, storage_options=storage_options(args))
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0

@@ -3,6 +3,7 @@
 import json
 
 from filtershift.cli import computing
+from filtershift.cli._args import add_storage_options, storage_options
 
 
 def register(sub) -> None:
@@ -11,6 +12,7 @@ def register(sub) -> None:
     p.add_argument("store", help="store path or URL")
     p.add_argument("--json", action="store_true",
                    help="print JSON: mean, components, explained_variance, explained_variance_ratio, n_samples")
+    add_storage_options(p)
     computing(p, run)
 
 
@@ -18,7 +20,7 @@ def run(args) -> int:
     from filtershift.stats import fit_basis
     from filtershift.store.dataset import open_store
 
-    basis = fit_basis(open_store(args.store))
+    basis = fit_basis(open_store(args.store, storage_options=storage_options(args)))
     if args.json:
         print(json.dumps({"mean": basis.mean_.tolist(), "components": basis.components_.tolist(),
                           "explained_variance": basis.explained_variance_.tolist(),

@@ -5,7 +5,7 @@ import math
 import pathlib
 
 from filtershift.cli import computing
-from filtershift.cli._args import integer, number, positive_int
+from filtershift.cli._args import add_storage_options, integer, number, positive_int, storage_options
 
 COLUMNS = ["record", "model_id", "conv_depth", "layer", "n", "sparsity", "variance_entropy_norm",
            "variance_entropy_clean_norm", "orthogonality", "degeneration", "degenerated"]
@@ -38,6 +38,7 @@ def register(sub) -> None:
                    help="degenerated (random-like) when it is >= this (default %(default)s)")
     p.add_argument("--min-filters", type=integer(2), default=16,
                    help="entropy criteria need this many non-sparse filters (default %(default)s)")
+    add_storage_options(p)
     computing(p, run, check=check)
 
 
@@ -86,7 +87,7 @@ def target(path: str) -> str:
     return checked
 
 
-def write(table, path: str) -> None:
+def write(table, path: str, options: dict | None = None) -> None:
     """Write the table to a local path or URL (``s3://...``) atomically (see :mod:`filtershift.outputs`)."""
     import io
 
@@ -98,7 +99,7 @@ def write(table, path: str) -> None:
         table.to_parquet(buf, index=False)
     else:
         table.to_csv(buf, index=False)
-    outputs.write_bytes(checked, buf.getvalue(), "--out")
+    outputs.write_bytes(checked, buf.getvalue(), "--out", options)
 
 
 def run(args) -> int:
@@ -107,15 +108,15 @@ def run(args) -> int:
 
     thresholds = Thresholds(sparsity=args.max_sparsity, entropy_low=args.entropy_low,
                             entropy_high=args.entropy_high, min_filters=args.min_filters)
-    table = layer_quality(open_store(args.store), args.eps, thresholds=thresholds,
-                          orthogonality=not args.no_orthogonality)
+    ds = open_store(args.store, storage_options=storage_options(args))
+    table = layer_quality(ds, args.eps, thresholds=thresholds, orthogonality=not args.no_orthogonality)
     if args.models:
         table = model_quality(table)
     total = len(table)
     if args.top is not None:
         table = most_degenerated(table, args.top)
     if args.out:
-        write(table, args.out)
+        write(table, args.out, storage_options(args))
     if args.json:
         print(json.dumps(rows(table), indent=1))
         return 0

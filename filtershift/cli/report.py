@@ -8,6 +8,8 @@ import json
 import logging
 import sys
 
+from filtershift.cli._args import add_storage_options, storage_options
+
 
 def register(sub) -> None:
     p = sub.add_parser("report", help="build the HTML report, results.json, tables and figures of a store",
@@ -26,6 +28,7 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true", help="build a new run even if one covers this store and spec")
     p.add_argument("--json", action="store_true", help="print status, run, paths and spec hash as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    add_storage_options(p)
     p.set_defaults(func=run)
 
 
@@ -40,7 +43,7 @@ def run(args) -> int:
     logger.setLevel(logging.INFO)
     try:
         result = build_report(args.store, args.out, args.config, args.scheduler, force=args.force,
-                              default_scheduler="local")
+                              default_scheduler="local", storage_options=storage_options(args))
     finally:
         logger.removeHandler(handler)
     summary = {"status": result.status, "run": result.run, "run_dir": str(result.run_dir),

@@ -64,12 +64,12 @@ def _join(base: Path | str, name: str) -> Path | str:
     return base / name if isinstance(base, Path) else f"{base}/{name}"
 
 
-def store_identity(store: str, shash: str) -> dict:
+def store_identity(store: str, shash: str, storage_options: dict | None = None) -> dict:
     """What makes two runs interchangeable: the store (location, snapshot version, size and whole-store sum),
     the spec hash and the filtershift version. Reads the manifest only; refuses incomplete stores (exit 3)."""
     from filtershift.store import format as fmt
 
-    loc = fmt.Location.of(store, {})
+    loc = fmt.Location.of(store, storage_options)
     manifest = fmt.read_manifest(fmt.open_group(loc, "r"), loc)
     return {"store": loc.display, "store_version": int(manifest["version"]),
             "n_filters": int(manifest["n_filters"]),
@@ -78,13 +78,14 @@ def store_identity(store: str, shash: str) -> dict:
 
 
 def build_report(store=None, out=None, config=None, scheduler=None, *, force: bool = False,
-                 default_scheduler: str = "threads") -> ReportResult:
+                 default_scheduler: str = "threads", storage_options: dict | None = None) -> ReportResult:
     """Build (or reuse) the report of ``store`` into ``out``.
 
     ``config`` is a report.yaml path or a spec dict (see :mod:`filtershift.report.config`); ``store``, ``out`` and
     ``scheduler`` override its keys. ``force`` builds a new run even when one with the same identity exists.
     ``out`` may be a URL (``s3://bucket/reports``): the run is built locally, then uploaded and published by
     single-object writes (:class:`filtershift.report.publish.RemoteOutput`); the result's paths are then URLs.
+    ``storage_options`` (fsspec) serve the store and the output URLs; they are not part of the spec or its hash.
     """
     overrides = {"store": None if store is None else str(store), "output": None if out is None else str(out),
                  "scheduler": scheduler}
@@ -94,8 +95,8 @@ def build_report(store=None, out=None, config=None, scheduler=None, *, force: bo
     if not spec["output"]:
         raise InputError("no output directory given: pass --out DIR or set 'output' in report.yaml.")
     shash = spec_hash(spec)
-    identity = store_identity(spec["store"], shash)
-    target = publish.open_output(spec["output"])
+    identity = store_identity(spec["store"], shash, storage_options)
+    target = publish.open_output(spec["output"], storage_options)
     with target.exclusive():
         removed = target.clean()
         existing = None if force else target.find_run(identity)
@@ -120,7 +121,8 @@ def build_report(store=None, out=None, config=None, scheduler=None, *, force: bo
         try:
             log.info("run %s: store %s (version %s), spec %s, output %s", name, identity["store"],
                      identity["store_version"], shash[:8], target.display)
-            results = _build_run(spec, identity, name, staging, default_scheduler)
+            results = _build_run(spec, identity, name, staging, default_scheduler,
+                                 storage_options=storage_options)
             final = target.promote(staging, name)
             write_history(target)
             log.info("published %s", final)
@@ -139,7 +141,8 @@ def build_report(store=None, out=None, config=None, scheduler=None, *, force: bo
     return ReportResult("built", target.location, name, final, shash, identity, results, removed)
 
 
-def _build_run(spec: dict, identity: dict, name: str, staging: Path, default_scheduler: str) -> dict:
+def _build_run(spec: dict, identity: dict, name: str, staging: Path, default_scheduler: str,
+               storage_options: dict | None = None) -> dict:
     from filtershift.cluster import scheduler_context
     from filtershift.report.analysis import analyse
     from filtershift.report.results import build_results, write_json
@@ -159,8 +162,8 @@ def _build_run(spec: dict, identity: dict, name: str, staging: Path, default_sch
 
         with scheduler_context(spec["scheduler"], default=default_scheduler, quiet=True) as conn:
             log.info("computing on %s", conn.describe())
-            ds = open_store(spec["store"])
-            summary = info(spec["store"])
+            ds = open_store(spec["store"], storage_options=storage_options)
+            summary = info(spec["store"], storage_options=storage_options)
             analysis = analyse(ds, summary, spec, step=step)
             scheduler = conn.describe()
         step("figures and tables")

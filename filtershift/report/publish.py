@@ -262,12 +262,12 @@ class RemoteOutput:
 
     remote = True
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, storage_options: dict | None = None):
         from filtershift import outputs
 
         self.url = self.location = outputs.check(url, "--out").rstrip("/")
         self.display = outputs.display(self.url)
-        self.fs, self.path = outputs.filesystem(self.url)
+        self.fs, self.path = outputs.filesystem(self.url, storage_options)
         self.path = self.path.rstrip("/")
         self._tmp: str | None = None
 
@@ -446,10 +446,10 @@ class RemoteOutput:
             self._put(text.encode("utf-8"), "index.html")
 
 
-def open_output(out) -> LocalOutput | RemoteOutput:
+def open_output(out, storage_options: dict | None = None) -> LocalOutput | RemoteOutput:
     """The report output at ``out``: a URL (other than ``file://``) is published on object storage, anything else
     in a local directory; paths with a component named after a URL scheme (``s3:``) are refused."""
     from filtershift import outputs
 
     checked = outputs.check(out, "--out")
-    return RemoteOutput(checked) if outputs.is_url(checked) else LocalOutput(checked)
+    return RemoteOutput(checked, storage_options) if outputs.is_url(checked) else LocalOutput(checked)

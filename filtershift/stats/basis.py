@@ -6,13 +6,33 @@ co-moments, with no new pass.
 
 from __future__ import annotations
 
+import dask.array as da
 import numpy as np
 import xarray as xr
 
 from filtershift.errors import InputError
 from filtershift.stats import engine
+from filtershift.stats._attrs import describe, describe_vars
 
 K = 9
+#: Filters per block when in-memory data is cut into blocks (the store's default chunk).
+CHUNK = 262_144
+#: long_name, units, description of the basis' variables (see :mod:`filtershift.stats._attrs`).
+ATTRS = {
+    "mean": ("mean scaled filter", "1", "mean of the filters scaled to max|w| = 1, per kernel entry k"),
+    "components": ("principal components", "1", "unit vectors over k, by decreasing explained variance; the "
+                   "largest |entry| of each is positive"),
+    "eigenimages": ("eigenimages", "1", "the principal components as 3x3 images (row-major, k = 3*y + x)"),
+    "explained_variance": ("explained variance", "coefficient units squared",
+                           "variance of the coefficients along each component (ddof=1)"),
+    "explained_variance_ratio": ("explained variance ratio", "1", "share of the total variance per component"),
+    "coefficients": ("PCA coefficients", "coefficient units",
+                     "(filter / max|filter| - mean) projected on the components"),
+    "n_filters": ("filters", "1", "filters in the group"),
+    "n_models": ("models", "1", "models with filters in the group"),
+    "small": ("small group", "1", "fewer filters than min_filters or fewer models than min_models"),
+    "valid": ("valid basis", "1", "False for groups of fewer than 2 filters (their values are NaN)"),
+}
 
 
 def pca_from_moments(n, total, comoment, n_components: int = K):
@@ -38,9 +58,10 @@ def pca_from_moments(n, total, comoment, n_components: int = K):
 def eigenimages(components: np.ndarray) -> xr.DataArray:
     """Components as 3x3 images (component, y, x), row-major like the filters."""
     c = np.asarray(components)
-    return xr.DataArray(c.reshape(c.shape[0], 3, 3), dims=("component", "y", "x"),
-                        coords={"component": np.arange(c.shape[0]), "y": np.arange(3), "x": np.arange(3)},
-                        name="eigenimages")
+    out = xr.DataArray(c.reshape(c.shape[0], 3, 3), dims=("component", "y", "x"),
+                       coords={"component": np.arange(c.shape[0]), "y": np.arange(3), "x": np.arange(3)},
+                       name="eigenimages")
+    return describe(out, *ATTRS["eigenimages"])
 
 
 class Basis:
@@ -58,6 +79,8 @@ class Basis:
     def fit(self, X, y=None) -> "Basis":
         if not isinstance(self.n_components, (int, np.integer)) or not 1 <= self.n_components <= K:
             raise InputError(f"n_components must be an integer in [1, {K}]; got {self.n_components!r}.")
+        if isinstance(X, (xr.Dataset, xr.DataArray)):
+            X = _lazy_dataset(X)
         if isinstance(X, (xr.Dataset, engine.RecordStats)):
             stats = engine.as_stats(X)
             m = stats.moments()
@@ -81,6 +104,10 @@ class Basis:
             self.stats_ = None
         if n < 2:
             raise InputError(f"fit: a basis needs at least 2 filters; the data hold {n}.")
+        if not (np.isfinite(total).all() and np.isfinite(com).all()):
+            raise InputError("fit: the filters hold NaN or infinite values, so no basis can be fitted. A Dataset "
+                             "masked with ds.where(cond) keeps the filters it masks, as NaN: select the filters "
+                             "with ds.sel(...) (lazy) or ds.where(cond.compute(), drop=True) instead.")
         self.mean_, self.components_, self.explained_variance_, self.explained_variance_ratio_ = \
             pca_from_moments(n, total, com, self.n_components)
         self.n_samples_ = n
@@ -93,14 +120,36 @@ class Basis:
         if not hasattr(self, "components_"):
             raise InputError("this Basis is not fitted yet; call fit(ds) or filtershift.fit_basis(ds) first.")
 
-    def transform(self, X) -> np.ndarray:
-        """Coefficients of in-memory filters: (scaled filter - mean) projected on the components."""
+    def transform(self, X):
+        """Coefficients of filters: (scaled filter - mean) projected on the components.
+
+        A Dataset (its ``weights``) or a DataArray ``(filter, k)`` gives a lazy DataArray ``(filter, component)``
+        that keeps the filter coordinates, block by block like the input (nothing is computed here); an array
+        gives a numpy array (N, n_components).
+        """
         from filtershift.stats.moments import coefficients
 
         self._check()
+        if isinstance(X, (xr.Dataset, xr.DataArray)):
+            return self._transform_lazy(_weights(X, "transform"))
         w = np.asarray(X)
         w = w.reshape(len(w), K) if w.ndim == 3 else w
         return coefficients(w, self.mean_, self.components_)
+
+    def _transform_lazy(self, w: xr.DataArray) -> xr.DataArray:
+        from filtershift.stats.moments import coefficients
+
+        data = w.data if isinstance(w.data, da.Array) else da.from_array(np.asarray(w.data), chunks=(CHUNK, K))
+        if data.numblocks[1] != 1:
+            data = data.rechunk({1: K})
+        nc = self.components_.shape[0]
+        mean, comps = np.asarray(self.mean_, np.float64), np.asarray(self.components_, np.float64)
+        coef = data.map_blocks(coefficients, mean, comps, chunks=(data.chunks[0], (nc,)), dtype=np.float64,
+                               meta=np.empty((0, 0), np.float64))
+        coords = w.drop_vars([c for c in w.coords if "k" in w[c].dims]).coords
+        out = xr.DataArray(coef, dims=("filter", "component"), coords=coords, name="coefficients")
+        out = out.assign_coords(component=np.arange(nc))
+        return describe(out, *ATTRS["coefficients"])
 
     @property
     def eigenimages(self) -> xr.DataArray:
@@ -119,15 +168,37 @@ class Basis:
             coords={"component": np.arange(nc), "k": np.arange(K)})
         ds.attrs.update({"n_samples": int(self.n_samples_), "scaling": "filter / max|filter|",
                          "sign": "largest |entry| of each component positive", "ddof": 1})
-        return ds
+        describe(ds, "PCA basis of scaled filters", "1", f"fitted on {int(self.n_samples_):,} filters")
+        return describe_vars(ds, ATTRS)
 
     def __repr__(self) -> str:
         fitted = f", n_samples_={self.n_samples_:,}" if hasattr(self, "n_samples_") else ""
         return f"Basis(n_components={self.n_components}{fitted})"
 
 
+def _weights(X, what: str) -> xr.DataArray:
+    """The ``weights`` (filter, k) of a Dataset, or a DataArray of that shape."""
+    w = X["weights"] if isinstance(X, xr.Dataset) and "weights" in X else X
+    if not isinstance(w, xr.DataArray) or "filter" not in w.dims or w.sizes.get("k") != K or w.ndim != 2:
+        raise InputError(f"{what}: expected a filtershift Dataset or its weights (filter, k) with k = {K}; got "
+                         f"{type(X).__name__} with dims {dict(getattr(w, 'sizes', {}))}.")
+    return w.transpose("filter", "k")
+
+
+def _lazy_dataset(X) -> xr.Dataset:
+    """A Dataset whose weights are dask-backed: the passes map over blocks, so in-memory (numpy-backed) data, such
+    as ``ds.isel(...).load()``, is cut into blocks of ``CHUNK`` filters (no copy)."""
+    ds = X if isinstance(X, xr.Dataset) else _weights(X, "fit").to_dataset(name="weights")
+    if isinstance(ds["weights"].data, da.Array):
+        return ds
+    return ds.chunk({"filter": min(CHUNK, max(ds.sizes["filter"], 1))})
+
+
 def fit_basis(data, n_components: int = K) -> Basis:
-    """Fit the PCA basis of scaled filters of a Dataset (pass 1), RecordStats or array."""
+    """Fit the PCA basis of scaled filters of a Dataset (pass 1, lazy or in memory), RecordStats or array.
+
+    NaN-masked filters (``ds.where(cond)`` without ``drop=True``) are refused: select them with ``ds.sel`` or
+    ``ds.where(cond.compute(), drop=True)`` (xarray drops by a computed condition only)."""
     return Basis(n_components=n_components).fit(data)
 
 
@@ -165,4 +236,5 @@ def group_bases(data, by="task", *, min_filters: int = 1000, min_models: int = 2
          "small": ("group", (gn < min_filters) | (n_models < min_models)), "valid": ("group", gn >= 2)},
         coords=coords)
     out.attrs.update({"by": list(g.by), "min_filters": int(min_filters), "min_models": int(min_models)})
-    return out
+    describe(out, "PCA basis per group", "1", f"the PCA of scaled filters fitted on each {' x '.join(g.by)} group")
+    return describe_vars(out, ATTRS)

@@ -10,6 +10,7 @@ import numpy as np
 import xarray as xr
 
 from filtershift.errors import InputError
+from filtershift.stats._attrs import METRIC_NAMES, METRIC_UNITS, describe
 from filtershift.stats.histograms import normalise
 
 METRICS = ("kl_sym", "js", "w1")
@@ -90,7 +91,14 @@ def _labelled(dist, values, metric, name="drift") -> xr.DataArray:
         coords[f"{var}_b"] = ("group_b", dist[var].values)
     attrs = {"metric": metric, "by": dist.attrs.get("by"), "bins": dist.attrs.get("bins"),
              "weights": "explained variance ratio per component"}
-    return xr.DataArray(values, dims=("group_a", "group_b"), coords=coords, name=name, attrs=attrs)
+    out = xr.DataArray(values, dims=("group_a", "group_b"), coords=coords, name=name, attrs=attrs)
+    what = {"drift": "", "lower": "lower bound of the bootstrap interval of the ",
+            "upper": "upper bound of the bootstrap interval of the ",
+            "std": "bootstrap standard deviation of the "}[name]
+    return describe(out, f"{what}{METRIC_NAMES[metric]}".strip(), METRIC_UNITS[metric],
+                    f"{what}{METRIC_NAMES[metric]} between the coefficient distributions of two groups, summed "
+                    "over components weighted by the explained variance ratio"
+                    + (" (natural log)" if metric != "w1" else ""))
 
 
 def drift(dist: xr.Dataset, metric: str = "kl_sym") -> xr.DataArray:
@@ -145,4 +153,5 @@ def drift_ci(dist: xr.Dataset, metric: str = "kl_sym", n_boot: int = 200, seed: 
                       "std": _labelled(dist, boots.std(axis=0, ddof=1), metric, "std")})
     out.attrs.update({"metric": metric, "n_boot": int(n_boot), "seed": seed, "level": float(level),
                       "method": "percentile bootstrap over models within each group"})
-    return out
+    return describe(out, f"{METRIC_NAMES[metric]} with bootstrap intervals", METRIC_UNITS[metric],
+                    f"drift and its {level:.0%} percentile bootstrap interval over models, {n_boot} replicates")

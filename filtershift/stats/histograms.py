@@ -15,6 +15,7 @@ import xarray as xr
 
 from filtershift.errors import InputError
 from filtershift.stats import engine
+from filtershift.stats._attrs import describe, describe_vars
 from filtershift.stats.moments import BLOCK, coef_block, coefficients, load_block, mean_projection
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -238,7 +239,30 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
                       "normalisation": "density, empty bins = float32 eps, then sum 1"})
     out["p"].attrs["description"] = "normalised histogram per group and component"
     out["small"].attrs["description"] = f"n_filters < {min_filters} or n_models < {min_models}"
-    return out
+    describe(out, "coefficient distributions", "1",
+             f"histograms of the PCA coefficients per {' x '.join(g.by)} group and component, {bins} bins over "
+             "one global range")
+    return describe_vars(out, DIST_ATTRS)
+
+
+#: long_name, units, description of the variables of :func:`distributions` (see :mod:`filtershift.stats._attrs`).
+DIST_ATTRS = {
+    "p": ("probability per bin", "1", "normalised histogram per group and component"),
+    "counts": ("coefficients per bin", "1", "count of the group's coefficients in each bin"),
+    "n_filters": ("filters", "1", "filters in the group"),
+    "n_models": ("models", "1", "models with filters in the group"),
+    "small": ("small group", "1", "fewer filters than min_filters or fewer models than min_models"),
+    "explained_variance_ratio": ("explained variance ratio", "1",
+                                 "share of the total variance per component (the drift weights)"),
+    "explained_variance": ("explained variance", "coefficient units squared",
+                           "variance of the coefficients along each component (ddof=1)"),
+    "member_counts": ("coefficients per bin and member", "1", "histogram of each (group, model) member"),
+    "member_group": ("member's group", "1", "group index of each member"),
+    "member_model": ("member's model", "1", "model_id of each member"),
+    "fine_counts": ("coefficients per fine bin", "1", "count of the group's coefficients in each fine bin"),
+    "coef_var": ("coefficient variance", "coefficient units squared",
+                 "exact variance of the group's coefficients per component (ddof=1)"),
+}
 
 
 def _stats_for(data, basis):
@@ -327,5 +351,6 @@ def density2d(data, basis=None, components=(0, 1), bins: int = 512, by=None, kee
                       coords={"group": np.array(labels, dtype=object), "y": centers, "x": centers},
                       name="density2d",
                       attrs={"components": [j0, j1], "range": [lo, hi], "bins": bins, "bin_edges": edges,
-                             "description": f"counts of (component {j0}, component {j1}) coefficients"})
+                             "description": f"counts of (component {j0}, component {j1}) coefficients",
+                      "long_name": "2D coefficient histogram", "units": "1"})
     return da if by is not None else da.isel(group=0, drop=True)

@@ -81,4 +81,7 @@ def kde(dist: xr.Dataset, points: int = 512, bandwidth="silverman", components=N
                                 "x": x, "bandwidth": (("group", "component"), h),
                                 "n_filters": ("group", dist["n_filters"].values)},
                         name="kde", attrs={"kernel": "gaussian", "rule": str(bandwidth),
-                                           "data": "fine_counts" if "fine_counts" in dist else "counts"})
+                                           "data": "fine_counts" if "fine_counts" in dist else "counts",
+                                           "long_name": "coefficient density", "units": "1/coefficient units",
+                                           "description": "Gaussian kernel density of the coefficients per group "
+                                                          "and component"})

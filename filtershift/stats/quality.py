@@ -528,5 +528,19 @@ def quality_by(table: pd.DataFrame, by, metrics=METRICS, quantiles=(0.05, 0.25, 
     for j, col in enumerate(cols):
         out = out.assign_coords({col: ("group", [k[j] for k in gkeys])})
     out.attrs.update({"by": cols, "mean": "weighted by filter count",
-                      "quantiles": "over the rows (layers or models) of each group, NaN values left out"})
-    return out
+                      "quantiles": "over the rows (layers or models) of each group, NaN values left out",
+                      "long_name": "quality per group", "units": "1",
+                      "description": f"quality metrics of the {'layers' if 'n' in table else 'models'} per "
+                                     f"{' x '.join(cols)} group"})
+    table_attrs = {
+        "n_rows": ("rows", "1", "layers (or models) in the group"),
+        "n_filters": ("filters", "1", "filters in the group"),
+        "degenerated_share": ("degenerated share", "1", "share of the group's rows flagged degenerated"),
+        "mean": ("mean", "see metric_units", "filter-weighted mean of each metric"),
+        "quantiles": ("quantiles", "see metric_units", "quantiles of each metric over the group's rows"),
+        "hist": ("rows per bin", "1", "histogram of each metric over the group's rows"),
+    }
+    for name, (long_name, units, description) in table_attrs.items():
+        out[name].attrs.update({"long_name": long_name, "units": units, "description": description})
+    units = ["weight units" if "norm" in m and "entropy" not in m else "1" for m in metrics]
+    return out.assign_coords(metric_units=("metric", units))

@@ -19,17 +19,19 @@ from filtershift.errors import InputError, StoreError
 from filtershift.store import format as fmt
 from filtershift.store.chunks import ChunkReader
 from filtershift.store.index import LABEL_DTYPE, META, RecordIndex, Tables
+from filtershift.store.options import storage_options_of
 from filtershift.store.verify import check_tables
 
 
 
-def open_store(path_or_url, *, label_rules=None, **storage_options) -> xr.Dataset:
+def open_store(path_or_url, *, label_rules=None, storage_options: dict | None = None, **legacy) -> xr.Dataset:
     """Open a complete store as a dask-backed Dataset; computes nothing of size N.
 
     ``label_rules`` replaces the store's label-cleaning rules (a list of ``{"column", "contains", "value"}``);
-    ``storage_options`` go to fsspec for object storage (``s3://``, ``gs://``, ...).
+    ``storage_options`` (a dict) go to fsspec for object storage (``s3://``, ``gs://``, ...), as in
+    ``xr.open_zarr``; options as keyword arguments are deprecated.
     """
-    loc = fmt.Location.of(path_or_url, storage_options)
+    loc = fmt.Location.of(path_or_url, storage_options_of(storage_options, legacy, "open_store"))
     with fmt.remote_errors(loc, "open"):
         group = fmt.open_group(loc, "r")
         manifest = fmt.read_manifest(group, loc)
@@ -163,7 +165,7 @@ def _build(weights: da.Array, records: pd.DataFrame, models: pd.DataFrame, rules
         ds = ds.assign_coords(filter_id=xr.Variable("filter", filter_id))
     ds["weights"].attrs.update({"description": "3x3 kernels, row-major (k = 3*y + x)"})
     ds.attrs.update(attrs)
-    ds.attrs.update({"filtershift_schema": fmt.SCHEMA_VERSION, "n_filters": int(weights.shape[0])})
+    ds.attrs.update({"filtershift_schema": fmt.SCHEMA_VERSION})
     return ds
 
 
@@ -263,6 +265,5 @@ def select(ds: xr.Dataset, **criteria) -> xr.Dataset:
     out = parts[0] if len(parts) == 1 else xr.concat(parts, dim="filter", data_vars="all", coords="different",
                                                      compat="equals", join="exact", combine_attrs="override")
     out.attrs = dict(ds.attrs)
-    out.attrs["n_filters"] = int(out.sizes["filter"])
     out.attrs["selection"] = ", ".join(f"{k}={v!r}" for k, v in criteria.items())
     return out

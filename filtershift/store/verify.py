@@ -11,6 +11,7 @@ from filtershift import progress
 from filtershift.errors import StoreError
 from filtershift.store import format as fmt
 from filtershift.store.chunks import ChunkReader
+from filtershift.store.options import storage_options_of
 
 
 @dataclass
@@ -32,10 +33,10 @@ class VerifyReport:
                 "chunks_checked": self.chunks_checked, "problems": list(self.problems)}
 
 
-def verify(path_or_url, **storage_options) -> VerifyReport:
+def verify(path_or_url, *, storage_options: dict | None = None, **legacy) -> VerifyReport:
     """Check counts, record coverage, and every chunk: present, its checksum, and its float64 sum against the
     recorded one (within the rounding bound of any summation order: machines may sum in different orders)."""
-    loc = fmt.Location.of(path_or_url, storage_options)
+    loc = fmt.Location.of(path_or_url, storage_options_of(storage_options, legacy, "verify"))
     group = fmt.open_group(loc, "r")
     manifest = fmt.read_manifest(group, loc)
     report = VerifyReport(loc.display, n_filters=manifest["n_filters"])
@@ -88,9 +89,9 @@ def check_tables(records: pd.DataFrame, models: pd.DataFrame, manifest: dict) ->
     return problems
 
 
-def info(path_or_url, **storage_options) -> dict:
+def info(path_or_url, *, storage_options: dict | None = None, **legacy) -> dict:
     """Counts, filters and models per task and visual category, and provenance of a store."""
-    loc = fmt.Location.of(path_or_url, storage_options)
+    loc = fmt.Location.of(path_or_url, storage_options_of(storage_options, legacy, "info"))
     group = fmt.open_group(loc, "r")
     manifest = fmt.read_manifest(group, loc)
     models = fmt.read_table(loc, "models", manifest["version"])
