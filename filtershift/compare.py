@@ -53,7 +53,7 @@ def compare(model, store, *, by=("task",), metric: str = "kl_sym", bins: int = 7
     from filtershift.ingest import read_model
     from filtershift.ingest.model import ModelFilters
     from filtershift.stats import distributions, fit_basis, record_stats
-    from filtershift.stats.divergence import _p_for, pairwise
+    from filtershift.stats.divergence import normalised_for, pairwise
     from filtershift.store.dataset import models as models_table, open_store
 
     if metric not in METRICS:
@@ -75,7 +75,7 @@ def compare(model, store, *, by=("task",), metric: str = "kl_sym", bins: int = 7
     for key in [*groupings, "model"]:
         dist = distributions(stats, basis, by=key, bins=bins, min_filters=min_filters, min_models=min_models)
         counts = np.concatenate([own["counts"].values, dist["counts"].values])
-        d = pairwise(_p_for(own, counts, metric), weights, metric, widths=widths)[0, 1:]
+        d = pairwise(normalised_for(own, counts, metric), weights, metric, widths=widths)[0, 1:]
         name = "model" if key == "model" else str(dist.attrs["by"][0] if len(dist.attrs["by"]) == 1 else key)
         dim = f"{name}_group"
         out[f"drift_{name}"] = xr.DataArray(d, dims=dim, coords={

@@ -72,7 +72,7 @@ def _check_dist(dist):
         raise InputError("drift needs the result of filtershift.distributions(ds, basis, by=...).")
 
 
-def _p_for(dist, counts, metric):
+def normalised_for(dist, counts, metric):
     """W1 uses the plain normalised counts (no eps floor); the KL-type metrics the reference normalisation."""
     edges = dist["bin_edges"].values
     if metric == "w1":
@@ -99,7 +99,7 @@ def drift(dist: xr.Dataset, metric: str = "kl_sym") -> xr.DataArray:
     _check_dist(dist)
     if metric not in METRICS:
         raise InputError(f"metric must be one of {list(METRICS)}; got {metric!r}.")
-    p = _p_for(dist, dist["counts"].values, metric)
+    p = normalised_for(dist, dist["counts"].values, metric)
     widths = np.diff(dist["bin_edges"].values)
     values = pairwise(p, dist["explained_variance_ratio"].values, metric, widths)
     return _labelled(dist, values, metric)
@@ -134,7 +134,7 @@ def drift_ci(dist: xr.Dataset, metric: str = "kl_sym", n_boot: int = 200, seed: 
         mult = np.zeros((n_boot, len(idx)))
         np.add.at(mult, (np.arange(n_boot)[:, None], draws), 1.0)
         counts[:, g] = (mult @ member_counts[idx].reshape(len(idx), -1)).reshape((n_boot,) + shape)
-    p = _p_for(dist, counts, metric)
+    p = normalised_for(dist, counts, metric)
     widths = np.diff(dist["bin_edges"].values)
     boots = pairwise(p, dist["explained_variance_ratio"].values, metric, widths)
     point = drift(dist, metric)
