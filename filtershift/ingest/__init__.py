@@ -1,4 +1,4 @@
-"""Readers that turn a source (dataset.h5, an ONNX/PyTorch/safetensors model, synthetic data) into filters."""
+"""Readers that turn a source (dataset.h5, an ONNX/PyTorch/safetensors model) into filters."""
 
 from __future__ import annotations
 
