@@ -15,8 +15,7 @@ import pandas as pd
 import xarray as xr
 
 from filtershift.errors import InputError
-
-METRICS = ("kl_sym", "js", "w1")
+from filtershift.metrics import metric as declared
 #: Layer quality metrics placed against the database's distribution of the same metric over its records.
 QUALITY = ("sparsity", "variance_entropy_norm", "variance_entropy_clean_norm", "orthogonality")
 
@@ -56,8 +55,7 @@ def compare(model, store, *, by=("task",), metric: str = "kl_sym", bins: int = 7
     from filtershift.stats.divergence import normalised_for, pairwise
     from filtershift.store.dataset import models as models_table, open_store
 
-    if metric not in METRICS:
-        raise InputError(f"metric must be one of {list(METRICS)}; got {metric!r}.")
+    declared(metric)
     m = model if isinstance(model, ModelFilters) else read_model(model)
     db = store if isinstance(store, xr.Dataset) else open_store(store)
     stats = record_stats(db)
