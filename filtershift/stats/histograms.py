@@ -154,7 +154,8 @@ def hist_combine(*parts: dict) -> dict:
     return reduction.merge(parts, {k: "sum" for k in parts[0] if k != "record"})
 
 
-HISTOGRAMS = reduction.Statistic("histograms", chunk=hist_chunk, combine=hist_combine)
+#: Pass 3. Records absent from every block have empty histograms (the default fill, 0).
+HISTOGRAMS = reduction.Statistic("histograms", chunk=hist_chunk, combine=hist_combine, finalize=reduction.unchanged)
 
 
 def normalise(counts: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -211,4 +212,4 @@ def hist2d_combine(*parts: dict) -> dict:
     return {"counts": counts}
 
 
-HIST2D = reduction.Statistic("density2d", chunk=hist2d_chunk, combine=hist2d_combine)
+HIST2D = reduction.Statistic("density2d", chunk=hist2d_chunk, combine=hist2d_combine, finalize=reduction.unchanged)

@@ -261,7 +261,8 @@ def moments_combine(*parts: dict) -> dict:
     return reduction.merge(parts, how)
 
 
-MOMENTS = reduction.Statistic("moments", chunk=moments_chunk, combine=moments_combine)
+#: Pass 1. The cache labels the merged partial (meta, group codes) as the moments Dataset.
+MOMENTS = reduction.Statistic("moments", chunk=moments_chunk, combine=moments_combine, finalize=reduction.unchanged)
 
 
 # -- pass 2 ---------------------------------------------------------------------------------------------------------

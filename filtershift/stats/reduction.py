@@ -31,7 +31,8 @@ from filtershift import progress
 SPLIT_EVERY = 8
 
 
-def _identity(part: dict) -> dict:
+def unchanged(part: dict) -> dict:
+    """The finalize step of a statistic whose merged partial is already its result."""
     return part
 
 
@@ -46,7 +47,7 @@ class Statistic:
     name: str
     chunk: Callable
     combine: Callable
-    finalize: Callable = _identity
+    finalize: Callable = unchanged
     fill: dict = field(default_factory=dict)
 
 
