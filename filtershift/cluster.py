@@ -329,7 +329,49 @@ def scheduler_context(scheduler=None, *, n_workers: int | None = None, memory_li
     A cluster this context starts or a client it opens is closed on exit; an already active client is used and
     left open. ``n_workers``/``memory_limit``/``threads_per_worker`` size a ``"local"`` cluster (``n_workers`` also
     sets the pool size of ``"threads"``/``"processes"``). The dashboard link of a distributed scheduler is
-    printed to stderr unless ``dashboard`` is false or ``quiet``."""
+    printed to stderr unless ``dashboard`` is false or ``quiet``.
+
+    Parameters
+    ----------
+    scheduler : str or distributed.Client, optional
+        ``"tcp://HOST:PORT"`` (or ``tls://``, ``HOST:PORT``), a scheduler file, ``"threads"``, ``"processes"``,
+        ``"synchronous"`` or ``"local"``; default: the environment, dask config or active client, else
+        ``default``.
+    n_workers : int, optional
+        Workers of a ``"local"`` cluster (default one per core); pool size of ``"threads"``/``"processes"``.
+    memory_limit : int or str, optional
+        Memory limit per ``"local"`` worker, bytes or e.g. ``"4GB"``; default ``MEMORY_FRACTION`` of the
+        memory shared among the workers.
+    dashboard : bool, default True
+        Print the dashboard link of a distributed scheduler.
+    default : str, default "threads"
+        Scheduler used when nothing else chooses one.
+    threads_per_worker : int, optional
+        Threads per ``"local"`` worker (default 2).
+    connect_timeout : float, optional
+        Seconds to reach a remote scheduler; default ``FILTERSHIFT_CONNECT_TIMEOUT``, else 5.
+    worker_timeout : float, optional
+        Seconds to wait for a remote scheduler's first worker; default ``FILTERSHIFT_WORKER_TIMEOUT``, else 30.
+    quiet : bool, default False
+        Print nothing.
+
+    Yields
+    ------
+    Connection
+        Where dask computes: ``kind``, ``source`` (the rule that chose it), ``address``, ``client``, ``cluster``,
+        ``dashboard_link``.
+
+    Raises
+    ------
+    filtershift.errors.FiltershiftError
+        If a remote scheduler is unreachable or has no worker in time, or the local sizing is invalid.
+
+    Examples
+    --------
+    >>> import filtershift
+    >>> with filtershift.scheduler_context("local", n_workers=2) as conn:
+    ...     basis = filtershift.fit_basis(filtershift.open_store("filters.zarr"))
+    """
     choice = resolve_scheduler(scheduler, default=default)
     if choice.kind in ("threads", "processes", "synchronous"):
         options = {"scheduler": choice.kind}

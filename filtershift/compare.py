@@ -47,9 +47,60 @@ def model_dataset(model) -> xr.Dataset:
 
 def compare(model, store, *, by=("task",), metric: str = "kl_sym", bins: int = 70, top: int = 10,
             min_filters: int = 1000, min_models: int = 2, storage_options: dict | None = None) -> xr.Dataset:
-    """Drift of ``model`` (a path, module or ``ModelFilters``) to each group of ``store`` for every grouping in
-    ``by`` and to every database model; returns a labelled Dataset (see the variables' descriptions).
-    ``storage_options``: fsspec options of a store URL."""
+    """Drift of one model to each group of a store and to every database model, with layer quality percentiles.
+
+    The drift of ``model`` (a path, module or ``ModelFilters``) to each group of ``store`` is computed for every
+    grouping in ``by`` and to every database model; the result is a labelled Dataset (see the variables'
+    descriptions). ``storage_options``: fsspec options of a store URL. The model's coefficients are binned over the
+    database's coefficient range; the share outside it is ``attrs["outside_range"]``.
+
+    Parameters
+    ----------
+    model : str, os.PathLike, torch.nn.Module or ModelFilters
+        The model: a file path (.onnx, .pt/.pth/.bin/.ckpt state_dict, .safetensors), a ``torch.nn.Module``, or
+        filters already read by :func:`~filtershift.read_model`.
+    store : str, os.PathLike or xarray.Dataset
+        The database: a store path or URL, or a Dataset opened with :func:`~filtershift.open_store`.
+    by : str or sequence of str, default ("task",)
+        The groupings to compare with, each a grouping key as in :func:`~filtershift.distributions`.
+    metric : {"kl_sym", "js", "w1"}, default "kl_sym"
+        The drift metric (see :mod:`filtershift.metrics`).
+    bins : int, default 70
+        Histogram bins per component.
+    top : int, default 10
+        Number of nearest database models listed.
+    min_filters : int, default 1000
+        Database groups with fewer filters are flagged ``small``.
+    min_models : int, default 2
+        Database groups with fewer models are flagged ``small``.
+    storage_options : dict, optional
+        fsspec options of a store URL (credentials, endpoint).
+
+    Returns
+    -------
+    xarray.Dataset
+        For each grouping NAME in ``by`` and for ``model``: ``drift_NAME`` (dim ``NAME_group``; coords
+        ``NAME_n_filters``, ``NAME_n_models``, ``NAME_small``). ``nearest_model_id``, ``nearest_drift`` and
+        ``nearest_name`` (dim ``nearest``, at most ``top``, nearest first). Per layer of the model (dim ``layer``):
+        ``layer_n``, ``layer_degenerated``, and for sparsity, variance_entropy_norm, variance_entropy_clean_norm
+        and orthogonality ``layer_METRIC`` and ``layer_METRIC_percentile`` (percentile among the database's
+        records). attrs ``model``, ``model_sha256``, ``metric``, ``bins``, ``n_filters``, ``n_layers``,
+        ``outside_range``, ``range``, ``store``.
+
+    Raises
+    ------
+    filtershift.errors.InputError
+        If the metric is unknown, the model cannot be read or has no 3x3 convolutions.
+    filtershift.errors.StoreError
+        If the store is missing, incomplete or unreadable.
+
+    Examples
+    --------
+    >>> import filtershift
+    >>> result = filtershift.compare("resnet18.onnx", "filters.zarr", by=["task", "visual_category"])
+    >>> result["drift_task"].sortby(result["drift_task"])  # nearest task group first  # doctest: +SKIP
+    >>> result.attrs["outside_range"]  # doctest: +SKIP
+    """
     from filtershift.ingest import read_model
     from filtershift.ingest.model import ModelFilters
     from filtershift.stats import distributions, fit_basis, record_stats

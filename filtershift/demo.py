@@ -13,7 +13,28 @@ from pathlib import Path
 
 def run_demo(out="filtershift-demo", *, n_filters: int = 1_000_000, n_models: int = 48, seed: int = 0,
              scheduler: str | None = None) -> dict:
-    """Run the demo into ``out``; returns a summary dict (paths, counts, timings)."""
+    """Run the demo into ``out``: synthesize a source, convert it to a store, build its report.
+
+    Parameters
+    ----------
+    out : str or os.PathLike, default "filtershift-demo"
+        Local output directory (created if missing); the demo overwrites its ``dataset.h5`` and ``db.zarr``.
+    n_filters : int, default 1_000_000
+        Number of synthetic filters.
+    n_models : int, default 48
+        Number of synthetic models.
+    seed : int, default 0
+        Seed of the synthetic data.
+    scheduler : str, optional
+        Dask scheduler of the report (see :func:`~filtershift.scheduler_context`).
+
+    Returns
+    -------
+    dict
+        Summary (also written to ``out/demo-summary.json``): ``out``, ``source``, ``store``, ``info`` (the store's
+        :func:`~filtershift.store.verify.info`), ``truth`` (the synthetic ground truth), ``timings`` (seconds per
+        step) and ``report`` (path of the report page).
+    """
     from filtershift.synth import read_truth, synthesize
     from filtershift.store.convert import convert
     from filtershift.store.verify import info

@@ -177,10 +177,47 @@ def read_truth(out) -> dict:
 def synthesize(out, n_filters: int = 1_000_000, n_models: int = 40, seed: int = 0, format: str = "h5",
                style: str = "v1.0", meta_format: str = "table", layout: str = "flat", dtype: str = "float32",
                shuffle_records: bool = False, overwrite: bool = False) -> pathlib.Path:
-    """Write a synthetic CNN-Filter-DB data set to ``out`` (a ``dataset.h5``, or a store when ``format="zarr"``)
-    and its planted truth to ``<OUT>.truth.json``; returns ``out``.
+    """Write a synthetic CNN-Filter-DB data set and its planted truth.
 
-    Same arguments, same bytes: the filters, the meta table and the truth depend only on the arguments.
+    The data set goes to ``out`` (a ``dataset.h5``, or a store when ``format="zarr"``) and its planted truth to
+    ``<OUT>.truth.json``; returns ``out``. Same arguments, same bytes: the filters, the meta table and the truth
+    depend only on the arguments.
+
+    Parameters
+    ----------
+    out : str or os.PathLike
+        Local output path; its directory must exist.
+    n_filters : int, default 1_000_000
+        Number of filters, at least 64 per model (at most 20,000,000 with ``style="v0.1"``).
+    n_models : int, default 40
+        Number of models, at least 1.
+    seed : int, default 0
+        Non-negative seed; everything written depends only on the arguments.
+    format : {"h5", "zarr"}, default "h5"
+        Write the ``dataset.h5`` source, or convert it to a store at ``out``.
+    style : {"v1.0", "v0.1"}, default "v1.0"
+        Layout of the release imitated: v1.0 meta rows hold filter id ranges, v0.1 list every filter id (needs
+        ``meta_format="fixed"``).
+    meta_format : {"table", "fixed"}, default "table"
+        pandas HDF5 format of the meta table.
+    layout : {"flat", "3x3"}, default "flat"
+        Filter array shape: (N, 9) or (N, 3, 3).
+    dtype : {"float32", "float16", "float64"}, default "float32"
+        Filter dtype in the file.
+    shuffle_records : bool, default False
+        Write the same records at permuted positions.
+    overwrite : bool, default False
+        Replace an existing ``out``.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out``.
+
+    Raises
+    ------
+    filtershift.errors.InputError
+        If an argument is invalid or out of range, ``out`` exists without ``overwrite``, or its directory is missing.
     """
     out = local_path(out, "OUT")
     _validate(out, n_filters, n_models, seed, format, style, meta_format, layout, dtype, overwrite)

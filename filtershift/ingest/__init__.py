@@ -22,8 +22,31 @@ MODEL_SUFFIXES = {suffix: reader[0] for suffix, reader in READERS.items()}
 
 
 def read_model(source, **kwargs):
-    """Extract the 3x3 filters of one model: a file path (.onnx, .pt/.pth/.bin/.ckpt state_dict,
-    .safetensors) or a ``torch.nn.Module``; returns a ``ModelFilters``."""
+    """Extract the 3x3 filters of one model: a file path or a ``torch.nn.Module``.
+
+    File paths: .onnx, .pt/.pth/.bin/.ckpt state_dict (loaded with ``weights_only=True``), .safetensors; the
+    format is chosen by the suffix (:data:`READERS`).
+
+    Parameters
+    ----------
+    source : str, os.PathLike or torch.nn.Module
+        The model file, or a module.
+    **kwargs
+        Passed to the format's reader: ``module`` (the ``nn.Module`` the weights of a state_dict or safetensors
+        file belong to, for exact depths and groups); for a module, ``name`` (the result's ``source``) and
+        ``trace``.
+
+    Returns
+    -------
+    ModelFilters
+        The model's 3x3 filters per layer, sorted by (conv depth, position in the graph), with ``source``,
+        ``kind``, ``sha256`` and the ``meta`` row that joins the models table.
+
+    Raises
+    ------
+    filtershift.errors.InputError
+        If the suffix is unknown, the file is missing, corrupt or unsafe, or its reader's extra is not installed.
+    """
     if not isinstance(source, (str, os.PathLike)):
         from filtershift.ingest.torch import read_module
 

@@ -85,6 +85,45 @@ def build_report(store=None, out=None, config=None, scheduler=None, *, force: bo
     ``out`` may be a URL (``s3://bucket/reports``): the run is built locally, then uploaded and published by
     single-object writes (:class:`filtershift.report.publish.RemoteOutput`); the result's paths are then URLs.
     ``storage_options`` (fsspec) serve the store and the output URLs; they are not part of the spec or its hash.
+
+    Parameters
+    ----------
+    store : str or os.PathLike, optional
+        Store path or URL; overrides ``store`` of the config.
+    out : str or os.PathLike, optional
+        Output directory or URL; overrides ``output`` of the config.
+    config : str, os.PathLike or dict, optional
+        A report.yaml path or a spec dict; default the built-in spec.
+    scheduler : str, optional
+        Dask scheduler (see :func:`~filtershift.scheduler_context`); overrides ``scheduler`` of the config.
+    force : bool, default False
+        Build a new run even when a published run has the same identity (store snapshot, spec hash, version).
+    default_scheduler : str, default "threads"
+        Scheduler used when neither the arguments, the config nor the environment choose one.
+    storage_options : dict, optional
+        fsspec options of the store and output URLs.
+
+    Returns
+    -------
+    ReportResult
+        ``status`` (``"built"``, ``"skipped"`` or ``"reused"``), ``out``, ``run``, ``run_dir``, ``spec_hash``,
+        ``identity``, ``results`` (None unless built) and ``removed_unfinished``; ``index_html``,
+        ``history_html`` and ``results_json`` give the pages' paths (URLs for a URL output).
+
+    Raises
+    ------
+    filtershift.errors.InputError
+        If no store or no output is given, or the config is invalid.
+    filtershift.errors.StoreError
+        If the store is missing, incomplete or unreadable.
+
+    Examples
+    --------
+    >>> import filtershift
+    >>> result = filtershift.build_report("filters.zarr", "reports", config="report.yaml")
+    >>> result.status  # doctest: +SKIP
+    'built'
+    >>> result.index_html  # doctest: +SKIP
     """
     overrides = {"store": None if store is None else str(store), "output": None if out is None else str(out),
                  "scheduler": scheduler}

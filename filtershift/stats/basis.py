@@ -52,6 +52,34 @@ class Basis:
     (N, 9) / (N, 3, 3) array. Learned: ``mean_``, ``components_`` (component, k), ``explained_variance_``
     (ddof=1), ``explained_variance_ratio_``, ``n_samples_``; ``stats_`` keeps the per-record statistics so that
     later distributions of the same Dataset cost no extra moments pass.
+
+    Parameters
+    ----------
+    n_components : int, default 9
+        Number of principal components kept, an integer in [1, 9].
+
+    Attributes
+    ----------
+    mean_ : numpy.ndarray
+        Mean scaled filter, shape (9,).
+    components_ : numpy.ndarray
+        Principal axes, shape (n_components, 9) (component, k), by decreasing explained variance.
+    explained_variance_ : numpy.ndarray
+        Variance of the coefficients along each component (ddof=1), shape (n_components,).
+    explained_variance_ratio_ : numpy.ndarray
+        Share of the total variance per component, shape (n_components,).
+    n_samples_ : int
+        Number of filters the basis was fitted on.
+    n_features_in_ : int
+        Number of coefficients per filter (9).
+    stats_ : RecordStats or None
+        The per-record statistics of the fitted Dataset or RecordStats; None when fitted on an array.
+
+    Raises
+    ------
+    filtershift.errors.InputError
+        From ``fit``: ``n_components`` outside [1, 9], an array not of shape (N, 9) or (N, 3, 3), fewer than 2
+        filters, or NaN/infinite filters (a Dataset masked with ``ds.where(cond)`` without ``drop=True``).
     """
 
     def __init__(self, n_components: int = K):
@@ -182,7 +210,36 @@ def fit_basis(data, n_components: int = K) -> Basis:
     """Fit the PCA basis of scaled filters of a Dataset (pass 1, lazy or in memory), RecordStats or array.
 
     NaN-masked filters (``ds.where(cond)`` without ``drop=True``) are refused: select them with ``ds.sel`` or
-    ``ds.where(cond.compute(), drop=True)`` (xarray drops by a computed condition only)."""
+    ``ds.where(cond.compute(), drop=True)`` (xarray drops by a computed condition only).
+
+    Parameters
+    ----------
+    data : xarray.Dataset, RecordStats or array_like
+        A filtershift Dataset (one pass over the data), its :class:`RecordStats`, or an in-memory array of
+        filters of shape (N, 9) or (N, 3, 3).
+    n_components : int, default 9
+        Number of principal components kept, an integer in [1, 9].
+
+    Returns
+    -------
+    Basis
+        The fitted basis (``mean_``, ``components_``, ``explained_variance_``, ``explained_variance_ratio_``,
+        ``n_samples_``, ``stats_``).
+
+    Raises
+    ------
+    filtershift.errors.InputError
+        If ``n_components`` is out of range, an array has the wrong shape, the data hold fewer than 2 filters, or
+        the filters hold NaN or infinite values.
+
+    Examples
+    --------
+    >>> import filtershift
+    >>> ds = filtershift.open_store("filters.zarr")
+    >>> basis = filtershift.fit_basis(ds)
+    >>> basis.explained_variance_ratio_.round(3)  # doctest: +SKIP
+    >>> coef = basis.transform(ds)  # lazy DataArray (filter, component)
+    """
     return Basis(n_components=n_components).fit(data)
 
 
@@ -190,9 +247,37 @@ def group_bases(data, by="task", *, min_filters: int = 1000, min_models: int = 2
                 keep_empty: bool = False) -> xr.Dataset:
     """The same PCA fitted on each group's filters, from per-record co-moments (no new pass).
 
-    Returns dims (group, component, k) with ``mean``, ``components``, ``eigenimages`` (group, component, y, x),
-    ``explained_variance``, ``explained_variance_ratio``, ``n_filters``, ``n_models``, ``small`` and ``valid``
+    The result has dims (group, component, k) with ``mean``, ``components``, ``eigenimages`` (group, component, y,
+    x), ``explained_variance``, ``explained_variance_ratio``, ``n_filters``, ``n_models``, ``small`` and ``valid``
     (False for groups of fewer than 2 filters, whose values are NaN).
+
+    Parameters
+    ----------
+    data : xarray.Dataset, RecordStats or Basis
+        A filtershift Dataset, its :class:`RecordStats`, or a fitted :class:`Basis` (its statistics are reused).
+    by : str or list of str, default "task"
+        Grouping key or keys: a grouping coordinate of the Dataset or its column name, ``"depth"`` (deciles),
+        ``"model"`` or ``"conv_depth"``; several keys group by their observed combinations.
+    min_filters : int, default 1000
+        Groups with fewer filters are flagged ``small``.
+    min_models : int, default 2
+        Groups with fewer models are flagged ``small``.
+    keep_empty : bool, default False
+        Keep every combination of the keys' labels as a group, even those without filters (then ``valid`` is
+        False and the values NaN).
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims (group, component, k, y, x): ``mean`` (group, k), ``components`` (group, component, k),
+        ``eigenimages`` (group, component, y, x), ``explained_variance`` and ``explained_variance_ratio``
+        (group, component), ``n_filters``, ``n_models``, ``small``, ``valid`` (group). With several keys, one
+        coordinate per key along ``group``; attrs ``by``, ``min_filters``, ``min_models``.
+
+    Raises
+    ------
+    filtershift.errors.InputError
+        If ``data`` is not a filtershift Dataset, RecordStats or fitted Basis, or a grouping key is unknown.
     """
     stats = as_stats(data)
     m = stats.moments()

@@ -68,6 +68,31 @@ class RecordStats:
     A basis is anything with ``mean_`` and ``components_`` (a fitted :class:`~filtershift.stats.basis.Basis`);
     without one, passes 2 and 3 use :attr:`default_basis`, or else the full PCA of pass 1 (the same numbers).
     Co-moments are centred sums of outer products (float64); :attr:`passes` counts the passes over the data.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A filtershift Dataset (from :func:`~filtershift.open_store` or :func:`~filtershift.from_arrays`), with a
+        ``weights`` variable.
+    split_every : int, default 8
+        Fan-in of the tree reduction that combines the per-chunk partial statistics.
+
+    Attributes
+    ----------
+    ds : xarray.Dataset
+        The Dataset the statistics are computed on.
+    split_every : int
+        The reduction fan-in.
+    default_basis : Basis or None
+        The full-rank basis used by passes 2 and 3 when none is given (set by fitting a full-rank Basis on these
+        statistics); None until then.
+    passes : int
+        Number of passes run over the data so far.
+
+    Raises
+    ------
+    filtershift.errors.InputError
+        If ``ds`` has no ``weights`` variable.
     """
 
     def __init__(self, ds: xr.Dataset, split_every: int = SPLIT_EVERY):
@@ -240,7 +265,25 @@ def check_bins(bins, name, allow_zero=False) -> int:
 
 
 def record_stats(ds: xr.Dataset, split_every: int = SPLIT_EVERY) -> RecordStats:
-    """Lazy per-record statistics of ``ds``: nothing is computed until a pass is asked for."""
+    """Lazy per-record statistics of ``ds``: nothing is computed until a pass is asked for.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A filtershift Dataset with a ``weights`` variable.
+    split_every : int, default 8
+        Fan-in of the tree reduction that combines the per-chunk partial statistics.
+
+    Returns
+    -------
+    RecordStats
+        The (empty) cache of per-record statistics of ``ds``.
+
+    Raises
+    ------
+    filtershift.errors.InputError
+        If ``ds`` has no ``weights`` variable.
+    """
     return RecordStats(ds, split_every=split_every)
 
 

@@ -23,10 +23,65 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
     """Per-group coefficient distributions: a 70-bin histogram per component over one global range.
 
     ``data`` is a Dataset, a :class:`RecordStats` or a fitted basis (then its statistics are reused, so asking
-    for more groupings costs no pass). Returns dims (group, component, bin) with ``p`` (normalised histograms,
-    NaN for empty groups), ``counts``, ``n_filters``, ``n_models``, ``small`` (under ``min_filters`` or
-    ``min_models``), the basis' ``explained_variance_ratio`` (drift weights), and the per-(group, model)
+    for more groupings costs no pass). The result has dims (group, component, bin) with ``p`` (normalised
+    histograms, NaN for empty groups), ``counts``, ``n_filters``, ``n_models``, ``small`` (under ``min_filters``
+    or ``min_models``), the basis' ``explained_variance_ratio`` (drift weights), and the per-(group, model)
     ``member_counts`` used by :func:`drift_ci`. ``fine_bins`` > 0 adds ``fine_counts`` for :func:`kde`.
+
+    Parameters
+    ----------
+    data : xarray.Dataset, RecordStats or Basis
+        A filtershift Dataset, its :class:`RecordStats`, or a fitted :class:`Basis` (its statistics are reused).
+    basis : Basis, optional
+        The fitted basis whose coefficients are histogrammed; default the full-rank basis of the data's statistics
+        (fitted from pass 1 if not yet).
+    by : str or list of str, default "task"
+        Grouping key or keys: a grouping coordinate of the Dataset or its column name, ``"depth"`` (deciles),
+        ``"model"`` or ``"conv_depth"``; several keys group by their observed combinations.
+    bins : int, default 70
+        Number of histogram bins per component (a positive integer).
+    min_filters : int, default 1000
+        Groups with fewer filters are flagged ``small``.
+    min_models : int, default 2
+        Groups with fewer models are flagged ``small``.
+    keep_empty : bool, default False
+        Keep every combination of the keys' labels as a group, even those without filters (NaN ``p``).
+    fine_bins : int, default 0
+        If > 0, also count the coefficients in this many fine bins over the same range (``fine_counts``, for
+        :func:`kde`); a non-negative integer.
+    range : tuple of float, optional
+        (lower, upper) of the histogram range; default the global coefficient range of the data.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims (group, component, bin, member), coords ``group``, ``component``, ``bin_edges`` (bin_edge),
+        ``bin_lower``/``bin_upper`` (bin), and one coordinate per key along ``group`` when grouped by several
+        keys. Variables: ``p`` and ``counts`` (group, component, bin), ``n_filters``, ``n_models``, ``small``
+        (group), ``explained_variance_ratio`` and ``explained_variance`` (component), ``coef_var`` (group,
+        component; exact per-group coefficient variance, ddof=1), ``member_counts`` (member, component, bin),
+        ``member_group`` and ``member_model`` (member); with ``fine_bins``, ``fine_counts`` (group, component,
+        fine_bin) and ``fine_edges`` (fine_edge). attrs ``by``, ``bins``, ``range``, ``min_filters``,
+        ``min_models``, ``n_filters_total``, ``normalisation``.
+
+    Raises
+    ------
+    filtershift.errors.InputError
+        If ``data`` is not a filtershift Dataset, RecordStats or fitted Basis, ``bins``/``fine_bins`` are not
+        valid integers, or a grouping key is unknown.
+
+    See Also
+    --------
+    drift, drift_ci, kde
+
+    Examples
+    --------
+    >>> import filtershift
+    >>> ds = filtershift.open_store("filters.zarr")
+    >>> basis = filtershift.fit_basis(ds)
+    >>> dist = filtershift.distributions(ds, basis, by="task")
+    >>> dist["p"].dims
+    ('group', 'component', 'bin')
     """
     stats = _stats_for(data, basis)
     basis = basis if basis is not None else default_basis(stats)
@@ -126,6 +181,36 @@ def density2d(data, basis=None, components=(0, 1), bins: int = 512, by=None, kee
     """2D histogram (counts) of two components over the global coefficient range: one extra pass.
 
     With ``by``, one histogram per group (group, y, x); y is the first component, x the second.
+
+    Parameters
+    ----------
+    data : xarray.Dataset, RecordStats or Basis
+        A filtershift Dataset, its :class:`RecordStats`, or a fitted :class:`Basis` (its statistics are reused).
+    basis : Basis, optional
+        The fitted basis whose coefficients are histogrammed; default the full-rank basis of the data's statistics
+        (fitted from pass 1 if not yet).
+    components : tuple of int, default (0, 1)
+        The two component indices (y, x), each in [0, n_components).
+    bins : int, default 512
+        Number of bins along each axis (a positive integer).
+    by : str or list of str, optional
+        Grouping key or keys, as for :func:`distributions`; default None, one histogram over all filters.
+    keep_empty : bool, default False
+        With ``by``, keep every combination of the keys' labels as a group, even those without filters.
+    range : tuple of float, optional
+        (lower, upper) of both axes; default the global coefficient range of the data.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``density2d``: counts with dims (y, x), or (group, y, x) with ``by``; coords ``y``, ``x`` (bin centres)
+        and ``group``; attrs ``components``, ``range``, ``bins``, ``bin_edges``.
+
+    Raises
+    ------
+    filtershift.errors.InputError
+        If ``components`` are not two valid indices, ``bins`` is not a positive integer, or a grouping key is
+        unknown.
     """
     stats = _stats_for(data, basis)
     basis = basis if basis is not None else default_basis(stats)

@@ -70,8 +70,39 @@ def _labelled(dist, values, metric, name="drift") -> xr.DataArray:
 
 
 def drift(dist: xr.Dataset, metric: str = "kl_sym") -> xr.DataArray:
-    """Drift matrix (group_a, group_b) of a distributions Dataset; group sizes and ``small`` flags ride along
-    as coordinates; empty groups give NaN rows and columns."""
+    """Drift matrix (group_a, group_b) of a distributions Dataset.
+
+    Group sizes and ``small`` flags ride along as coordinates; empty groups give NaN rows and columns.
+
+    Parameters
+    ----------
+    dist : xarray.Dataset
+        The result of :func:`distributions`.
+    metric : {"kl_sym", "js", "w1"}, default "kl_sym"
+        Divergence per component, summed with the explained-variance-ratio weights: symmetric Kullback-Leibler
+        (the reference), Jensen-Shannon (natural log) or Wasserstein-1 (see :mod:`filtershift.metrics`).
+
+    Returns
+    -------
+    xarray.DataArray
+        ``drift`` with dims (group_a, group_b); coords ``group_a``, ``group_b`` and ``n_filters_a/_b``,
+        ``n_models_a/_b``, ``small_a/_b``; attrs ``metric``, ``weights``, units of the metric. The diagonal is 0
+        (NaN for empty groups).
+
+    Raises
+    ------
+    filtershift.errors.InputError
+        If ``dist`` is not a result of :func:`distributions` or ``metric`` is unknown.
+
+    Examples
+    --------
+    >>> import filtershift
+    >>> ds = filtershift.open_store("filters.zarr")
+    >>> dist = filtershift.distributions(ds, by="task")
+    >>> d = filtershift.drift(dist, metric="kl_sym")
+    >>> d.dims
+    ('group_a', 'group_b')
+    """
     _check_dist(dist)
     declared(metric)
     p = normalised_for(dist, dist["counts"].values, metric)
@@ -82,11 +113,38 @@ def drift(dist: xr.Dataset, metric: str = "kl_sym") -> xr.DataArray:
 
 def drift_ci(dist: xr.Dataset, metric: str = "kl_sym", n_boot: int = 200, seed: int = 0,
              level: float = 0.95) -> xr.Dataset:
-    """Percentile bootstrap intervals for every drift value: each replicate resamples, within each group, the
-    group's models with replacement and sums their per-model histograms (no pass over the data).
+    """Percentile bootstrap intervals for every drift value.
 
-    Returns ``drift`` (the point estimate), ``lower``, ``upper`` and ``std`` (group_a, group_b). Groups of one model
-    have zero-width intervals from their side; their ``n_models_*`` coordinate says so.
+    Each replicate resamples, within each group, the group's models with replacement and sums their per-model
+    histograms (no pass over the data). The result holds ``drift`` (the point estimate), ``lower``, ``upper`` and
+    ``std`` (group_a, group_b). Groups of one model have zero-width intervals from their side; their
+    ``n_models_*`` coordinate says so.
+
+    Parameters
+    ----------
+    dist : xarray.Dataset
+        The result of :func:`distributions`.
+    metric : {"kl_sym", "js", "w1"}, default "kl_sym"
+        Divergence per component, summed with the explained-variance-ratio weights: symmetric Kullback-Leibler
+        (the reference), Jensen-Shannon (natural log) or Wasserstein-1 (see :mod:`filtershift.metrics`).
+    n_boot : int, default 200
+        Number of bootstrap replicates, an integer >= 2.
+    seed : int, default 0
+        Seed of the random generator (the same seed gives the same intervals).
+    level : float, default 0.95
+        Confidence level of the interval, in (0, 1).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``drift``, ``lower``, ``upper``, ``std`` with dims (group_a, group_b) and the coordinates of
+        :func:`drift`; attrs ``metric``, ``n_boot``, ``seed``, ``level``, ``method``.
+
+    Raises
+    ------
+    filtershift.errors.InputError
+        If ``dist`` is not a result of :func:`distributions`, ``metric`` is unknown, ``n_boot`` < 2 or ``level`` is
+        not in (0, 1).
     """
     _check_dist(dist)
     declared(metric)

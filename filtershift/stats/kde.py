@@ -43,6 +43,31 @@ def kde(dist: xr.Dataset, points: int = 512, bandwidth="silverman", components=N
 
     ``bandwidth``: ``"silverman"`` (per group and component, from the exact coefficient variance of the moments
     and the binned IQR) or a number. Uses ``fine_counts`` when the distributions hold them, else ``counts``.
+    Bandwidths are at least the bin width.
+
+    Parameters
+    ----------
+    dist : xarray.Dataset
+        The result of :func:`distributions` (ideally with ``fine_bins`` > 0).
+    points : int, default 512
+        Number of evaluation points over the global range, an integer >= 2.
+    bandwidth : "silverman" or float, default "silverman"
+        Silverman's rule per group and component, or one positive bandwidth in coefficient units.
+    components : int or sequence of int, optional
+        Components to estimate; default all.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``kde``: Gaussian kernel density with dims (group, component, x), NaN for empty groups; coords ``group``,
+        ``component``, ``x``, ``bandwidth`` (group, component) and ``n_filters`` (group); attrs ``kernel``,
+        ``rule``, ``data`` (which counts were used).
+
+    Raises
+    ------
+    filtershift.errors.InputError
+        If ``dist`` is not a result of :func:`distributions`, ``points`` < 2, or ``bandwidth`` is neither
+        ``"silverman"`` nor a positive number.
     """
     if not isinstance(dist, xr.Dataset) or "counts" not in dist:
         raise InputError("kde needs the result of filtershift.distributions(ds, basis, by=...).")

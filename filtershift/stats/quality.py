@@ -159,6 +159,27 @@ def layer_metrics(w, sparsity_eps: float = 0.01, out_channels: int | None = None
     """All metrics of one layer held in memory: ``w`` (out, in/groups, 3, 3), (n, 3, 3) or (n, 9).
 
     The 4-d shape gives the out channels for orthogonality; otherwise pass ``out_channels`` (NaN when unknown).
+
+    Parameters
+    ----------
+    w : array_like
+        The layer's finite weights, shape (out, in/groups, 3, 3), (n, 3, 3) or (n, 9).
+    sparsity_eps : float, default 0.01
+        A filter is sparse when its every |w| is below ``sparsity_eps`` times the layer's largest |w|.
+    out_channels : int, optional
+        Number of output channels, for orthogonality; taken from a 4-d ``w`` when not given.
+
+    Returns
+    -------
+    dict
+        ``n``, ``n_nonsparse`` (int) and the float metrics of :data:`METRICS` (``sparsity``, ``variance_entropy``
+        and its ``_norm``, ``_clean`` and ``_clean_norm`` variants, ``orthogonality``, ``l1_norm``, ``l2_norm``,
+        ``l1_norm_std``, ``l2_norm_std``).
+
+    Raises
+    ------
+    filtershift.errors.InputError
+        If ``w`` has another shape or holds NaN or infinite values.
     """
     a = np.asarray(w)
     if a.ndim == 4 and a.shape[2:] == (3, 3):
@@ -366,6 +387,32 @@ def layer_quality(data, sparsity_eps: float = 0.01, *, thresholds=None, orthogon
     share its passes 1 and 2). Columns: record, model_id, conv_depth, conv_depth_norm, depth (decile), layer,
     in/out channels, groups, the grouping labels (task, visual_category, ...), n, n_nonsparse, max_abs, the
     :data:`METRICS`, and the columns of :func:`degeneration`. ``orthogonality=False`` skips its pass (NaN).
+
+    Parameters
+    ----------
+    data : xarray.Dataset or RecordStats
+        A filtershift Dataset or its per-record statistics.
+    sparsity_eps : float, default 0.01
+        A filter is sparse when its every |w| is below ``sparsity_eps`` times the layer's largest |w|; in (0, 1).
+    thresholds : Thresholds or dict, optional
+        Degeneration criteria (:class:`~filtershift.stats.quality.Thresholds` or a dict of its fields); default
+        ``Thresholds()``.
+    orthogonality : bool, default True
+        Compute the orthogonality metric (one more pass over whole layers); False leaves it NaN.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per record; columns ``record``, ``model_id``, ``conv_depth``, ``conv_depth_norm``, ``depth``,
+        ``layer``, ``in_channels``, ``out_channels``, ``groups``, the grouping labels, ``max_abs``, ``n``,
+        ``n_nonsparse``, the metrics, ``sparse``, ``low_diversity``, ``random_like``, ``degenerated`` and
+        ``degeneration``; ``attrs`` hold ``sparsity_eps`` and ``thresholds``.
+
+    Raises
+    ------
+    filtershift.errors.InputError
+        If ``sparsity_eps`` is not in (0, 1), ``thresholds`` is invalid, or ``data`` is not a filtershift Dataset
+        or RecordStats.
     """
     from filtershift.store.dataset import records as records_table
 
@@ -421,12 +468,38 @@ _META = ("record", "conv_depth", "conv_depth_norm", "depth", "layer", "in_channe
 
 
 def model_quality(data, sparsity_eps: float = 0.01, *, thresholds=None, orthogonality: bool = True) -> pd.DataFrame:
-    """One row per model: its layers' metrics averaged with their filter counts as weights, the number of layers
-    and filters, and the share of degenerated layers (``degenerated_share``) and of filters in them
-    (``degenerated_filter_share``).
+    """One row per model: its layers' metrics averaged with their filter counts as weights.
 
-    ``data`` is a table from :func:`layer_quality` or anything :func:`layer_quality` accepts (then computed with
-    the other arguments).
+    Each row also holds the number of layers and filters, and the share of degenerated layers
+    (``degenerated_share``) and of filters in them (``degenerated_filter_share``). ``data`` is a table from
+    :func:`layer_quality` or anything :func:`layer_quality` accepts (then computed with the other arguments).
+
+    Parameters
+    ----------
+    data : pandas.DataFrame, xarray.Dataset or RecordStats
+        A :func:`layer_quality` table, or the input of :func:`layer_quality`.
+    sparsity_eps : float, default 0.01
+        A filter is sparse when its every |w| is below ``sparsity_eps`` times the layer's largest |w|; in (0, 1).
+        Used only when the layer table is computed here.
+    thresholds : Thresholds or dict, optional
+        Degeneration criteria (:class:`~filtershift.stats.quality.Thresholds` or a dict of its fields); default
+        ``Thresholds()``.
+        Used only when the layer table is computed here.
+    orthogonality : bool, default True
+        Compute the orthogonality metric (one more pass over whole layers); False leaves it NaN.
+        Used only when the layer table is computed here.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per model: ``model_id``, the grouping labels, ``n_layers``, ``n_filters``, the filter-weighted
+        mean of each metric and of ``degeneration``, ``n_degenerated``, ``degenerated_share``,
+        ``degenerated_filter_share``; ``attrs`` copied from the layer table.
+
+    Raises
+    ------
+    filtershift.errors.InputError
+        If a given table lacks the columns of a :func:`layer_quality` table, or as :func:`layer_quality`.
     """
     table = data if isinstance(data, pd.DataFrame) else layer_quality(
         data, sparsity_eps, thresholds=thresholds, orthogonality=orthogonality)
@@ -457,8 +530,28 @@ def model_quality(data, sparsity_eps: float = 0.01, *, thresholds=None, orthogon
 
 
 def most_degenerated(table: pd.DataFrame, k: int = 10) -> pd.DataFrame:
-    """The ``k`` most degenerated rows of a layer or model table: layers by their ``degeneration`` score, models
-    by ``degenerated_share``, then ``degenerated_filter_share``, then their mean score."""
+    """The ``k`` most degenerated rows of a layer or model table.
+
+    Layers are ranked by their ``degeneration`` score, models by ``degenerated_share``, then
+    ``degenerated_filter_share``, then their mean score.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A table from :func:`layer_quality` or :func:`model_quality`.
+    k : int, default 10
+        Number of rows returned, a positive integer.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The ``k`` first rows of ``table`` in that order (NaN scores last), with all its columns.
+
+    Raises
+    ------
+    filtershift.errors.InputError
+        If ``k`` is not a positive integer.
+    """
     try:
         k = int(k)
     except (TypeError, ValueError):
@@ -473,11 +566,38 @@ def most_degenerated(table: pd.DataFrame, k: int = 10) -> pd.DataFrame:
 
 def quality_by(table: pd.DataFrame, by, metrics=METRICS, quantiles=(0.05, 0.25, 0.5, 0.75, 0.95),
                bins: int = 20) -> xr.Dataset:
-    """Per group of a layer (or model) table: counts, filter-weighted mean of each metric, the distribution over
-    layers (quantiles and a histogram on each metric's range over the whole table) and the degenerated share.
+    """Per group of a layer (or model) table: counts, metric means, distributions and the degenerated share.
 
-    ``by``: a column of the table ('task', 'visual_category', 'depth', 'model_id', 'conv_depth', ...; the original
-    meta column names such as 'Visual Category' also work) or a list of them.
+    For each group: counts, filter-weighted mean of each metric, the distribution over layers (quantiles and a
+    histogram on each metric's range over the whole table) and the degenerated share. ``by``: a column of the
+    table ('task', 'visual_category', 'depth', 'model_id', 'conv_depth', ...; the original meta column names such
+    as 'Visual Category' also work) or a list of them.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A table from :func:`layer_quality` or :func:`model_quality`.
+    by : str or list of str
+        Column or columns to group by.
+    metrics : sequence of str, default METRICS
+        Metric columns summarised (those absent from the table are left out).
+    quantiles : sequence of float, default (0.05, 0.25, 0.5, 0.75, 0.95)
+        Quantile levels computed over each group's rows.
+    bins : int, default 20
+        Number of histogram bins per metric, a positive integer.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims (group, metric, quantile, bin, bin_edge): ``n_rows``, ``n_filters``, ``degenerated_share`` (group),
+        ``mean`` (group, metric), ``quantiles`` (group, metric, quantile), ``hist`` (group, metric, bin); coords
+        ``group`` (labels joined by " / "), ``metric``, ``quantile``, ``bin_edges`` (metric, bin_edge),
+        ``metric_units`` (metric) and one coordinate per ``by`` column along ``group``.
+
+    Raises
+    ------
+    filtershift.errors.InputError
+        If a ``by`` column is missing or ``bins`` is not a positive integer.
     """
     from filtershift.store.format import snake_case
 

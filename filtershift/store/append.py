@@ -124,9 +124,43 @@ def _stale_holder(fs, path: str) -> str:
 
 def add_models(store, models, *, meta=None, create: bool = True, storage_options: dict | None = None,
                lock_timeout: float = 0.0) -> AppendResult:
-    """Append extracted models (``ModelFilters`` from :mod:`filtershift.ingest`) to ``store``, one atomic
-    commit per model. ``meta``: a DataFrame or dict of model meta columns (Name, Task, "Visual Category",
-    ...), keyed by the source file name (column ``model`` or ``source``) or, for a single model, one dict.
+    """Append extracted models to ``store``, one atomic commit per model.
+
+    The models are ``ModelFilters`` from :mod:`filtershift.ingest`. ``meta``: a DataFrame or dict of model meta
+    columns (Name, Task, "Visual Category", ...), keyed by the source file name (column ``model`` or ``source``)
+    or, for a single model, one dict. A model whose weights' SHA-256 is already in the store is skipped with a
+    message.
+
+    Parameters
+    ----------
+    store : str or os.PathLike
+        Store path or fsspec URL.
+    models : ModelFilters or list of ModelFilters
+        Models read with :func:`~filtershift.read_model`.
+    meta : pandas.DataFrame, dict, str or os.PathLike, optional
+        Meta columns of the models: a table (or CSV file) with a ``model``, ``source`` or ``file`` column naming
+        each model's file, or one dict for a single model.
+    create : bool, default True
+        Create an empty store when there is none at ``store``.
+    storage_options : dict, optional
+        fsspec options (credentials, endpoint) for a URL.
+    lock_timeout : float, default 0.0
+        Seconds to wait for the writer lock held by another writer.
+
+    Returns
+    -------
+    AppendResult
+        ``added`` (model ids added), ``skipped`` (sources already present), ``n_filters`` and ``version`` of the
+        store after the append.
+
+    Raises
+    ------
+    filtershift.errors.InputError
+        If an item is not a ``ModelFilters``, a model has no 3x3 convolutions or NaN/Inf weights, or ``meta`` is
+    malformed.
+    filtershift.errors.StoreError
+        If there is no store and ``create`` is false, the lock is not obtained in time, or the store cannot be
+        written.
     """
     from filtershift.ingest.model import ModelFilters
 

@@ -56,6 +56,44 @@ def convert(src, dst, *, chunk_filters: int | None = None, codec: str = fmt.DEFA
     ``nonfinite`` says what to do with NaN/Inf filter values: ``error`` (default; nothing is kept),
     ``zero`` (replace by 0) or ``keep``; their count is recorded in the manifest either way.
     ``provenance_kind`` names the source in the provenance entry (``"synth"`` for generated data).
+
+    Parameters
+    ----------
+    src : str or os.PathLike
+        The source ``dataset.h5`` (v1.0 or v0.1 layout), a local file.
+    dst : str or os.PathLike
+        Store path or fsspec URL to write.
+    chunk_filters : int, optional
+        Filters per chunk, a positive integer; default 262144.
+    codec : {"none", "zstd", "lz4"}, default "none"
+        Compression of the filter chunks.
+    overwrite : bool, default False
+        Replace an existing filtershift store (or empty directory) at ``dst``; anything else there is refused.
+    resume : bool, default False
+        Continue an interrupted conversion of the same source with the same settings (idempotent: a complete
+        store, or no destination, is fine); excludes ``overwrite``.
+    trust_pickle : bool, default False
+        Allow the pickled object arrays of a pandas "fixed"-format meta table (only for trusted files).
+    nonfinite : {"error", "zero", "keep"}, default "error"
+        What to do with NaN/Inf filter values.
+    storage_options : dict, optional
+        fsspec options (credentials, endpoint) of a ``dst`` URL.
+    provenance_kind : str, default "h5"
+        Kind of source recorded in the provenance entry.
+
+    Returns
+    -------
+    str
+        The store's URL (its absolute path for a local store).
+
+    Raises
+    ------
+    filtershift.errors.InputError
+        If an option is invalid, ``overwrite`` and ``resume`` are both given, or the source is missing, invalid or
+        needs ``trust_pickle``.
+    filtershift.errors.StoreError
+        If ``dst`` already exists (without ``overwrite``/``resume``), is not a filtershift store, holds an
+        interrupted conversion of another source or settings, or cannot be written.
     """
     if nonfinite not in NONFINITE_POLICIES:
         raise InputError(f"nonfinite={nonfinite!r}; choose one of {list(NONFINITE_POLICIES)}.")

@@ -30,6 +30,45 @@ def open_store(path_or_url, *, label_rules=None, storage_options: dict | None = 
     ``label_rules`` replaces the store's label-cleaning rules (a list of ``{"column", "contains", "value"}``);
     ``storage_options`` (a dict) go to fsspec for object storage (``s3://``, ``gs://``, ...), as in
     ``xr.open_zarr``; options as keyword arguments are deprecated.
+
+    Parameters
+    ----------
+    path_or_url : str or os.PathLike
+        Store path or fsspec URL (``s3://bucket/db.zarr``, ...).
+    label_rules : list of dict, optional
+        Label-cleaning rules replacing the store's, each ``{"column": ..., "contains": ..., "value": ...}``.
+    storage_options : dict, optional
+        fsspec options (credentials, endpoint) for a URL.
+    **legacy
+        Deprecated: storage options as keyword arguments (a FutureWarning; merged under ``storage_options``).
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims (filter, k): ``weights`` (filter, k) float32, lazy (dask), k = 3*y + x; per-filter index coordinates
+        ``record``, ``model_id``, ``conv_depth``, ``conv_depth_norm`` and one string coordinate per grouping
+        column (e.g. ``task``, ``visual_category``), all served by a ``RecordIndex`` that holds the records and
+        models tables; attrs ``store``, ``version``, ``schema_version``, ``filtershift_schema``.
+
+    Raises
+    ------
+    filtershift.errors.StoreError
+        If the store is missing, incomplete, damaged (arrays, chunk sums or tables not matching the manifest) or
+        unreachable.
+    filtershift.errors.InputError
+        If ``storage_options`` is not a dict.
+
+    See Also
+    --------
+    select, records, models
+
+    Examples
+    --------
+    >>> import filtershift
+    >>> ds = filtershift.open_store("filters.zarr")
+    >>> ds["weights"].dims
+    ('filter', 'k')
+    >>> remote = filtershift.open_store("s3://bucket/db.zarr", storage_options={"anon": True})
     """
     loc = fmt.Location.of(path_or_url, storage_options_of(storage_options, legacy, "open_store"))
     with fmt.remote_errors(loc, "open"):
@@ -83,9 +122,43 @@ def _check_layout(group, manifest: dict, loc: fmt.Location) -> None:
 
 def from_arrays(weights, records: pd.DataFrame, models: pd.DataFrame, *, chunk_filters: int | None = None,
                 label_rules=fmt.DEFAULT_LABEL_RULES) -> xr.Dataset:
-    """The Dataset of an in-memory data set: ``weights`` (N, 9) or (N, 3, 3), a records table with
-    model_id, conv_depth, conv_depth_norm and n (optionally layer, in/out channels, groups), and a models table
-    with model_id plus meta columns. Same shape as :func:`open_store`'s result."""
+    """The Dataset of an in-memory data set, shaped like :func:`open_store`'s result.
+
+    ``weights`` (N, 9) or (N, 3, 3), a records table with model_id, conv_depth, conv_depth_norm and n
+    (optionally layer, in/out channels, groups), and a models table with model_id plus meta columns. Same shape as
+    :func:`open_store`'s result.
+
+    Parameters
+    ----------
+    weights : array_like or dask.array.Array
+        The filters, shape (N, 9) or (N, 3, 3), in record order; numpy input is stored as float32.
+    records : pandas.DataFrame
+        One row per record (model x conv depth, or one layer), in the order of the filters: ``model_id``,
+        ``conv_depth``, ``n`` (filters), optionally ``conv_depth_norm`` (default conv_depth / the model's largest
+        conv_depth), ``layer``, ``in_channels``, ``out_channels``, ``groups``; the ``n`` sum to N.
+    models : pandas.DataFrame
+        One row per model: ``model_id`` (column or index, unique, covering every record's model) plus meta
+        columns; grouping columns (e.g. ``Task``) become coordinates.
+    chunk_filters : int, optional
+        Chunk size along ``filter`` of numpy weights; default 262144.
+    label_rules : sequence of dict, default DEFAULT_LABEL_RULES
+        Label-cleaning rules, as for :func:`open_store`.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims (filter, k): ``weights`` (filter, k) float32, lazy (dask), k = 3*y + x; per-filter index coordinates
+        ``record``, ``model_id``, ``conv_depth``, ``conv_depth_norm`` and one string coordinate per grouping
+        column (e.g. ``task``, ``visual_category``), all served by a ``RecordIndex`` that holds the records and
+        models tables; attrs ``store``, ``version``, ``schema_version``, ``filtershift_schema``.
+        ``store`` is empty and ``version`` 0.
+
+    Raises
+    ------
+    filtershift.errors.InputError
+        If ``weights`` have another shape, the records do not cover exactly N filters, or a table lacks a required
+        column, has duplicate model ids or refers to unknown models.
+    """
     w = weights if isinstance(weights, da.Array) else np.asarray(weights)
     if w.ndim == 3 and w.shape[1:] == (3, 3):
         w = w.reshape(w.shape[0], 9)
@@ -179,13 +252,48 @@ def record_index(ds: xr.Dataset) -> RecordIndex:
 
 
 def records(ds: xr.Dataset) -> pd.DataFrame:
-    """The records table of a Dataset: one row per record (model x conv depth, or one layer) present in it; in a
-    selection, ``start``/``stop``/``n`` are positions and counts in the selection."""
+    """The records table of a Dataset: one row per record (model x conv depth, or one layer) present in it.
+
+    In a selection, ``start``/``stop``/``n`` are positions and counts in the selection.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A filtershift Dataset (from :func:`open_store` or :func:`from_arrays`) or a selection of one.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``record``, ``model_id``, ``conv_depth``, ``conv_depth_norm``, ``layer``, ``in_channels``,
+        ``out_channels``, ``groups``, ``start``, ``stop``, ``n``, ``source_start``.
+
+    Raises
+    ------
+    filtershift.errors.InputError
+        If ``ds`` carries no filtershift record index.
+    """
     return record_index(ds).record_table()
 
 
 def models(ds: xr.Dataset) -> pd.DataFrame:
-    """The models table (one row per model, every meta column) of the models present in a Dataset."""
+    """The models table (one row per model, every meta column) of the models present in a Dataset.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A filtershift Dataset (from :func:`open_store` or :func:`from_arrays`) or a selection of one.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``model_id``, the meta columns of the store (e.g. ``Task``, ``Visual Category``), ``n_filters``
+        (filters of the model in ``ds``) and ``weights_sha256``.
+
+    Raises
+    ------
+    filtershift.errors.InputError
+        If ``ds`` carries no filtershift record index.
+    """
     return record_index(ds).model_table()
 
 
@@ -195,9 +303,28 @@ def grouping(ds: xr.Dataset) -> dict[str, str]:
 
 
 def record_table(ds: xr.Dataset) -> pd.DataFrame:
-    """Per-record meta of the records present in ``ds``, indexed by record id (sorted): model_id, conv_depth,
-    conv_depth_norm and every grouping coordinate as a ``pandas.Categorical`` (categories: its labels, sorted).
-    O(records); what the statistics read instead of reducing the per-filter coordinates."""
+    """Per-record meta of the records present in ``ds``, indexed by record id (sorted).
+
+    Columns: model_id, conv_depth, conv_depth_norm and every grouping coordinate as a ``pandas.Categorical``
+    (categories: its labels, sorted). O(records); what the statistics read instead of reducing the per-filter
+    coordinates.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A filtershift Dataset (from :func:`open_store` or :func:`from_arrays`) or a selection of one.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index ``record`` (int64, sorted); columns ``record``, ``model_id``, ``conv_depth``, ``conv_depth_norm``
+        and one categorical column per grouping coordinate.
+
+    Raises
+    ------
+    filtershift.errors.InputError
+        If ``ds`` carries no filtershift record index.
+    """
     index = record_index(ds)
     t = index.tables
     rows = np.unique(index.row)
@@ -209,9 +336,29 @@ def record_table(ds: xr.Dataset) -> pd.DataFrame:
 
 
 def groupers(ds: xr.Dataset, *names: str) -> dict:
-    """``{name: UniqueGrouper(labels=...)}`` for a lazy groupby by per-filter coordinates, e.g.
-    ``ds.weights.groupby(**groupers(ds, "task", "conv_depth")).mean()``. xarray needs the labels of a dask
-    coordinate up front; they come from the tables (O(records)), and the result's coordinates are the labels."""
+    """``{name: UniqueGrouper(labels=...)}`` for a lazy groupby by per-filter coordinates.
+
+    For example ``ds.weights.groupby(**groupers(ds, "task", "conv_depth")).mean()``. xarray needs the labels of a
+    dask coordinate up front; they come from the tables (O(records)), and the result's coordinates are the labels.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A filtershift Dataset (from :func:`open_store` or :func:`from_arrays`) or a selection of one.
+    *names : str
+        Coordinates of the record index (or original meta column names such as ``"Visual Category"``).
+
+    Returns
+    -------
+    dict
+        Coordinate name -> ``xarray.groupers.UniqueGrouper`` with its labels (all labels of a grouping
+        coordinate; the values present in ``ds`` for the others).
+
+    Raises
+    ------
+    filtershift.errors.InputError
+        If ``ds`` carries no record index or a name is not one of its coordinates.
+    """
     from xarray.groupers import UniqueGrouper
 
     index = record_index(ds)
@@ -242,12 +389,38 @@ def resolve_coord(ds: xr.Dataset, key: str) -> str:
 
 
 def select(ds: xr.Dataset, **criteria) -> xr.Dataset:
-    """Lazily keep the records whose labels match, e.g. ``select(ds, task="Classification",
-    visual_category=["medical ct", "medical mri"], conv_depth=0)``.
+    """Lazily keep the records whose labels match.
 
-    Keys are coordinate or column names; values a label or a list of labels (model_id and conv_depth take
-    numbers). Works on whole runs of records, so the result is a few contiguous slices concatenated: still lazy,
-    and its index (hence :func:`records`, :func:`models`) follows the selection.
+    For example ``select(ds, task="Classification", visual_category=["medical ct", "medical mri"],
+    conv_depth=0)``. Keys are coordinate or column names; values a label or a list of labels (model_id and
+    conv_depth take numbers). Works on whole runs of records, so the result is a few contiguous slices
+    concatenated: still lazy, and its index (hence :func:`records`, :func:`models`) follows the selection.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A filtershift Dataset (from :func:`open_store` or :func:`from_arrays`) or a selection of one.
+    **criteria
+        Coordinate (or original column) name -> a label or a list/tuple/set of labels; all criteria must match.
+        ``conv_depth_norm`` is refused (ambiguous).
+
+    Returns
+    -------
+    xarray.Dataset
+        The matching filters, lazy, with the coordinates and attrs of ``ds`` plus ``attrs["selection"]``.
+
+    Raises
+    ------
+    filtershift.errors.InputError
+        If a key is unknown, is ``conv_depth_norm``, or nothing matches.
+
+    Examples
+    --------
+    >>> import filtershift
+    >>> ds = filtershift.open_store("filters.zarr")
+    >>> sub = filtershift.select(ds, task="Classification", conv_depth=[0, 1])
+    >>> int(filtershift.records(sub)["n"].sum()) == sub.sizes["filter"]
+    True
     """
     index = record_index(ds)
     keep = np.ones(len(index.row), bool)

@@ -34,8 +34,31 @@ class VerifyReport:
 
 
 def verify(path_or_url, *, storage_options: dict | None = None, **legacy) -> VerifyReport:
-    """Check counts, record coverage, and every chunk: present, its checksum, and its float64 sum against the
-    recorded one (within the rounding bound of any summation order: machines may sum in different orders)."""
+    """Check counts, record coverage, and every chunk of a store.
+
+    Each chunk is checked for being present, its checksum, and its float64 sum against the recorded one (within
+    the rounding bound of any summation order: machines may sum in different orders).
+
+    Parameters
+    ----------
+    path_or_url : str or os.PathLike
+        Store path or fsspec URL.
+    storage_options : dict, optional
+        fsspec options (credentials, endpoint) for a URL.
+    **legacy
+        Deprecated: storage options as keyword arguments (a FutureWarning; merged under ``storage_options``).
+
+    Returns
+    -------
+    VerifyReport
+        ``store``, ``n_filters``, ``n_chunks``, ``chunks_checked`` and ``problems`` (one message per problem);
+        ``ok`` is true when ``problems`` is empty; ``to_dict()`` gives it as JSON-ready dict.
+
+    Raises
+    ------
+    filtershift.errors.StoreError
+        If the store, its manifest or its tables cannot be opened (damaged chunks are reported in ``problems``).
+    """
     loc = fmt.Location.of(path_or_url, storage_options_of(storage_options, legacy, "verify"))
     group = fmt.open_group(loc, "r")
     manifest = fmt.read_manifest(group, loc)
