@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
+from pathlib import Path
 
 from _common import append_section, gib, run_child
 
@@ -68,10 +71,15 @@ def main() -> None:
     parser.add_argument("--before", help="an older checkout to run every case with as well (PYTHONPATH)")
     parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
     args = parser.parse_args()
+    store = args.store if "://" in args.store else str(Path(args.store).resolve())
+    here = {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    if args.before:
+        # children run `python -c`, which puts the working directory first on sys.path: leave any checkout
+        os.chdir(tempfile.gettempdir())
     rows = []
     for name, op in CASES.items():
-        before = _run(args.store, op, {"PYTHONPATH": args.before}) if args.before else (None, None)
-        after = _run(args.store, op, None)
+        before = _run(store, op, {"PYTHONPATH": str(Path(args.before).resolve())}) if args.before else (None, None)
+        after = _run(store, op, here)
         rows.append((name, before, after))
         print(name, before, after, flush=True)
     base = rows[0][2][1]
