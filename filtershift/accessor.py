@@ -95,7 +95,7 @@ class DatasetAccessor(_Common):
         starts, lengths = record_index(self._obj).runs_matching(labels)
         return select_runs(self._obj, starts, lengths)
 
-    def isel(self, filter=None) -> xr.Dataset:                    # noqa: A002 (the dimension's name)
+    def isel(self, filter=None) -> xr.Dataset:
         """``ds.isel(filter=...)`` (a slice, integer positions or a boolean mask over ``filter``) as slices of
         blocks: the positions become runs (O(positions) in numpy, no dask fancy indexing), see :meth:`sel`."""
         import numpy as np
@@ -106,12 +106,12 @@ class DatasetAccessor(_Common):
 
         size = record_index(self._obj).size
         if filter is None:
-            filter = slice(None)                                    # noqa: A001
+            filter = slice(None)
         if isinstance(filter, slice):
             lo, hi, step = filter.indices(size)
             if step == 1:
                 return select_runs(self._obj, [lo], [max(hi - lo, 0)])
-            filter = np.arange(lo, hi, step)                        # noqa: A001
+            filter = np.arange(lo, hi, step)
         pos = np.asarray(filter.values if isinstance(filter, (xr.DataArray, xr.Variable)) else filter)
         if pos.ndim != 1:
             raise InputError("filtershift.isel takes a slice, a 1-D array of positions or a boolean mask over "

@@ -139,7 +139,7 @@ def test_filtershift_sel_equals_ds_sel(store):
 
 
 def test_filtershift_isel_equals_ds_isel(store):
-    ds, w, pf = store
+    ds, w, _ = store
     rng = np.random.default_rng(1)
     mask = rng.random(len(w)) < 0.3
     for key in (slice(100, 9000), slice(5, 15000, 7), np.r_[5:100, 7000:9000, 3, -1], mask,
@@ -204,7 +204,7 @@ def test_predicted_chunks_equal_dasks_take(chunks):
 
 
 def test_ds_sel_runs_no_dask_take_to_learn_chunks(store, monkeypatch):
-    ds, w, pf = store
+    ds, _, pf = store
     index = ds.xindexes["record"]
     pos = np.flatnonzero((pf["task"] == "Detection").to_numpy())
     want = ds["weights"].data[pos].chunks[0]

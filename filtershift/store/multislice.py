@@ -5,7 +5,8 @@ indexing then costs O(selected filters) in time and memory (a minute and 3 GiB f
 BENCHMARKS.md). Here a selection is a list of runs ``[start, start + length)`` of the ``filter`` dimension: each run
 is cut at the input's block edges into pieces, consecutive pieces are packed into output chunks of at most the
 input's largest chunk (a whole input block stays one chunk), and each output chunk is one task that concatenates
-slices of its input blocks. The graph has one key per output chunk; the index follows the runs (:meth:`take_runs`).
+slices of its input blocks. The graph has one key per output chunk, in one layer; the index follows the runs
+(:meth:`filtershift.store.index.RecordIndex.take_runs`).
 """
 
 from __future__ import annotations
@@ -127,8 +128,12 @@ def select_runs(ds: xr.Dataset, starts, lengths, dim: str = "filter") -> xr.Data
 
     index = record_index(ds)
     starts, lengths = normalise_runs(starts, lengths, index.size)
-    block, lo, hi = pieces(starts, lengths, index.chunks)
-    groups = pack(block, lo, hi, index.chunks, max(index.chunks) if index.chunks else 0)
+    weights = ds.variables.get("weights")
+    chunks = index.chunks
+    if weights is not None and isinstance(weights.data, da.Array) and weights.dims[0] == dim:
+        chunks = weights.data.chunks[0]                 # the coordinates' chunks follow weights' (e.g. rechunked)
+    block, lo, hi = pieces(starts, lengths, chunks)
+    groups = pack(block, lo, hi, chunks, max(chunks) if chunks else 0)
     out_chunks = tuple(int((hi[a:b] - lo[a:b]).sum()) for a, b in groups) or (0,)
     new_index = index.take_runs(starts, lengths, out_chunks)
     names = set(index.tables.names)
