@@ -129,6 +129,11 @@ def test_filtershift_sel_equals_ds_sel(store):
         pd.testing.assert_frame_equal(fs.records(ours), fs.records(plain))
         pd.testing.assert_frame_equal(fs.models(ours), fs.models(plain))
         assert ours["weights"].chunks[0] == ours["record"].chunks[0]
+    with_id = ds.assign_coords(filter_id=("filter", da.arange(len(w), chunks=CHUNK)))      # a reordered store's
+    xr.testing.assert_identical(with_id.filtershift.sel(task="Detection").compute(),
+                                with_id.sel(task="Detection").compute())
+    loaded = ds.compute()                                                                  # in-memory weights
+    xr.testing.assert_identical(loaded.filtershift.sel(model_id=[2, 5]), loaded.sel(model_id=[2, 5]).compute())
     sub = ds.filtershift.sel(task="Detection")
     keep = (pf["task"] == "Detection").to_numpy()
     np.testing.assert_array_equal(sub["weights"].values, w[keep])
