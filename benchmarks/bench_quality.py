@@ -38,7 +38,7 @@ layer_quality(_ds)
 """
 
 MAKE = """
-from filtershift.ingest.synth import synthesize
+from filtershift.synth import synthesize
 synthesize({path!r}, n_filters={n}, n_models={models}, seed=0, format="zarr", overwrite=True)
 """
 

@@ -36,7 +36,7 @@ from filtershift.stats import fit_basis, distributions, drift, group_bases
 # warm-up, not timed: numba kernels load from their on-disk cache (or compile once) here, for the argument types
 # of a store on disk (read-only chunk arrays) as well as of in-memory arrays
 import tempfile as _tf, dask as _dask
-from filtershift.ingest.synth import synthesize as _synth
+from filtershift.synth import synthesize as _synth
 _w = np.random.default_rng(0).normal(size=(5000, 9)).astype("f4")
 _ds = fs.from_arrays(_w, pd.DataFrame({"model_id": [0, 1], "conv_depth": [0, 0], "n": [2500, 2500]}),
                      pd.DataFrame({"model_id": [0, 1], "Task": ["a", "b"]}))
@@ -46,7 +46,7 @@ with _tf.TemporaryDirectory() as _d, _dask.config.set(scheduler="threads"):
 """
 
 MAKE = """
-from filtershift.ingest.synth import synthesize
+from filtershift.synth import synthesize
 synthesize({path!r}, n_filters={n}, n_models={models}, seed=0, format="zarr", overwrite=True)
 """
 

@@ -21,7 +21,7 @@ _API = {
     "record_table": "filtershift.store.dataset",
     "convert": "filtershift.store.convert",
     "verify": "filtershift.store.verify",
-    "synthesize": "filtershift.ingest.synth",
+    "synthesize": "filtershift.synth",
     "read_model": "filtershift.ingest",
     "add_models": "filtershift.store.append",
     "record_stats": "filtershift.stats",

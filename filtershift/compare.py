@@ -15,8 +15,7 @@ import pandas as pd
 import xarray as xr
 
 from filtershift.errors import InputError
-
-METRICS = ("kl_sym", "js", "w1")
+from filtershift.metrics import metric as declared
 #: Layer quality metrics placed against the database's distribution of the same metric over its records.
 QUALITY = ("sparsity", "variance_entropy_norm", "variance_entropy_clean_norm", "orthogonality")
 
@@ -54,11 +53,10 @@ def compare(model, store, *, by=("task",), metric: str = "kl_sym", bins: int = 7
     from filtershift.ingest import read_model
     from filtershift.ingest.model import ModelFilters
     from filtershift.stats import distributions, fit_basis, record_stats
-    from filtershift.stats.divergence import _p_for, pairwise
+    from filtershift.stats.divergence import normalised_for, pairwise
     from filtershift.store.dataset import models as models_table, open_store
 
-    if metric not in METRICS:
-        raise InputError(f"metric must be one of {list(METRICS)}; got {metric!r}.")
+    declared(metric)
     m = model if isinstance(model, ModelFilters) else read_model(model)
     db = store if isinstance(store, xr.Dataset) else open_store(store, storage_options=storage_options)
     stats = record_stats(db)
@@ -76,7 +74,7 @@ def compare(model, store, *, by=("task",), metric: str = "kl_sym", bins: int = 7
     for key in [*groupings, "model"]:
         dist = distributions(stats, basis, by=key, bins=bins, min_filters=min_filters, min_models=min_models)
         counts = np.concatenate([own["counts"].values, dist["counts"].values])
-        d = pairwise(_p_for(own, counts, metric), weights, metric, widths=widths)[0, 1:]
+        d = pairwise(normalised_for(own, counts, metric), weights, metric, widths=widths)[0, 1:]
         name = "model" if key == "model" else str(dist.attrs["by"][0] if len(dist.attrs["by"]) == 1 else key)
         dim = f"{name}_group"
         out[f"drift_{name}"] = xr.DataArray(d, dims=dim, coords={
@@ -101,14 +99,15 @@ def compare(model, store, *, by=("task",), metric: str = "kl_sym", bins: int = 7
 
 def _described(result: xr.Dataset, metric: str) -> xr.Dataset:
     """long_name, units and description on the result and each of its variables."""
-    from filtershift.stats._attrs import METRIC_NAMES, METRIC_UNITS, describe
+    from filtershift.stats._attrs import describe
 
+    m = declared(metric)
     describe(result, "model against the database", "1",
-             f"{METRIC_NAMES[metric]} of the model to each group and to each database model, and its layers' quality")
+             f"{m.long_name} of the model to each group and to each database model, and its layers' quality")
     for name, var in result.data_vars.items():
         text = var.attrs.get("description", "")
         if name.startswith("drift_") or name == "nearest_drift":
-            describe(var, METRIC_NAMES[metric], METRIC_UNITS[metric], text or f"{metric} drift to the nearest models")
+            describe(var, m.long_name, m.units, text or f"{metric} drift to the nearest models")
         elif name.endswith("_percentile"):
             describe(var, f"{name[len('layer_'):-len('_percentile')]} percentile", "percent", text)
         elif name.startswith("layer_"):

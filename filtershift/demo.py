@@ -14,7 +14,7 @@ from pathlib import Path
 def run_demo(out="filtershift-demo", *, n_filters: int = 1_000_000, n_models: int = 48, seed: int = 0,
              scheduler: str | None = None) -> dict:
     """Run the demo into ``out``; returns a summary dict (paths, counts, timings)."""
-    from filtershift.ingest.synth import read_truth, synthesize
+    from filtershift.synth import read_truth, synthesize
     from filtershift.store.convert import convert
     from filtershift.store.verify import info
 

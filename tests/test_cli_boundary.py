@@ -18,7 +18,7 @@ from moto.server import ThreadedMotoServer
 
 import filtershift.cli as cli
 from filtershift import cluster
-from filtershift.ingest import synth
+from filtershift import synth
 from filtershift.store import format as fmt
 from filtershift.store.convert import convert
 
@@ -126,14 +126,14 @@ def no_work(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("work started before the arguments were checked")
 
-    import filtershift.ingest.synth
+    import filtershift.synth
     import filtershift.store.convert
 
     monkeypatch.setattr(cluster, "scheduler_context", forbidden)
     monkeypatch.setattr(cluster, "start_local_processes", forbidden)
     monkeypatch.setattr(fmt, "open_group", forbidden)
     monkeypatch.setattr(filtershift.store.convert, "convert", forbidden)
-    monkeypatch.setattr(filtershift.ingest.synth, "synthesize", forbidden)
+    monkeypatch.setattr(filtershift.synth, "synthesize", forbidden)
 
 
 @pytest.mark.parametrize("command,option,value", BAD, ids=lambda x: x.split()[0] if " " in x else x)

@@ -66,7 +66,7 @@ def test_table_figure_and_cli_json(tmp_path, db, capsys):
 
 
 def test_cli_on_a_store_and_an_onnx_file(tmp_path, capsys):
-    from filtershift.ingest.synth import synthesize
+    from filtershift.synth import synthesize
 
     import onnx
     from onnx import TensorProto, helper, numpy_helper

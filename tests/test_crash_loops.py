@@ -33,7 +33,7 @@ import zarr
 
 import filtershift as fs
 from filtershift.errors import IncompleteStoreError, StoreError
-from filtershift.ingest.synth import synthesize
+from filtershift.synth import synthesize
 from filtershift.report import build_report
 from filtershift.store.append import add_models, create_empty
 from filtershift.store.convert import convert

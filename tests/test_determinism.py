@@ -30,13 +30,13 @@ if history == "others-first":
     ro = w.copy()
     ro.flags.writeable = False
     hi.hist_chunk(ro, rec, hist)
-    mo.second_chunk(ro, rec, second)
+    mo.range_sparsity_chunk(ro, rec, second)
     mo.moments_chunk(ro, rec)
     strided = np.repeat(w, 2, axis=1)[:, ::2]                # non-contiguous: numba's 'A' layout
     res = [np.zeros(12, np.int64), np.zeros((12, 9)), np.zeros((12, 9, 9)), np.zeros((12, 9)),
            np.zeros((12, 9, 9))] + [np.zeros(12) for _ in range(4)]
     mo.moments_kernel(strided, np.arange(0, 60001, 5000), *res)
-parts = {"p1": mo.moments_chunk(w, rec), "p2": mo.second_chunk(w, rec, second), "p3": hi.hist_chunk(w, rec, hist)}
+parts = {"p1": mo.moments_chunk(w, rec), "p2": mo.range_sparsity_chunk(w, rec, second), "p3": hi.hist_chunk(w, rec, hist)}
 np.savez(out, **{f"{p}.{k}": v for p, part in parts.items() for k, v in part.items()})
 """
 

@@ -22,7 +22,7 @@ import pytest
 
 from filtershift.cli import main
 from filtershift.cluster import start_local_processes
-from filtershift.ingest.synth import synthesize
+from filtershift.synth import synthesize
 from filtershift.store.convert import convert
 
 from _s3 import moto_s3

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import psutil
 
-from filtershift.ingest.synth import synthesize
+from filtershift.synth import synthesize
 from filtershift.stats import distributions, drift, fit_basis, record_stats
 from filtershift.stats.quality import layer_quality
 from filtershift.store.dataset import open_store

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from filtershift.cli import main as cli
-from filtershift.ingest.synth import synthesize
+from filtershift.synth import synthesize
 from filtershift.report import build_report
 from filtershift.store.format import Location, read_table
 

@@ -380,7 +380,7 @@ def test_quality_by_group():
 
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory):
-    from filtershift.ingest.synth import synthesize
+    from filtershift.synth import synthesize
 
     path = tmp_path_factory.mktemp("quality") / "s.zarr"
     synthesize(path, n_filters=30_000, n_models=10, seed=2, format="zarr")

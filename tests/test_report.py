@@ -25,7 +25,7 @@ import pytest
 
 from filtershift.cli import main as cli
 from filtershift.errors import InputError
-from filtershift.ingest.synth import synthesize
+from filtershift.synth import synthesize
 from filtershift.report import build_report, load_config
 from filtershift.report.publish import inside, safe_name
 from filtershift.stats import density2d, distributions, drift, drift_ci, fit_basis

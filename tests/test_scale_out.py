@@ -24,7 +24,7 @@ from werkzeug.serving import make_server
 
 from filtershift.cluster import scheduler_context
 from filtershift.errors import StoreError
-from filtershift.ingest.synth import synthesize
+from filtershift.synth import synthesize
 from filtershift.stats import distributions, drift, fit_basis
 from filtershift.stats.quality import layer_quality
 from filtershift.store import format as fmt

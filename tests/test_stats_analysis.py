@@ -344,7 +344,7 @@ def test_a_million_synthesized_filters_equal_numpy(tmp_path):
 
     import h5py
 
-    from filtershift.ingest.synth import synthesize
+    from filtershift.synth import synthesize
     from filtershift.store.convert import convert
     from filtershift.store.dataset import open_store
 

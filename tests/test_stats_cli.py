@@ -12,7 +12,7 @@ import pytest
 import zarr
 
 from filtershift.cli import main
-from filtershift.ingest.synth import read_truth, synthesize
+from filtershift.synth import read_truth, synthesize
 from test_stats_analysis import ref_drift, ref_pca
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

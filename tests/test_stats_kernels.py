@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from filtershift.stats import engine, histograms, moments
+from filtershift.stats import grouping, histograms, moments, reduction
 
 
 def _data(seed=0, n=6000):
@@ -84,9 +84,9 @@ def test_pass2_kernels_equal_numpy():
     params = {"record": np.arange(len(starts) - 1), "raw_absmax": amax, "raw_mean": rmean, "eps": eps,
               "clean": clean, "mean": mean, "components": comps}
     present = np.flatnonzero(np.diff(starts) > 0)
-    part = moments.second_chunk(w, rec, params)
+    part = moments.range_sparsity_chunk(w, rec, params)
     np.testing.assert_array_equal(part["record"], present)
-    part = moments.second_finalize(part, clean[present], np.diff(starts)[present],
+    part = moments.range_sparsity_finalize(part, clean[present], np.diff(starts)[present],
                                    np.array([x.sum(0) for x in runs])[present],
                                    np.array([_np_comoment(x) for x in runs])[present])
     for pos, i in enumerate(present):
@@ -150,9 +150,9 @@ def test_bin_row_on_and_next_to_every_edge(uniform):
 
 def test_runs_and_merge():
     rec = np.array([3, 3, 5, 5, 5, 9], np.int32)
-    perm, ids, starts = engine.runs(rec)
+    perm, ids, starts = reduction.runs(rec)
     assert perm is None and ids.tolist() == [3, 5, 9] and starts.tolist() == [0, 2, 5, 6]
-    perm, ids, starts = engine.runs(np.array([5, 5, 3, 5], np.int32))
+    perm, ids, starts = reduction.runs(np.array([5, 5, 3, 5], np.int32))
     assert ids.tolist() == [3, 5] and starts.tolist() == [0, 1, 4] and perm is not None
 
     rng = np.random.default_rng(6)
@@ -183,7 +183,7 @@ def test_group_sum_and_comoments_against_numpy():
     sums = np.array([x[rec == r].sum(0) for r in ids])
     com = np.array([_np_comoment(x[rec == r]) for r in ids])
     codes = rng.integers(-1, 4, len(ids))
-    gn, gs, gc = engine.group_comoments(codes, n, sums, com, 5)
+    gn, gs, gc = grouping.group_comoments(codes, n, sums, com, 5)
     for g in range(5):
         rows = np.isin(rec, ids[codes == g])
         assert gn[g] == rows.sum()
@@ -197,14 +197,14 @@ def test_group_sum_counts_and_floats(n_groups):
     codes = rng.integers(-1, n_groups, 2000)
     counts = rng.integers(0, 1000, (2000, 9, 7))
     floats = rng.standard_normal((2000, 9, 9))
-    got_c = engine.group_sum(codes, counts, n_groups)
-    got_f = engine.group_sum(codes, floats, n_groups)
+    got_c = grouping.group_sum(codes, counts, n_groups)
+    got_f = grouping.group_sum(codes, floats, n_groups)
     assert got_c.dtype == np.int64 and got_c.shape == (n_groups, 9, 7)
     for g in range(n_groups):
         np.testing.assert_array_equal(got_c[g], counts[codes == g].sum(0))
         np.testing.assert_allclose(got_f[g], floats[codes == g].sum(0), rtol=1e-12, atol=1e-12)
-    assert engine.group_sum(np.full(5, -1), np.ones((5, 2)), 70).sum() == 0
+    assert grouping.group_sum(np.full(5, -1), np.ones((5, 2)), 70).sum() == 0
     small = counts[:, 0, 0].astype(np.int32)            # 1-D values of a narrow integer type sum in int64
-    got = engine.group_sum(codes, small, n_groups)
+    got = grouping.group_sum(codes, small, n_groups)
     assert got.dtype == np.int64
     np.testing.assert_array_equal(got, np.bincount(codes[codes >= 0], small[codes >= 0], n_groups))

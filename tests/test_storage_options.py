@@ -18,7 +18,7 @@ import zarr
 from _s3 import KEY_ID, SECRET, moto_s3
 from filtershift.cli import main
 from filtershift.cli import _args
-from filtershift.ingest.synth import synthesize
+from filtershift.synth import synthesize
 from filtershift.store.convert import convert
 from filtershift.store.dataset import open_store, records
 from filtershift.store.verify import info, verify

@@ -14,8 +14,8 @@ import pytest
 
 from filtershift.cli import main
 from filtershift.errors import InputError
-from filtershift.ingest import synth
-from filtershift.ingest.synth import read_truth, synthesize, truth_path
+from filtershift import synth
+from filtershift.synth import read_truth, synthesize, truth_path
 
 N = 300_000
 

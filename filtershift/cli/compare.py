@@ -5,6 +5,7 @@ import os
 
 from filtershift.cli import computing
 from filtershift.cli._args import add_storage_options, positive_int, storage_options
+from filtershift.metrics import DEFAULT, METRICS, help_text
 
 
 def register(sub) -> None:
@@ -16,7 +17,7 @@ def register(sub) -> None:
     p.add_argument("--store", required=True, help="database store path or URL")
     p.add_argument("--by", action="append", default=None,
                    help="grouping (repeatable; default task and visual_category)")
-    p.add_argument("--metric", choices=("kl_sym", "js", "w1"), default="kl_sym")
+    p.add_argument("--metric", choices=tuple(METRICS), default=DEFAULT, help=help_text())
     p.add_argument("--bins", type=positive_int, default=70)
     p.add_argument("--top", type=positive_int, default=10, help="nearest database models to list")
     p.add_argument("--figure", default=None, help="write the figure to this PNG/SVG path or URL (s3://...)")

@@ -19,7 +19,7 @@ def register(sub) -> None:
 def check(args) -> None:
     """Enough filters for the models (before a cluster starts)."""
     from filtershift.errors import InputError
-    from filtershift.ingest.synth import MIN_MODEL
+    from filtershift.synth import MIN_MODEL
 
     if args.filters < args.models * MIN_MODEL:
         raise InputError(f"--filters {args.filters:,} is too few for --models {args.models}: each model needs at "

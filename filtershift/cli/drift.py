@@ -5,6 +5,7 @@ import math
 
 from filtershift.cli import computing
 from filtershift.cli._args import add_storage_options, non_negative_int, positive_int, storage_options
+from filtershift.metrics import DEFAULT, METRICS, help_text
 
 
 def register(sub) -> None:
@@ -15,8 +16,8 @@ def register(sub) -> None:
     p.add_argument("--by", action="append", required=True, metavar="COLUMN",
                    help="grouping: a column ('Visual Category', 'Task'), its coordinate name (visual_category), "
                         "'depth' (deciles of conv_depth_norm) or 'model'; repeat for a combined grouping")
-    p.add_argument("--metric", choices=("kl_sym", "js", "w1"), default="kl_sym",
-                   help="symmetric KL (reference), Jensen-Shannon or Wasserstein-1 (default %(default)s)")
+    p.add_argument("--metric", choices=tuple(METRICS), default=DEFAULT,
+                   help=f"{help_text()} (default %(default)s)")
     p.add_argument("--bins", type=positive_int, default=70,
                    help="histogram bins per component (default %(default)s)")
     p.add_argument("--min-filters", type=non_negative_int, default=1000, help="flag groups with fewer filters")

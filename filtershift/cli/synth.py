@@ -2,7 +2,7 @@
 
 from filtershift.cli._args import non_negative_int, positive_int
 
-#: The choices of filtershift.ingest.synth (FORMATS, STYLES, META_FORMATS, LAYOUTS, DTYPES), repeated so that
+#: The choices of filtershift.synth (FORMATS, STYLES, META_FORMATS, LAYOUTS, DTYPES), repeated so that
 #: building the parser imports no numpy or h5py; tests/test_cli_boundary.py checks that they agree.
 FORMATS = ("h5", "zarr")
 STYLES = ("v1.0", "v0.1")
@@ -34,7 +34,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from filtershift.ingest import synth
+    from filtershift import synth
 
     meta_format = args.meta_format or ("fixed" if args.style == "v0.1" else "table")
     out = synth.synthesize(args.out, n_filters=args.filters, n_models=args.models, seed=args.seed,

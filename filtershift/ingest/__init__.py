@@ -1,13 +1,24 @@
-"""Readers that turn a source (dataset.h5, an ONNX/PyTorch/safetensors model, synthetic data) into filters."""
+"""Readers that turn a source (dataset.h5, an ONNX/PyTorch/safetensors model) into filters."""
 
 from __future__ import annotations
 
+import importlib
 import os
 
 from filtershift.errors import InputError
 
-MODEL_SUFFIXES = {".onnx": "onnx", ".pt": "torch", ".pth": "torch", ".bin": "torch", ".ckpt": "torch",
-                  ".safetensors": "safetensors"}
+#: The model formats: file suffix -> (format name, reader module, reader function taking the path). A new format
+#: is a reader module in this package (returning a ``ModelFilters``) and its rows here.
+READERS = {
+    ".onnx": ("onnx", "filtershift.ingest.onnx", "read_onnx"),
+    ".pt": ("torch", "filtershift.ingest.torch", "read_state_dict"),
+    ".pth": ("torch", "filtershift.ingest.torch", "read_state_dict"),
+    ".bin": ("torch", "filtershift.ingest.torch", "read_state_dict"),
+    ".ckpt": ("torch", "filtershift.ingest.torch", "read_state_dict"),
+    ".safetensors": ("safetensors", "filtershift.ingest.torch", "read_safetensors"),
+}
+#: Model file suffix -> format name.
+MODEL_SUFFIXES = {suffix: reader[0] for suffix, reader in READERS.items()}
 
 
 def read_model(source, **kwargs):
@@ -19,18 +30,8 @@ def read_model(source, **kwargs):
         return read_module(source, **kwargs)
     path = os.fspath(source)
     suffix = os.path.splitext(path)[1].lower()
-    kind = MODEL_SUFFIXES.get(suffix)
-    if kind is None:
+    if suffix not in READERS:
         raise InputError(f"{path}: unknown model format {suffix!r}; filtershift reads "
                          f"{sorted(MODEL_SUFFIXES)} files.")
-    if kind == "onnx":
-        from filtershift.ingest.onnx import read_onnx
-
-        return read_onnx(path, **kwargs)
-    if kind == "safetensors":
-        from filtershift.ingest.torch import read_safetensors
-
-        return read_safetensors(path, **kwargs)
-    from filtershift.ingest.torch import read_state_dict
-
-    return read_state_dict(path, **kwargs)
+    _, module, function = READERS[suffix]
+    return getattr(importlib.import_module(module), function)(path, **kwargs)

@@ -14,12 +14,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from filtershift import progress
 from filtershift._version import __version__
 from filtershift.errors import FiltershiftError, InputError
-from filtershift.report import figures as F
+from filtershift.report import figures
 from filtershift.report import html, publish
 from filtershift.report.config import load_config, spec_hash
 
@@ -196,84 +195,27 @@ def _run_json(results: dict) -> str:
 
 
 def draw(analysis, results: dict, spec: dict, directory: Path) -> dict:
-    """Draw every figure into ``directory``; returns the registry {key: {format: 'figures/<file>'}}."""
+    """Draw every registered figure (:data:`filtershift.report.figures.FIGURES`) that applies into ``directory``;
+    returns the registry {key: {format: 'figures/<file>'}}."""
     fig_spec = spec["figures"]
     formats, dpi = fig_spec["formats"], fig_spec["dpi"]
     reg = {}
-
-    def put(key, fig, stem, vector=True):
-        files = F.save(fig, directory, publish.safe_name(stem), formats, vector=vector, dpi=dpi)
-        reg[key] = {k: f"figures/{v}" for k, v in files.items()}
-
-    b = analysis.basis
-    put("basis.explained_variance", F.explained_variance(b.explained_variance_ratio_), "basis-explained-variance")
-    put("basis.eigenimages", F.eigenimages(b.components_, b.explained_variance_ratio_,
-                                           fig_spec["eigenimage_components"]), "basis-eigenimages")
-    put("basis.covariance", F.covariance(analysis.covariance), "basis-covariance")
-    metric0 = spec["metrics"][0]
-    for name, g in analysis.groupings.items():
-        r = results["groupings"][name]
-        key, slug = f"grouping.{name}", r["slug"]
-        labels, nm, nf, small = g.labels, r["n_models"], r["n_filters"], r["small"]
-        if g.size == 0:
-            continue
-        if r["display"] == "matrix":
-            for metric, da in g.drift.items():
-                put(f"{key}.drift.{metric}",
-                    F.heatmap(da.values, labels, nm, nf, small, g.order, title=f"{metric} drift by {name}",
-                              metric=metric), f"drift-{slug}-{metric}", vector=False)
-            if "depth" in g.dist.attrs["by"]:
-                put(f"{key}.drift.{metric0}.unsorted",
-                    F.heatmap(g.drift[metric0].values, labels, nm, nf, small, np.arange(g.size),
-                              title=f"{metric0} drift by {name} (depth order)", metric=metric0),
-                    f"drift-{slug}-{metric0}-unsorted", vector=False)
-            put(f"{key}.boxes", F.boxes(g.drift[metric0].values, labels, small, g.order, metric=metric0,
-                                        title=f"{metric0} drift by {name}"), f"boxes-{slug}")
-        else:
-            put(f"{key}.overview", F.overview(g.drift[metric0].values, g.cluster_order,
-                                              title=f"{metric0} drift by {name} ({g.size} groups, clustered)",
-                                              metric=metric0), f"drift-{slug}-{metric0}-clustered", vector=False)
-            put(f"{key}.top", F.heatmap(g.drift[metric0].values, labels, nm, nf, small, g.top,
-                                        title=f"{metric0} drift: {len(g.top)} most shifted groups by {name}",
-                                        metric=metric0), f"drift-{slug}-{metric0}-top", vector=False)
-            put(f"{key}.boxes", F.boxes(g.drift[metric0].values, labels, small, g.top, metric=metric0,
-                                        title=f"{metric0} drift of the most shifted groups by {name}"),
-                f"boxes-{slug}")
-        if g.ci:
-            metric_ci = next(iter(g.ci.values()))
-            pairs, idx = _pairs(metric_ci, labels, fig_spec["top_k"])
-            if pairs:
-                data = {m: tuple(ci[part].values[idx] for part in ("drift", "lower", "upper"))
-                        for m, ci in g.ci.items()}
-                put(f"{key}.intervals", F.intervals(pairs, data, level=metric_ci.attrs["level"],
-                                                    title=f"Largest drifts by {name}"), f"intervals-{slug}")
-        if g.bases is not None and g.bases["valid"].values.any():
-            put(f"{key}.eigenimages", F.group_eigenimages(g.bases, fig_spec["eigenimage_components"]),
-                f"eigenimages-{slug}")
-        if g.kde is not None and np.isfinite(g.kde.values).any():
-            put(f"{key}.ridges", F.ridges(g.kde, g.order, small, g.kde["component"].values), f"ridges-{slug}")
-    if analysis.density is not None:
-        d = analysis.density
-        put("density2d", F.density(d.values, d.attrs["bin_edges"], d.attrs["components"]), "density2d",
-            vector=False)
-    q = results.get("quality")
-    if q:
-        from filtershift.report.results import QUALITY_BY
-
-        keys = [k for k in QUALITY_BY if k in analysis.layer_quality]
-        put("quality", F.quality_panels(analysis.layer_quality, keys), "quality")
+    base = {"analysis": analysis, "results": results, "spec": spec, "fig_spec": fig_spec,
+            "metrics": spec["metrics"], "metric0": spec["metrics"][0], "gr": {"display": None}}
+    contexts = {"grouping": [dict(base, name=name, g=g, gr=results["groupings"][name],
+                                  slug=results["groupings"][name]["slug"])
+                             for name, g in analysis.groupings.items() if g.size]}
+    for entry in figures.FIGURES:
+        for ctx in contexts.get(entry.section, [base]):
+            for key, c in figures.expand(entry, ctx):
+                kwargs = entry.data(c)
+                if kwargs is None:
+                    continue
+                stem = entry.stem.format(slug=c.get("slug"), metric=c["metric"], metric0=c["metric0"])
+                files = figures.save(entry.plot(**kwargs), directory, publish.safe_name(stem), formats,
+                                     vector=entry.vector, dpi=dpi)
+                reg[key] = {k: f"figures/{v}" for k, v in files.items()}
     return reg
-
-
-def _pairs(ci, labels: list, k: int):
-    """Labels and (row, column) indices of the ``k`` pairs (a < b) of largest drift in ``ci``, largest first."""
-    d = ci["drift"].values
-    a, b = np.triu_indices(len(labels), 1)
-    keep = np.isfinite(d[a, b])
-    a, b = a[keep], b[keep]
-    order = np.argsort(-d[a, b], kind="stable")[:k]
-    a, b = a[order], b[order]
-    return [f"{labels[i]} vs {labels[j]}" for i, j in zip(a, b)], (a, b)
 
 
 def write_history(target) -> None:
@@ -287,10 +229,10 @@ def write_history(target) -> None:
         keys = list(dict.fromkeys(k for r in runs for k in r.get("headline", {}) if k not in ("filters", "models")))
         series = {k: [r.get("headline", {}).get(k) for r in runs] for k in keys[:5]}
         series = {"filters": [r.get("headline", {}).get("filters") for r in runs], **series}
-        fig = F.trend(runs, series)
+        fig = figures.trend(runs, series)
         buf = io.StringIO()
         fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
-        F.plt.close(fig)
+        figures.plt.close(fig)
         svg = buf.getvalue()
         svg = svg[svg.index("<svg"):]
     target.write_index(html.history_page(runs, target.latest(), svg))

@@ -15,11 +15,11 @@ from pathlib import Path
 import yaml
 
 from filtershift.errors import InputError
+from filtershift.metrics import METRICS
 
 #: Version of the results.json schema and of the report layout; part of the spec hash.
 SCHEMA = "filtershift-report/1"
 
-METRICS = ("kl_sym", "js", "w1")
 FORMATS = ("png", "svg")
 
 DEFAULTS: dict = {
@@ -27,7 +27,7 @@ DEFAULTS: dict = {
     "output": None,
     "scheduler": None,
     "groupings": ["task", "visual_category", "training_dataset", "depth", "model"],
-    "metrics": ["kl_sym", "js", "w1"],
+    "metrics": list(METRICS),
     "bins": 70,
     "thresholds": {
         "min_filters": 1000,

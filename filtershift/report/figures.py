@@ -1,12 +1,16 @@
-"""The report's figures, drawn with matplotlib's Agg backend from the labelled results (no data access).
+"""The report's figures, drawn with matplotlib's Agg backend from the labelled results (no data access), and
+:data:`FIGURES`, the registry that declares each figure of the page once (data, plot, section, caption).
 
 Each function returns a matplotlib Figure; :func:`save` writes it as PNG (and SVG for line and box figures, where
-a vector file is small and useful for papers) and closes it.
+a vector file is small and useful for papers) and closes it. :func:`filtershift.report.build.draw` draws every
+registered figure that applies; :func:`filtershift.report.html.run_page` shows each in its section.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import matplotlib
 
@@ -301,3 +305,209 @@ def trend(runs: list, series: dict) -> plt.Figure:
         ax.set_xlabel("run", fontsize=7)
     fig.tight_layout()
     return fig
+
+
+# -- the registry: every figure of the report, declared once -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReportFigure:
+    """One figure of the report page: where it goes, what it shows and how it is drawn.
+
+    ``key`` names it in ``results.json``'s figure registry (``{name}``: the grouping, ``{metric}``: the metric);
+    ``section`` is the page section (``basis``, ``grouping``, ``density``, ``quality``); ``data(ctx)`` returns the
+    keyword arguments of ``plot`` from the analysis, or None when the figure does not apply; ``caption(ctx)`` and
+    ``alt(ctx)`` are plain text for the page. ``metrics``: ``"first"`` (the first metric of the spec), ``"others"``
+    (one figure per further metric) or None; ``display``: the grouping display it belongs to (``matrix`` or
+    ``clustered``; None: both). On the page, figures with the same ``row`` sit side by side, after ``heading``, with
+    the group sizes in ``beside`` order (``order`` or ``top``) next to them.
+    """
+
+    key: str
+    section: str
+    data: Callable
+    plot: Callable
+    stem: str
+    caption: Callable
+    alt: Callable
+    vector: bool = True
+    metrics: str | None = None
+    display: str | None = None
+    row: str | None = None
+    heading: Callable | None = None
+    beside: str | None = None
+
+
+def _group_sizes(c):
+    r = c["gr"]
+    return c["g"].labels, r["n_models"], r["n_filters"], r["small"]
+
+
+def _heatmap(c, order, title):
+    labels, nm, nf, small = _group_sizes(c)
+    return {"matrix": c["g"].drift[c["metric"]].values, "labels": labels, "n_models": nm, "n_filters": nf,
+            "small": small, "order": order, "title": title, "metric": c["metric"]}
+
+
+def _unsorted(c):
+    g = c["g"]
+    if "depth" not in g.dist.attrs["by"]:
+        return None
+    return _heatmap(c, np.arange(g.size), f"{c['metric']} drift by {c['name']} (depth order)")
+
+
+def _boxes(c, order, title):
+    labels, _, _, small = _group_sizes(c)
+    return {"matrix": c["g"].drift[c["metric0"]].values, "labels": labels, "small": small, "order": order,
+            "metric": c["metric0"], "title": title}
+
+
+def _largest_pairs(ci, labels: list, k: int):
+    """Labels and (row, column) indices of the ``k`` pairs (a < b) of largest drift in ``ci``, largest first."""
+    d = ci["drift"].values
+    a, b = np.triu_indices(len(labels), 1)
+    keep = np.isfinite(d[a, b])
+    a, b = a[keep], b[keep]
+    order = np.argsort(-d[a, b], kind="stable")[:k]
+    a, b = a[order], b[order]
+    return [f"{labels[i]} vs {labels[j]}" for i, j in zip(a, b)], (a, b)
+
+
+def _intervals(c):
+    g = c["g"]
+    if not g.ci:
+        return None
+    first = next(iter(g.ci.values()))
+    pairs, idx = _largest_pairs(first, g.labels, c["fig_spec"]["top_k"])
+    if not pairs:
+        return None
+    data = {m: tuple(ci[part].values[idx] for part in ("drift", "lower", "upper")) for m, ci in g.ci.items()}
+    return {"pairs": pairs, "metrics": data, "level": first.attrs["level"], "title": f"Largest drifts by {c['name']}"}
+
+
+def _group_eigenimages(c):
+    bases = c["g"].bases
+    if bases is None or not bases["valid"].values.any():
+        return None
+    return {"bases": bases, "n": c["fig_spec"]["eigenimage_components"]}
+
+
+def _ridges(c):
+    g = c["g"]
+    if g.kde is None or not np.isfinite(g.kde.values).any():
+        return None
+    return {"kde": g.kde, "order": g.order, "small": c["gr"]["small"], "components": g.kde["component"].values}
+
+
+def _density(c):
+    d = c["analysis"].density
+    if d is None:
+        return None
+    return {"counts": d.values, "edges": d.attrs["bin_edges"], "components": d.attrs["components"]}
+
+
+def _quality(c):
+    from filtershift.report.results import QUALITY_BY
+
+    if not c["results"].get("quality"):
+        return None
+    layer = c["analysis"].layer_quality
+    return {"table": layer, "keys": [k for k in QUALITY_BY if k in layer]}
+
+
+def _views(c):
+    from filtershift.metrics import METRICS
+
+    others = [m for m in c["metrics"] if m != c["metric0"]]
+    return " and ".join(METRICS[m].label if m in METRICS else m for m in others) + " views"
+
+
+def _count(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+#: Every figure of the report, in page order.
+FIGURES = (
+    ReportFigure("basis.explained_variance", "basis",
+                 lambda c: {"ratio": c["analysis"].basis.explained_variance_ratio_}, explained_variance,
+                 "basis-explained-variance", lambda c: "Explained variance ratio and its cumulative sum.",
+                 lambda c: "explained variance", row="basis"),
+    ReportFigure("basis.covariance", "basis", lambda c: {"cov": c["analysis"].covariance}, covariance,
+                 "basis-covariance", lambda c: "Covariance of the scaled filters (k = 3y + x).",
+                 lambda c: "covariance", row="basis"),
+    ReportFigure("basis.eigenimages", "basis",
+                 lambda c: {"components": c["analysis"].basis.components_,
+                            "ratio": c["analysis"].basis.explained_variance_ratio_,
+                            "n": c["fig_spec"]["eigenimage_components"]}, eigenimages, "basis-eigenimages",
+                 lambda c: "Eigenimages (components as 3x3 kernels) on one symmetric diverging scale: red positive, "
+                           "blue negative.", lambda c: "eigenimages"),
+    ReportFigure("grouping.{name}.drift.{metric}", "grouping",
+                 lambda c: _heatmap(c, c["g"].order, f"{c['metric']} drift by {c['name']}"), heatmap,
+                 "drift-{slug}-{metric}", lambda c: f"{c['metric']} drift, groups sorted by mean drift.",
+                 lambda c: f"{c['name']} drift", vector=False, metrics="first", display="matrix", row="main",
+                 beside="order"),
+    ReportFigure("grouping.{name}.drift.{metric}.unsorted", "grouping", _unsorted, heatmap,
+                 "drift-{slug}-{metric}-unsorted", lambda c: f"{c['metric']} drift in natural (depth) order.",
+                 lambda c: f"{c['name']} drift unsorted", vector=False, metrics="first", display="matrix"),
+    ReportFigure("grouping.{name}.drift.{metric}", "grouping",
+                 lambda c: _heatmap(c, c["g"].order, f"{c['metric']} drift by {c['name']}"), heatmap,
+                 "drift-{slug}-{metric}", lambda c: f"{c['metric']} drift (same order).",
+                 lambda c: f"{c['name']} {c['metric']}", vector=False, metrics="others", display="matrix",
+                 row="views", heading=_views),
+    ReportFigure("grouping.{name}.boxes", "grouping",
+                 lambda c: _boxes(c, c["g"].order, f"{c['metric0']} drift by {c['name']}"), boxes, "boxes-{slug}",
+                 lambda c: "Drift of each group to every other group.", lambda c: f"{c['name']} drift boxes",
+                 display="matrix"),
+    ReportFigure("grouping.{name}.overview", "grouping",
+                 lambda c: {"matrix": c["g"].drift[c["metric0"]].values, "order": c["g"].cluster_order,
+                            "title": f"{c['metric0']} drift by {c['name']} ({c['g'].size} groups, clustered)",
+                            "metric": c["metric0"]}, overview, "drift-{slug}-{metric0}-clustered",
+                 lambda c: f"{c['metric0']} drift, clustered order.", lambda c: f"{c['name']} clustered drift",
+                 vector=False, display="clustered"),
+    ReportFigure("grouping.{name}.top", "grouping",
+                 lambda c: dict(_heatmap(dict(c, metric=c["metric0"]), c["g"].top,
+                                         f"{c['metric0']} drift: {len(c['g'].top)} most shifted groups by "
+                                         f"{c['name']}")),
+                 heatmap, "drift-{slug}-{metric0}-top", lambda c: f"Top {len(c['gr']['top'])} most shifted groups.",
+                 lambda c: f"{c['name']} top shifted", vector=False, display="clustered", row="top", beside="top"),
+    ReportFigure("grouping.{name}.boxes", "grouping",
+                 lambda c: _boxes(c, c["g"].top, f"{c['metric0']} drift of the most shifted groups by {c['name']}"),
+                 boxes, "boxes-{slug}", lambda c: "Drift of the most shifted groups to every other group.",
+                 lambda c: f"{c['name']} drift boxes", display="clustered"),
+    ReportFigure("grouping.{name}.intervals", "grouping", _intervals, intervals, "intervals-{slug}",
+                 lambda c: f"The largest drifts with {c['gr']['bootstrap']['level']:.0%} percentile bootstrap "
+                           f"intervals ({c['gr']['bootstrap']['n_boot']} resamples of the models within each group), "
+                           "one panel per metric; pairs ordered by the first metric.",
+                 lambda c: f"{c['name']} bootstrap intervals", heading=lambda c: "Bootstrap intervals"),
+    ReportFigure("grouping.{name}.eigenimages", "grouping", _group_eigenimages, group_eigenimages,
+                 "eigenimages-{slug}", lambda c: "The same PCA fitted on each group's filters.",
+                 lambda c: f"{c['name']} eigenimages", heading=lambda c: "Eigenimages per group"),
+    ReportFigure("grouping.{name}.ridges", "grouping", _ridges, ridges, "ridges-{slug}",
+                 lambda c: "Gaussian KDE of the coefficients per group (rows, sorted by mean drift) and component "
+                           "(columns), each panel scaled to its highest peak.",
+                 lambda c: f"{c['name']} ridge plot", heading=lambda c: "Coefficient distributions"),
+    ReportFigure("density2d", "density", _density, density, "density2d",
+                 lambda c: f"{c['results']['density2d']['bins']} x {c['results']['density2d']['bins']} histogram "
+                           f"of the coefficients of {_count(c['results']['density2d']['total'])} filters, log "
+                           "colour scale.", lambda c: "2D density", vector=False),
+    ReportFigure("quality", "quality", _quality, quality_panels, "quality",
+                 lambda c: "Per-layer sparsity and normalised variance entropy.", lambda c: "quality"),
+)
+
+
+def expand(fig: ReportFigure, ctx: dict):
+    """The (key, context) of each figure ``fig`` stands for in ``ctx`` (one per metric for ``metrics="others"``);
+    none when its display is not the grouping's."""
+    if fig.display is not None and ctx["gr"]["display"] != fig.display:
+        return []
+    if fig.metrics == "first":
+        metrics = [ctx["metric0"]]
+    elif fig.metrics == "others":
+        metrics = [m for m in ctx["metrics"] if m != ctx["metric0"]]
+    else:
+        metrics = [ctx["metric0"]]
+    out = []
+    for m in metrics:
+        c = dict(ctx, metric=m)
+        out.append((fig.key.format(name=c.get("name"), metric=m), c))
+    return out

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from html import escape
 
+from filtershift.report.figures import FIGURES, expand
+
 CSS = """
 :root { --fg:#1f2328; --muted:#59636e; --line:#d1d9e0; --bg:#ffffff; --soft:#f6f8fa; --warn:#b0413e; }
 * { box-sizing: border-box; }
@@ -49,7 +51,7 @@ def esc(value) -> str:
     return escape(str(value), quote=True)
 
 
-def fmt(value, digits: int = 4) -> str:
+def cell(value, digits: int = 4) -> str:
     """A number for a table cell: integers with separators, floats to ``digits`` significant digits, None as '–'."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
@@ -87,14 +89,14 @@ def table(headers: list, rows: list, *, numeric=None, row_class=None) -> str:
     body = []
     for i, row in enumerate(rows):
         cls = f' class="{row_class(i)}"' if row_class and row_class(i) else ""
-        cells = "".join(f'<td class="num">{fmt(v)}</td>' if j in numeric else f"<td>{fmt(v)}</td>"
+        cells = "".join(f'<td class="num">{cell(v)}</td>' if j in numeric else f"<td>{cell(v)}</td>"
                         for j, v in enumerate(row))
         body.append(f"<tr{cls}>{cells}</tr>")
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
 def cards(items: list) -> str:
-    return '<div class="cards">' + "".join(f'<div class="card"><b>{fmt(v)}</b>{esc(k)}</div>' for k, v in items) + \
+    return '<div class="cards">' + "".join(f'<div class="card"><b>{cell(v)}</b>{esc(k)}</div>' for k, v in items) + \
         "</div>"
 
 
@@ -105,8 +107,38 @@ def sizes_table(g: dict, order: list) -> str:
                  row_class=lambda i: "small" if rows[i][3] else "")
 
 
-def _fig(figs: dict, key: str):
-    return figs.get(key)
+def registered(section: str, figs: dict, ctx: dict) -> str:
+    """The drawn figures of ``section`` (:data:`filtershift.report.figures.FIGURES`, in order): each with its
+    caption, figures of one ``row`` side by side (with the group sizes when the entry says ``beside``), a heading
+    before a row or figure that has one."""
+    out, row, row_parts = [], None, []
+
+    def close():
+        if row_parts:
+            out.append('<div class="row">' + "".join(row_parts) + "</div>")
+            row_parts.clear()
+
+    for entry in (f for f in FIGURES if f.section == section):
+        for key, c in expand(entry, ctx):
+            files = figs.get(key)
+            if not files:
+                continue
+            html = figure(files, esc(entry.caption(c)), entry.alt(c))
+            if entry.beside:
+                html += sizes_table(c["gr"], c["gr"][entry.beside])
+            if entry.row is None or entry.row != row:
+                close()
+                if entry.heading is not None:
+                    out.append(f"<h3>{esc(entry.heading(c))}</h3>")
+            row = entry.row
+            (row_parts if row is not None else out).append(html)
+    close()
+    return "\n".join(out)
+
+
+def _context(r: dict, **extra) -> dict:
+    metrics = r["parameters"]["metrics"]
+    return dict({"results": r, "metrics": metrics, "metric0": metrics[0], "gr": {"display": None}}, **extra)
 
 
 def overview_section(r: dict) -> str:
@@ -122,7 +154,7 @@ def overview_section(r: dict) -> str:
     if share:
         rows = [[k, v] for k, v in share.get("by_task", {}).items()]
         parts.append("<h3>Share of 3x3 filters among all convolution filters</h3>"
-                     f"<p>Overall {fmt(share.get('overall'))} ({esc(share.get('method', ''))}).</p>"
+                     f"<p>Overall {cell(share.get('overall'))} ({esc(share.get('method', ''))}).</p>"
                      + (table(["task", "mean share"], rows, numeric={1}) if rows else ""))
     prov = [[p.get("time"), p.get("kind"), p.get("source"), str(p.get("sha256") or "")[:16], p.get("converter")]
             for p in s.get("provenance", [])]
@@ -148,68 +180,26 @@ def basis_section(r: dict, figs: dict) -> str:
     b = r["basis"]
     return "\n".join([
         '<section id="basis"><h2>Global basis</h2>',
-        f'<p class="note">PCA of {fmt(b["n_samples"])} filters, each scaled by its largest absolute weight '
+        f'<p class="note">PCA of {cell(b["n_samples"])} filters, each scaled by its largest absolute weight '
         "(the CNN-Filter-DB convention). Signs: each component's largest entry is positive.</p>",
-        '<div class="row">',
-        figure(_fig(figs, "basis.explained_variance"), "Explained variance ratio and its cumulative sum.",
-               "explained variance"),
-        figure(_fig(figs, "basis.covariance"), "Covariance of the scaled filters (k = 3y + x).", "covariance"),
-        "</div>",
-        figure(_fig(figs, "basis.eigenimages"), "Eigenimages (components as 3x3 kernels) on one symmetric "
-               "diverging scale: red positive, blue negative.", "eigenimages"),
+        registered("basis", figs, _context(r)),
         "</section>"])
 
 
 def grouping_section(name: str, g: dict, figs: dict, r: dict) -> str:
-    key = f"grouping.{name}"
     metric0 = r["parameters"]["metrics"][0]
     small_note = (f'<p class="note">Groups marked <span class="flag">*</span> (red) are small: fewer than '
                   f'{r["parameters"]["thresholds"]["min_filters"]:,} filters or '
                   f'{r["parameters"]["thresholds"]["min_models"]} models; their drift is noisy.</p>')
-    order = g["order"]
     parts = [f'<section id="{esc("g-" + g["slug"])}"><h2>Grouping: {esc(name)}</h2>',
              f'<p class="note">{g["size"]} groups; drift weights are the global explained variance ratios; '
              f"{r['parameters']['bins']} bins per component.</p>", small_note]
-    if g["display"] == "matrix":
-        parts.append('<div class="row">' + figure(_fig(figs, f"{key}.drift.{metric0}"),
-                                                  f"{esc(metric0)} drift, groups sorted by mean drift.",
-                                                  f"{name} drift") + sizes_table(g, order) + "</div>")
-        if _fig(figs, f"{key}.drift.{metric0}.unsorted"):
-            parts.append(figure(_fig(figs, f"{key}.drift.{metric0}.unsorted"),
-                                f"{esc(metric0)} drift in natural (depth) order.", f"{name} drift unsorted"))
-        others = [m for m in r["parameters"]["metrics"] if m != metric0]
-        if others:
-            parts.append("<h3>Jensen-Shannon and Wasserstein views</h3><div class=\"row\">"
-                         + "".join(figure(_fig(figs, f"{key}.drift.{m}"), f"{esc(m)} drift (same order).",
-                                          f"{name} {m}") for m in others) + "</div>")
-        parts.append(figure(_fig(figs, f"{key}.boxes"), "Drift of each group to every other group.",
-                            f"{name} drift boxes"))
-    else:
+    if g["display"] != "matrix":
         parts.append(f'<p class="note">Too many groups for a readable matrix: the full matrix is shown clustered '
                      f'(average linkage, optimal leaf order) without labels, then the {len(g["top"])} most shifted '
                      f'groups (largest mean drift) with labels. All values are in '
                      f'<code>{esc(g["metrics"][metric0].get("table", ""))}</code>.</p>')
-        parts.append(figure(_fig(figs, f"{key}.overview"), f"{esc(metric0)} drift, clustered order.",
-                            f"{name} clustered drift"))
-        parts.append('<div class="row">' + figure(_fig(figs, f"{key}.top"), f"Top {len(g['top'])} most shifted "
-                                                  "groups.", f"{name} top shifted")
-                     + sizes_table(g, g["top"]) + "</div>")
-        parts.append(figure(_fig(figs, f"{key}.boxes"), "Drift of the most shifted groups to every other group.",
-                            f"{name} drift boxes"))
-    if _fig(figs, f"{key}.intervals"):
-        boot = g["bootstrap"]
-        parts.append("<h3>Bootstrap intervals</h3>" + figure(
-            _fig(figs, f"{key}.intervals"), f"The largest drifts with {boot['level']:.0%} percentile bootstrap "
-            f"intervals ({boot['n_boot']} resamples of the models within each group), one panel per metric; "
-            "pairs ordered by the first metric.", f"{name} bootstrap intervals"))
-    if _fig(figs, f"{key}.eigenimages"):
-        parts.append("<h3>Eigenimages per group</h3>" + figure(_fig(figs, f"{key}.eigenimages"),
-                                                               "The same PCA fitted on each group's filters.",
-                                                               f"{name} eigenimages"))
-    if _fig(figs, f"{key}.ridges"):
-        parts.append("<h3>Coefficient distributions</h3>" + figure(
-            _fig(figs, f"{key}.ridges"), "Gaussian KDE of the coefficients per group (rows, sorted by mean "
-            "drift) and component (columns), each panel scaled to its highest peak.", f"{name} ridge plot"))
+    parts.append(registered("grouping", figs, _context(r, name=name, gr=g)))
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -219,8 +209,7 @@ def density_section(r: dict, figs: dict) -> str:
     if not d:
         return ""
     return ('<section id="density"><h2>Density of components 0 and 1</h2>'
-            + figure(_fig(figs, "density2d"), f"{d['bins']} x {d['bins']} histogram of the coefficients of "
-                     f"{fmt(d['total'])} filters, log colour scale.", "2D density") + "</section>")
+            + registered("density", figs, _context(r)) + "</section>")
 
 
 def quality_section(r: dict, figs: dict) -> str:
@@ -231,7 +220,7 @@ def quality_section(r: dict, figs: dict) -> str:
     parts = ['<section id="quality"><h2>Quality</h2>',
              cards([("layers", q["n_layers"]), ("degenerated layers", q["n_degenerated"]),
                     ("sparsity eps", q["sparsity_eps"])]),
-             figure(_fig(figs, "quality"), "Per-layer sparsity and normalised variance entropy.", "quality")]
+             registered("quality", figs, _context(r))]
     for by, rows in q["by"].items():
         cols = [c for c in rows[0] if c != "group"] if rows else []
         parts.append(f"<h3>By {esc(by)}</h3>" + table(["group", *cols], [[x["group"], *[x[c] for c in cols]]
@@ -277,9 +266,9 @@ def history_page(runs: list, latest: str | None, trend_svg: str) -> str:
     for run in reversed(runs):
         link = f'<a href="runs/{esc(run["name"])}/index.html">{esc(run["name"])}</a>'
         mark = " (latest)" if run["name"] == latest else ""
-        cells = "".join(f'<td class="num">{fmt(run.get("headline", {}).get(k))}</td>' for k in keys)
+        cells = "".join(f'<td class="num">{cell(run.get("headline", {}).get(k))}</td>' for k in keys)
         rows.append(f"<tr><td>{link}{mark}</td><td>{esc(run.get('created', ''))}</td>"
-                    f"<td class=\"num\">{fmt(run['identity'].get('store_version'))}</td>{cells}</tr>")
+                    f"<td class=\"num\">{cell(run['identity'].get('store_version'))}</td>{cells}</tr>")
     head = "".join(f"<th>{esc(k)}</th>" for k in ["run", "created (UTC)", "store version", *keys])
     top = (f'<p>Latest report: <a href="runs/{esc(latest)}/index.html">{esc(latest)}</a> '
            '(also at <a href="latest/index.html">latest/</a>).</p>') if latest else "<p>No report yet.</p>"

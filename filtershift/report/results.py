@@ -16,7 +16,7 @@ import pandas as pd
 
 from filtershift.report.config import SCHEMA, content_spec
 from filtershift.report.publish import safe_name
-from filtershift.stats import engine
+from filtershift.stats.grouping import groups
 
 
 def clean(value):
@@ -69,7 +69,7 @@ def matrix_table(da) -> pd.DataFrame:
 def model_labels(moments, key: str) -> pd.Series | None:
     """Label of every model under grouping ``key`` (None when the store has no such grouping)."""
     try:
-        g = engine.groups(moments, key)
+        g = groups(moments, key)
     except Exception:  # noqa: BLE001 - the store lacks this grouping column
         return None
     lab = np.array(g.labels + ["unknown"], dtype=object)

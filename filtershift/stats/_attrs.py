@@ -9,11 +9,6 @@ their variances.
 
 from __future__ import annotations
 
-#: Units of each drift metric.
-METRIC_UNITS = {"kl_sym": "nats", "js": "nats", "w1": "coefficient units"}
-METRIC_NAMES = {"kl_sym": "symmetric Kullback-Leibler divergence", "js": "Jensen-Shannon divergence",
-                "w1": "Wasserstein-1 distance"}
-
 
 def describe(obj, long_name: str, units: str, description: str):
     """Set ``long_name``, ``units`` and ``description`` on a DataArray, Variable or Dataset; returns it."""

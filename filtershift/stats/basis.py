@@ -11,12 +11,13 @@ import numpy as np
 import xarray as xr
 
 from filtershift.errors import InputError
-from filtershift.stats import engine
 from filtershift.stats._attrs import describe, describe_vars
+from filtershift.stats.cache import RecordStats, as_stats
+from filtershift.stats.grouping import group_comoments, groups
+from filtershift.stats.moments import K
+from filtershift.stats.pca import pca_from_moments, scaled_totals
+from filtershift.store.format import DEFAULT_CHUNK_FILTERS as CHUNK
 
-K = 9
-#: Filters per block when in-memory data is cut into blocks (the store's default chunk).
-CHUNK = 262_144
 #: long_name, units, description of the basis' variables (see :mod:`filtershift.stats._attrs`).
 ATTRS = {
     "mean": ("mean scaled filter", "1", "mean of the filters scaled to max|w| = 1, per kernel entry k"),
@@ -33,26 +34,6 @@ ATTRS = {
     "small": ("small group", "1", "fewer filters than min_filters or fewer models than min_models"),
     "valid": ("valid basis", "1", "False for groups of fewer than 2 filters (their values are NaN)"),
 }
-
-
-def pca_from_moments(n, total, comoment, n_components: int = K):
-    """Mean, components (rows, sign: largest |entry| positive), explained variance (ddof=1) and ratio."""
-    n = float(n)
-    if n < 2:
-        nan = np.full(n_components, np.nan)
-        return (np.full(K, np.nan), np.full((n_components, K), np.nan), nan, nan.copy())
-    mean = np.asarray(total, np.float64) / n
-    cov = np.asarray(comoment, np.float64) / (n - 1)
-    cov = (cov + cov.T) / 2
-    vals, vecs = np.linalg.eigh(cov)
-    order = np.argsort(vals)[::-1]
-    vals = np.clip(vals[order], 0.0, None)
-    comps = vecs[:, order].T
-    big = np.argmax(np.abs(comps), axis=1)
-    comps *= np.sign(comps[np.arange(K), big])[:, None]
-    tot = vals.sum()
-    ratio = vals / tot if tot > 0 else np.full(K, np.nan)
-    return mean, comps[:n_components], vals[:n_components], ratio[:n_components]
 
 
 def eigenimages(components: np.ndarray) -> xr.DataArray:
@@ -81,14 +62,10 @@ class Basis:
             raise InputError(f"n_components must be an integer in [1, {K}]; got {self.n_components!r}.")
         if isinstance(X, (xr.Dataset, xr.DataArray)):
             X = _lazy_dataset(X)
-        if isinstance(X, (xr.Dataset, engine.RecordStats)):
-            stats = engine.as_stats(X)
+        if isinstance(X, (xr.Dataset, RecordStats)):
+            stats = as_stats(X)
             m = stats.moments()
-            n = int(m["n"].values.sum())
-            codes = np.zeros(m.sizes["record"], np.int64)
-            _, total, com = engine.group_comoments(codes, m["n"].values, m["scaled_sum"].values,
-                                                   m["scaled_comoment"].values, 1)
-            total, com = total[0], com[0]
+            n, total, com = scaled_totals(m["n"].values, m["scaled_sum"].values, m["scaled_comoment"].values)
             self.stats_ = stats
         else:
             from filtershift.stats.moments import moments_chunk
@@ -112,8 +89,8 @@ class Basis:
             pca_from_moments(n, total, com, self.n_components)
         self.n_samples_ = n
         self.n_features_in_ = K
-        if self.stats_ is not None and self.stats_._basis is None and self.n_components == K:
-            self.stats_._basis = self
+        if self.stats_ is not None and self.n_components == K:
+            self.stats_.set_default_basis(self)
         return self
 
     def _check(self):
@@ -194,6 +171,13 @@ def _lazy_dataset(X) -> xr.Dataset:
     return ds.chunk({"filter": min(CHUNK, max(ds.sizes["filter"], 1))})
 
 
+def default_basis(stats: RecordStats) -> Basis:
+    """The full-rank basis of ``stats`` (the one a Basis fitted on them set; else fitted now from pass 1)."""
+    if isinstance(stats.default_basis, Basis):
+        return stats.default_basis
+    return Basis().fit(stats)
+
+
 def fit_basis(data, n_components: int = K) -> Basis:
     """Fit the PCA basis of scaled filters of a Dataset (pass 1, lazy or in memory), RecordStats or array.
 
@@ -210,11 +194,11 @@ def group_bases(data, by="task", *, min_filters: int = 1000, min_models: int = 2
     ``explained_variance``, ``explained_variance_ratio``, ``n_filters``, ``n_models``, ``small`` and ``valid``
     (False for groups of fewer than 2 filters, whose values are NaN).
     """
-    stats = engine.as_stats(data)
+    stats = as_stats(data)
     m = stats.moments()
-    g = engine.groups(m, by, keep_empty=keep_empty)
-    gn, gs, gc = engine.group_comoments(g.codes, m["n"].values, m["scaled_sum"].values,
-                                        m["scaled_comoment"].values, g.size)
+    g = groups(m, by, keep_empty=keep_empty)
+    gn, gs, gc = group_comoments(g.codes, m["n"].values, m["scaled_sum"].values,
+                                 m["scaled_comoment"].values, g.size)
     fits = [pca_from_moments(gn[i], gs[i], gc[i]) for i in range(g.size)]
     mean = np.array([f[0] for f in fits]).reshape(g.size, K)
     comps = np.array([f[1] for f in fits]).reshape(g.size, K, K)

@@ -10,14 +10,9 @@ import numpy as np
 import xarray as xr
 
 from filtershift.errors import InputError
-from filtershift.stats._attrs import METRIC_NAMES, METRIC_UNITS, describe
+from filtershift.metrics import metric as declared
+from filtershift.stats._attrs import describe
 from filtershift.stats.histograms import normalise
-
-METRICS = ("kl_sym", "js", "w1")
-
-
-def _xlogy(p, q):
-    return np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0) / np.where(q > 0, q, 1.0)), 0.0)
 
 
 def pairwise(p: np.ndarray, weights: np.ndarray, metric: str = "kl_sym", widths=None) -> np.ndarray:
@@ -27,19 +22,10 @@ def pairwise(p: np.ndarray, weights: np.ndarray, metric: str = "kl_sym", widths=
     kl_sym: sum_k w_k (KL(p||q) + KL(q||p)); js: sum_k w_k JS(p, q) (natural log); w1: sum_k w_k W1(p, q) for
     masses at the bin centres (``widths``: bin widths).
     """
+    m = declared(metric)
     p = np.asarray(p, np.float64)
     w = np.asarray(weights, np.float64)
-    if metric == "kl_sym":
-        logp = np.log(p)
-        self_term = np.einsum("...gkb,...gkb->...gk", p, logp)
-        cross = np.einsum("...gkb,...hkb->...ghk", p, logp)
-        d = self_term[..., :, None, :] + self_term[..., None, :, :] - cross - np.swapaxes(cross, -2, -3)
-    elif metric in ("js", "w1"):
-        if metric == "w1" and widths is None:
-            raise ValueError("w1 needs the bin widths")
-        d = _blocked(p, metric, widths)
-    else:
-        raise InputError(f"metric must be one of {list(METRICS)}; got {metric!r}.")
+    d = m.divergence(p, widths)
     out = np.einsum("...ghk,k->...gh", d, w)
     g = out.shape[-1]
     idx = np.arange(g)
@@ -48,35 +34,16 @@ def pairwise(p: np.ndarray, weights: np.ndarray, metric: str = "kl_sym", widths=
     return out
 
 
-def _blocked(p, metric, widths, budget: int = 1 << 24):
-    """(..., group, group, component) for JS or W1, a block of rows at a time to bound memory."""
-    g = p.shape[-3]
-    per_row = max(1, int(np.prod(p.shape)))
-    step = max(1, budget // per_row)
-    out = np.empty(p.shape[:-3] + (g, g, p.shape[-2]))
-    cdf = np.cumsum(p, axis=-1) if metric == "w1" else None
-    for lo in range(0, g, step):
-        hi = min(g, lo + step)
-        if metric == "js":
-            a = p[..., lo:hi, None, :, :]
-            b = p[..., None, :, :, :]
-            mix = (a + b) / 2
-            out[..., lo:hi, :, :] = 0.5 * (_xlogy(a, mix).sum(-1) + _xlogy(b, mix).sum(-1))
-        else:
-            diff = np.abs(cdf[..., lo:hi, None, :, :] - cdf[..., None, :, :, :])
-            out[..., lo:hi, :, :] = diff @ np.asarray(widths, np.float64)
-    return out
-
-
 def _check_dist(dist):
     if not isinstance(dist, xr.Dataset) or "p" not in dist or "explained_variance_ratio" not in dist:
         raise InputError("drift needs the result of filtershift.distributions(ds, basis, by=...).")
 
 
-def _p_for(dist, counts, metric):
-    """W1 uses the plain normalised counts (no eps floor); the KL-type metrics the reference normalisation."""
+def normalised_for(dist, counts, metric):
+    """The metric's histograms from counts: the reference normalisation for the ``smoothed`` metrics (KL, JS), the
+    plain normalised counts (no eps floor) for the others (W1)."""
     edges = dist["bin_edges"].values
-    if metric == "w1":
+    if not declared(metric).smoothed:
         counts = np.asarray(counts, np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             return counts / counts.sum(-1, keepdims=True)
@@ -95,19 +62,19 @@ def _labelled(dist, values, metric, name="drift") -> xr.DataArray:
     what = {"drift": "", "lower": "lower bound of the bootstrap interval of the ",
             "upper": "upper bound of the bootstrap interval of the ",
             "std": "bootstrap standard deviation of the "}[name]
-    return describe(out, f"{what}{METRIC_NAMES[metric]}".strip(), METRIC_UNITS[metric],
-                    f"{what}{METRIC_NAMES[metric]} between the coefficient distributions of two groups, summed "
+    m = declared(metric)
+    return describe(out, f"{what}{m.long_name}".strip(), m.units,
+                    f"{what}{m.long_name} between the coefficient distributions of two groups, summed "
                     "over components weighted by the explained variance ratio"
-                    + (" (natural log)" if metric != "w1" else ""))
+                    + (" (natural log)" if m.units == "nats" else ""))
 
 
 def drift(dist: xr.Dataset, metric: str = "kl_sym") -> xr.DataArray:
     """Drift matrix (group_a, group_b) of a distributions Dataset; group sizes and ``small`` flags ride along
     as coordinates; empty groups give NaN rows and columns."""
     _check_dist(dist)
-    if metric not in METRICS:
-        raise InputError(f"metric must be one of {list(METRICS)}; got {metric!r}.")
-    p = _p_for(dist, dist["counts"].values, metric)
+    declared(metric)
+    p = normalised_for(dist, dist["counts"].values, metric)
     widths = np.diff(dist["bin_edges"].values)
     values = pairwise(p, dist["explained_variance_ratio"].values, metric, widths)
     return _labelled(dist, values, metric)
@@ -122,8 +89,7 @@ def drift_ci(dist: xr.Dataset, metric: str = "kl_sym", n_boot: int = 200, seed: 
     have zero-width intervals from their side; their ``n_models_*`` coordinate says so.
     """
     _check_dist(dist)
-    if metric not in METRICS:
-        raise InputError(f"metric must be one of {list(METRICS)}; got {metric!r}.")
+    declared(metric)
     if not isinstance(n_boot, (int, np.integer)) or n_boot < 2:
         raise InputError(f"n_boot must be an integer >= 2; got {n_boot!r}.")
     if not 0 < level < 1:
@@ -142,7 +108,7 @@ def drift_ci(dist: xr.Dataset, metric: str = "kl_sym", n_boot: int = 200, seed: 
         mult = np.zeros((n_boot, len(idx)))
         np.add.at(mult, (np.arange(n_boot)[:, None], draws), 1.0)
         counts[:, g] = (mult @ member_counts[idx].reshape(len(idx), -1)).reshape((n_boot,) + shape)
-    p = _p_for(dist, counts, metric)
+    p = normalised_for(dist, counts, metric)
     widths = np.diff(dist["bin_edges"].values)
     boots = pairwise(p, dist["explained_variance_ratio"].values, metric, widths)
     point = drift(dist, metric)
@@ -153,5 +119,5 @@ def drift_ci(dist: xr.Dataset, metric: str = "kl_sym", n_boot: int = 200, seed: 
                       "std": _labelled(dist, boots.std(axis=0, ddof=1), metric, "std")})
     out.attrs.update({"metric": metric, "n_boot": int(n_boot), "seed": seed, "level": float(level),
                       "method": "percentile bootstrap over models within each group"})
-    return describe(out, f"{METRIC_NAMES[metric]} with bootstrap intervals", METRIC_UNITS[metric],
+    return describe(out, f"{declared(metric).long_name} with bootstrap intervals", declared(metric).units,
                     f"drift and its {level:.0%} percentile bootstrap interval over models, {n_boot} replicates")

@@ -1,21 +1,18 @@
-"""Pass 3: per-record coefficient histograms, and distributions of any grouping from them (no new pass).
+"""Pass 3: per-record coefficient histograms (chunk / combine), the reference normalisation, and the optional
+2D-density pass. Distributions of groupings are built from these in :mod:`filtershift.stats.distributions`.
 
 The fused numba kernel scales, projects and bins each filter once, with np.histogram's semantics (uniform edges
 from numpy.linspace, last bin closed, values outside the range dropped, except rounding-level excess: see
 ``EDGE_TOLERANCE``); :func:`hist_reference` is the numpy
-definition it must equal. ``density2d`` is a separate, optional pass (a 2D histogram of two components).
+definition it must equal. :data:`HIST2D` is a separate, optional pass (a 2D histogram of two components).
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
-import pandas as pd
-import xarray as xr
 
-from filtershift.errors import InputError
-from filtershift.stats import engine
-from filtershift.stats._attrs import describe, describe_vars
+from filtershift.stats import reduction
 from filtershift.stats.moments import BLOCK, coef_block, coefficients, load_block, mean_projection
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -140,7 +137,7 @@ def hist_reference(w, starts, mean, components, edges) -> np.ndarray:
 
 def hist_chunk(weights, record, params) -> dict:
     """Pass-3 partial of one block: counts per record present x component x bin."""
-    perm, ids, starts = engine.runs(record)
+    perm, ids, starts = reduction.runs(record)
     w = np.ascontiguousarray(weights if perm is None else weights[perm])
     nc, nb, nf = params["components"].shape[0], len(params["edges"]) - 1, max(len(params["fine_edges"]) - 1, 0)
     counts = np.zeros((len(ids), nc, nb), np.int64)
@@ -154,10 +151,11 @@ def hist_chunk(weights, record, params) -> dict:
 
 
 def hist_combine(*parts: dict) -> dict:
-    return engine.merge(parts, {k: "sum" for k in parts[0] if k != "record"})
+    return reduction.merge(parts, {k: "sum" for k in parts[0] if k != "record"})
 
 
-HISTOGRAMS = engine.Statistic("histograms", chunk=hist_chunk, combine=hist_combine)
+#: Pass 3. Records absent from every block have empty histograms (the default fill, 0).
+HISTOGRAMS = reduction.Statistic("histograms", chunk=hist_chunk, combine=hist_combine, finalize=reduction.unchanged)
 
 
 def normalise(counts: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -170,107 +168,6 @@ def normalise(counts: np.ndarray, edges: np.ndarray) -> np.ndarray:
     dens = np.where(dens == 0, EPS32, dens)
     dens = np.where(total > 0, dens, np.nan)
     return dens / dens.sum(-1, keepdims=True)
-
-
-def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: int = 1000, min_models: int = 2,
-                  keep_empty: bool = False, fine_bins: int = 0, range=None) -> xr.Dataset:
-    """Per-group coefficient distributions: a 70-bin histogram per component over one global range.
-
-    ``data`` is a Dataset, a :class:`RecordStats` or a fitted basis (then its statistics are reused, so asking
-    for more groupings costs no pass). Returns dims (group, component, bin) with ``p`` (normalised histograms,
-    NaN for empty groups), ``counts``, ``n_filters``, ``n_models``, ``small`` (under ``min_filters`` or
-    ``min_models``), the basis' ``explained_variance_ratio`` (drift weights), and the per-(group, model)
-    ``member_counts`` used by :func:`drift_ci`. ``fine_bins`` > 0 adds ``fine_counts`` for :func:`kde`.
-    """
-    stats = _stats_for(data, basis)
-    basis = basis if basis is not None else stats.basis()
-    m = stats.moments()
-    h = stats.histograms(basis, bins, fine_bins, range=range)
-    g = engine.groups(m, by, keep_empty=keep_empty)
-    counts = engine.group_sum(g.codes, h["counts"].values, g.size)
-    n_filters = engine.group_sum(g.codes, m["n"].values, g.size)
-    model_ids = m["model_id"].values
-    members = pd.DataFrame({"group": g.codes, "model": model_ids})
-    members = members[members["group"] >= 0]
-    pairs = members.drop_duplicates().sort_values(["group", "model"]).reset_index(drop=True)
-    member_of = pd.MultiIndex.from_frame(pairs).get_indexer(pd.MultiIndex.from_frame(members))
-    member_codes = np.full(len(g.codes), -1, np.int64)
-    member_codes[np.flatnonzero(g.codes >= 0)] = member_of
-    member_counts = engine.group_sum(member_codes, h["counts"].values, len(pairs))
-    n_models = np.bincount(pairs["group"].to_numpy(), minlength=g.size)
-    edges = h["bin_edges"].values
-    data_vars = {
-        "p": (("group", "component", "bin"), normalise(counts, edges)),
-        "counts": (("group", "component", "bin"), counts),
-        "n_filters": ("group", n_filters.astype(np.int64)),
-        "n_models": ("group", n_models.astype(np.int64)),
-        "small": ("group", (n_filters < min_filters) | (n_models < min_models)),
-        "explained_variance_ratio": ("component", np.asarray(basis.explained_variance_ratio_, np.float64)),
-        "explained_variance": ("component", np.asarray(basis.explained_variance_, np.float64)),
-        "member_counts": (("member", "component", "bin"), member_counts),
-        "member_group": ("member", pairs["group"].to_numpy(np.int64)),
-        "member_model": ("member", pairs["model"].to_numpy(np.int64)),
-    }
-    if fine_bins:
-        data_vars["fine_counts"] = (("group", "component", "fine_bin"),
-                                    engine.group_sum(g.codes, h["fine_counts"].values, g.size))
-    # exact per-group coefficient variance (for KDE bandwidths), from the scaled co-moments
-    gn, _, gc = engine.group_comoments(g.codes, m["n"].values, m["scaled_sum"].values,
-                                       m["scaled_comoment"].values, g.size)
-    comps = np.asarray(basis.components_, np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        var = np.einsum("jk,gkl,jl->gj", comps, gc, comps) / (gn[:, None] - 1)
-    data_vars["coef_var"] = (("group", "component"), np.where(gn[:, None] > 1, var, np.nan))
-    coords = {
-        "group": np.array(g.labels, dtype=object),
-        "component": np.arange(comps.shape[0]),
-        "bin_edges": ("bin_edge", edges),
-        "bin_lower": ("bin", edges[:-1]),
-        "bin_upper": ("bin", edges[1:]),
-    }
-    if fine_bins:
-        coords["fine_edges"] = ("fine_edge", h["fine_edges"].values)
-    if len(g.by) > 1:
-        coords.update({name: ("group", np.array(labels, dtype=object)) for name, labels in g.columns.items()})
-    out = xr.Dataset(data_vars, coords=coords)
-    out.attrs.update({"by": list(g.by), "bins": int(bins), "range": list(h.attrs["range"]),
-                      "min_filters": int(min_filters), "min_models": int(min_models),
-                      "n_filters_total": int(m["n"].values.sum()),
-                      "normalisation": "density, empty bins = float32 eps, then sum 1"})
-    out["p"].attrs["description"] = "normalised histogram per group and component"
-    out["small"].attrs["description"] = f"n_filters < {min_filters} or n_models < {min_models}"
-    describe(out, "coefficient distributions", "1",
-             f"histograms of the PCA coefficients per {' x '.join(g.by)} group and component, {bins} bins over "
-             "one global range")
-    return describe_vars(out, DIST_ATTRS)
-
-
-#: long_name, units, description of the variables of :func:`distributions` (see :mod:`filtershift.stats._attrs`).
-DIST_ATTRS = {
-    "p": ("probability per bin", "1", "normalised histogram per group and component"),
-    "counts": ("coefficients per bin", "1", "count of the group's coefficients in each bin"),
-    "n_filters": ("filters", "1", "filters in the group"),
-    "n_models": ("models", "1", "models with filters in the group"),
-    "small": ("small group", "1", "fewer filters than min_filters or fewer models than min_models"),
-    "explained_variance_ratio": ("explained variance ratio", "1",
-                                 "share of the total variance per component (the drift weights)"),
-    "explained_variance": ("explained variance", "coefficient units squared",
-                           "variance of the coefficients along each component (ddof=1)"),
-    "member_counts": ("coefficients per bin and member", "1", "histogram of each (group, model) member"),
-    "member_group": ("member's group", "1", "group index of each member"),
-    "member_model": ("member's model", "1", "model_id of each member"),
-    "fine_counts": ("coefficients per fine bin", "1", "count of the group's coefficients in each fine bin"),
-    "coef_var": ("coefficient variance", "coefficient units squared",
-                 "exact variance of the group's coefficients per component (ddof=1)"),
-}
-
-
-def _stats_for(data, basis):
-    if isinstance(data, xr.Dataset) and basis is not None:
-        s = getattr(basis, "stats_", None)
-        if isinstance(s, engine.RecordStats) and s.ds is data:
-            return s
-    return engine.as_stats(data)
 
 
 # -- 2D density: an optional extra pass ----------------------------------------------------------------------------
@@ -315,42 +212,4 @@ def hist2d_combine(*parts: dict) -> dict:
     return {"counts": counts}
 
 
-HIST2D = engine.Statistic("2D density", chunk=hist2d_chunk, combine=hist2d_combine)
-
-
-def density2d(data, basis=None, components=(0, 1), bins: int = 512, by=None, keep_empty: bool = False,
-              range=None) -> xr.DataArray:
-    """2D histogram (counts) of two components over the global coefficient range: one extra pass.
-
-    With ``by``, one histogram per group (group, y, x); y is the first component, x the second.
-    """
-    stats = _stats_for(data, basis)
-    basis = basis if basis is not None else stats.basis()
-    bins = engine._check_bins(bins, "bins")
-    nc = basis.components_.shape[0]
-    j0, j1 = (int(c) for c in components)
-    if not (0 <= j0 < nc and 0 <= j1 < nc):
-        raise InputError(f"components must be two indices in [0, {nc}); got {components!r}.")
-    lo, hi = stats.coef_range(basis) if range is None else (float(range[0]), float(range[1]))
-    m = stats.moments()
-    if by is None:
-        codes, labels = np.zeros(m.sizes["record"], np.int64), ["all"]
-    else:
-        g = engine.groups(m, by, keep_empty=keep_empty)
-        codes, labels = g.codes, g.labels
-    edges = np.linspace(lo, hi, bins + 1)
-    params = {"record": m["record"].values, "group": codes, "n_groups": len(labels),
-              "mean": np.asarray(basis.mean_, np.float64),
-              "components": np.ascontiguousarray(basis.components_, np.float64), "j0": j0, "j1": j1,
-              "edges": edges}
-    stats.passes += 1
-    part = engine.reduce(stats.ds, HIST2D, params=params, split_every=stats.split_every, desc="2D density")
-    counts = part["counts"]
-    centers = (edges[:-1] + edges[1:]) / 2
-    da = xr.DataArray(counts, dims=("group", "y", "x"),
-                      coords={"group": np.array(labels, dtype=object), "y": centers, "x": centers},
-                      name="density2d",
-                      attrs={"components": [j0, j1], "range": [lo, hi], "bins": bins, "bin_edges": edges,
-                             "description": f"counts of (component {j0}, component {j1}) coefficients",
-                      "long_name": "2D coefficient histogram", "units": "1"})
-    return da if by is not None else da.isel(group=0, drop=True)
+HIST2D = reduction.Statistic("density2d", chunk=hist2d_chunk, combine=hist2d_combine, finalize=reduction.unchanged)

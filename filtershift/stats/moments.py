@@ -1,8 +1,8 @@
 """Per-record moments: pass 1 (scaled and raw co-moments, norms) and pass 2 (coefficient range, sparsity).
 
 Each pass is declared flox-style as ``chunk`` / ``combine`` / ``finalize`` on partials keyed by record (see
-:mod:`filtershift.stats.engine`). The chunk steps run fused numba kernels (``nogil``: the threaded scheduler uses
-every core); :func:`moments_reference` and :func:`second_reference` are the plain numpy definitions they must
+:mod:`filtershift.stats.reduction`). The chunk steps run fused numba kernels (``nogil``: the threaded scheduler uses
+every core); :func:`moments_reference` and :func:`range_sparsity_reference` are the plain numpy definitions they must
 equal.
 
 Conventions (float64 throughout): a *scaled* filter is the 9-vector divided by its largest absolute value (an
@@ -16,8 +16,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from filtershift.stats import engine
+from filtershift.stats import reduction
 
+#: Weights per filter (a 3x3 kernel, row-major); the one definition.
 K = 9
 
 # -- pass 1 ---------------------------------------------------------------------------------------------------------
@@ -31,7 +32,7 @@ BLOCK = 512
 def load_block(w, a, n, wt):
     """Rows ``a:a+n`` of ``w`` into ``wt[:9, :n]`` (float64, transposed); ``wt[9]`` = 1/max|row| (0 if zero),
     ``wt[10]`` = max|row| (NaN entries ignored). Feature-major loops, so all but the transposing copy vectorise;
-    indexing a slice of the block, not ``w[a + i, k]``, made that copy 1.7x faster."""
+    the copy indexes a slice of the block, not ``w[a + i, k]`` (faster: BENCHMARKS.md, "Figures from the code")."""
     blk = w[a:a + n]
     for k in range(K):
         for i in range(n):
@@ -237,7 +238,7 @@ META_FIELDS = ("model_id", "conv_depth", "conv_depth_norm")
 
 def moments_chunk(weights, record, *coords, names=()) -> dict:
     """Pass-1 partial of one block: the moments of each record present, plus its meta values and group codes."""
-    perm, ids, starts = engine.runs(record)
+    perm, ids, starts = reduction.runs(record)
     w = weights if perm is None else weights[perm]
     r = len(ids)
     out = {"record": ids, "n": np.zeros(r, np.int64), "scaled_sum": np.zeros((r, K)),
@@ -257,10 +258,11 @@ def moments_chunk(weights, record, *coords, names=()) -> dict:
 def moments_combine(*parts: dict) -> dict:
     how = dict(MOMENT_FIELDS)
     how.update({k: "first" for k in parts[0] if k not in how and k != "record"})
-    return engine.merge(parts, how)
+    return reduction.merge(parts, how)
 
 
-MOMENTS = engine.Statistic("moments", chunk=moments_chunk, combine=moments_combine)
+#: Pass 1. The cache labels the merged partial (meta, group codes) as the moments Dataset.
+MOMENTS = reduction.Statistic("moments", chunk=moments_chunk, combine=moments_combine, finalize=reduction.unchanged)
 
 
 # -- pass 2 ---------------------------------------------------------------------------------------------------------
@@ -308,7 +310,7 @@ def range_kernel(w, starts, mean, comps, cmin, cmax):
 def sparsity_kernel(w, starts, shift, thresh, all_sparse, clean, sparse, ns_n, ns_sum, ns_com):
     """Per run not marked ``clean``: count of sparse filters; shifted sum and second moment of the non-sparse raw
     filters (``shift`` is the record's raw mean, so the one-pass sums stay accurate). Clean runs (no sparse
-    filter, known from pass 1) are skipped: see :func:`second_finalize`. Reassociation is allowed (the co-moment
+    filter, known from pass 1) are skipped: see :func:`range_sparsity_finalize`. Reassociation is allowed (the co-moment
     loop vectorises); its helpers are inlined, so the compiled kernel does not depend on what was compiled
     before it."""
     wt = np.empty((11, BLOCK))
@@ -358,7 +360,7 @@ def coefficients(w: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.
     return (scale(w) - mean) @ np.asarray(components).T
 
 
-def second_reference(w, starts, absmax, mean, components, eps) -> dict:
+def range_sparsity_reference(w, starts, absmax, mean, components, eps) -> dict:
     """Plain numpy definition of pass 2 (:func:`range_kernel`, :func:`sparsity_kernel`) after finalisation (for
     tests)."""
     out = {f: [] for f in ("coef_min", "coef_max", "sparse_count", "nonsparse_sum", "nonsparse_comoment")}
@@ -376,7 +378,7 @@ def second_reference(w, starts, absmax, mean, components, eps) -> dict:
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-SECOND_FIELDS = {
+RANGE_SPARSITY_FIELDS = {
     "coef_min": "min",
     "coef_max": "max",
     "sparse_count": "sum",
@@ -386,11 +388,11 @@ SECOND_FIELDS = {
 }
 
 
-def second_chunk(weights, record, params) -> dict:
+def range_sparsity_chunk(weights, record, params) -> dict:
     """Pass-2 partial of one block; ``params`` holds the basis and the per-record results of pass 1, among them
-    ``clean``: records without a sparse filter, whose non-sparse statistics :func:`second_finalize` takes from
+    ``clean``: records without a sparse filter, whose non-sparse statistics :func:`range_sparsity_finalize` takes from
     pass 1 (their partial rows hold the range only)."""
-    perm, ids, starts = engine.runs(record)
+    perm, ids, starts = reduction.runs(record)
     w = np.ascontiguousarray(weights if perm is None else weights[perm])
     pos = np.searchsorted(params["record"], ids)
     r, nc = len(ids), params["components"].shape[0]
@@ -414,8 +416,8 @@ def second_chunk(weights, record, params) -> dict:
     return out
 
 
-def second_combine(*parts: dict) -> dict:
-    return engine.merge(parts, SECOND_FIELDS)
+def range_sparsity_combine(*parts: dict) -> dict:
+    return reduction.merge(parts, RANGE_SPARSITY_FIELDS)
 
 
 def clean_records(absmax, filter_absmax_min, eps: float) -> np.ndarray:
@@ -430,7 +432,7 @@ def sparsity_threshold(absmax, eps: float) -> np.ndarray:
     return (eps * np.asarray(absmax, np.float64)).astype(np.float32).astype(np.float64)
 
 
-def second_finalize(part: dict, clean, n, raw_sum, raw_comoment) -> dict:
+def range_sparsity_finalize(part: dict, clean, n, raw_sum, raw_comoment) -> dict:
     """Pass-2 result on the records of pass 1: clean records (every filter non-sparse) take their non-sparse
     count, sum and co-moment from pass 1's raw statistics."""
     out = dict(part)
@@ -441,4 +443,7 @@ def second_finalize(part: dict, clean, n, raw_sum, raw_comoment) -> dict:
     return out
 
 
-SECOND = engine.Statistic("coefficient range and sparsity", chunk=second_chunk, combine=second_combine)
+#: Pass 2. Records absent from every block keep an empty range (min +inf, max -inf).
+RANGE_SPARSITY = reduction.Statistic("range-sparsity", chunk=range_sparsity_chunk, combine=range_sparsity_combine,
+                                     finalize=range_sparsity_finalize,
+                                     fill={"coef_min": np.inf, "coef_max": -np.inf})

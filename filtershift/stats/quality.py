@@ -21,10 +21,10 @@ import pandas as pd
 import xarray as xr
 
 from filtershift.errors import InputError
-from filtershift.stats import engine
-from filtershift.stats.moments import comoment
-
-K = 9
+from filtershift.stats import reduction
+from filtershift.stats.cache import RecordStats, as_stats
+from filtershift.stats.grouping import DEPTH_LABELS, depth_codes, grouping_names
+from filtershift.stats.moments import K, comoment
 #: torchconvquality's entropy threshold (a logistic in log2 n fitted to a "min distribution"): l, x0, k, b.
 THRESHOLD_PARAMS = (1.2618047, 2.30436435, 0.88767525, -0.31050834)
 #: The per-layer metrics, in table order.
@@ -187,7 +187,7 @@ def layer_metrics(w, sparsity_eps: float = 0.01, out_channels: int | None = None
 
 def _ortho_chunk(weights, record, params) -> dict:
     """Orthogonality of the layers complete in this block; rows of layers cut by the block edge are kept."""
-    perm, ids, starts = engine.runs(record)
+    perm, ids, starts = reduction.runs(record)
     known = params["record"]
     pos = np.searchsorted(known, ids)
     hit = np.isin(ids, known)
@@ -235,7 +235,7 @@ def _ortho_pair(a: dict, b: dict) -> dict:
     return {"record": ids, "orthogonality": vals, "pieces": pieces, "params": params}
 
 
-ORTHOGONALITY = engine.Statistic("orthogonality", chunk=_ortho_chunk, combine=_ortho_combine)
+ORTHOGONALITY = reduction.Statistic("orthogonality", chunk=_ortho_chunk, combine=_ortho_combine)
 
 
 def _layer_shapes(recs: pd.DataFrame, present: np.ndarray) -> dict:
@@ -260,7 +260,7 @@ def orthogonality(data, records: np.ndarray | None = None) -> pd.Series:
     """
     from filtershift.store.dataset import records as records_table
 
-    stats = data if isinstance(data, engine.RecordStats) else None
+    stats = data if isinstance(data, RecordStats) else None
     ds = stats.ds if stats is not None else data
     recs = records_table(ds)
     present = recs["record"].to_numpy(np.int64) if records is None else np.asarray(records, np.int64)
@@ -268,10 +268,10 @@ def orthogonality(data, records: np.ndarray | None = None) -> pd.Series:
     result = pd.Series(np.nan, index=pd.Index(present, name="record"), name="orthogonality")
     if len(params["record"]) == 0:
         return result
-    part = engine.reduce(ds, ORTHOGONALITY, params=params, desc="orthogonality",
-                         split_every=stats.split_every if stats is not None else engine.SPLIT_EVERY)
     if stats is not None:
-        stats.passes += 1
+        part = stats.run(ORTHOGONALITY, params=params, desc="orthogonality")
+    else:
+        part = reduction.reduce(ds, ORTHOGONALITY, params=params, desc="orthogonality")
     result.loc[part["record"]] = part["orthogonality"]
     return result
 
@@ -350,7 +350,7 @@ def degeneration(table: pd.DataFrame, thresholds=None) -> pd.DataFrame:
 
 def _labels(m: xr.Dataset) -> dict:
     cols = {}
-    for name in engine.grouping_names(m):
+    for name in grouping_names(m):
         if name in m:
             labels = np.asarray(m[name].attrs["labels"], dtype=object)
             codes = m[name].values.astype(np.int64)
@@ -371,7 +371,7 @@ def layer_quality(data, sparsity_eps: float = 0.01, *, thresholds=None, orthogon
 
     eps = _check_eps(sparsity_eps)
     t = _thresholds(thresholds)
-    stats = engine.as_stats(data)
+    stats = as_stats(data)
     m = stats.moments()
     s = stats.sparsity(eps)
     rec_ids = m["record"].values
@@ -384,8 +384,8 @@ def layer_quality(data, sparsity_eps: float = 0.01, *, thresholds=None, orthogon
         "model_id": m["model_id"].values.astype(np.int64),
         "conv_depth": m["conv_depth"].values.astype(np.int64),
         "conv_depth_norm": m["conv_depth_norm"].values.astype(np.float64),
-        "depth": pd.Categorical.from_codes(engine.depth_codes(m["conv_depth_norm"].values),
-                                           categories=engine.DEPTH_LABELS),
+        "depth": pd.Categorical.from_codes(depth_codes(m["conv_depth_norm"].values),
+                                           categories=DEPTH_LABELS),
         "layer": recs["layer"].fillna("").astype(str).to_numpy(),
         "in_channels": recs["in_channels"].astype("Int64").array,
         "out_channels": recs["out_channels"].astype("Int64").array,

@@ -633,7 +633,7 @@ def _truth(plan: dict, **settings) -> dict:
             g["n_filters"] += mod["n_filters"]
     return {
         "schema": TRUTH_SCHEMA,
-        "generator": "filtershift.ingest.synth",
+        "generator": "filtershift.synth",
         "seed": plan["seed"],
         "n_filters": plan["n_filters"],
         "n_models": len(plan["models"]),

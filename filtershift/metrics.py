@@ -1,0 +1,107 @@
+"""The drift metrics, each declared once: name, label, units, its per-component divergence and the histogram
+normalisation it reads. Add a metric here and every consumer (``filtershift.stats.drift``, ``compare``, the report
+spec and page, ``filtershift drift/compare --metric``) offers it.
+
+The CLI builds its parser from :data:`METRICS` without numpy, so numpy is imported inside the functions only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from filtershift.errors import InputError
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A divergence between per-component histograms, summed over components with the explained-variance weights.
+
+    ``divergence(p, widths)`` takes ``p`` (..., group, component, bin) and the bin widths and returns
+    (..., group, group, component). ``smoothed``: ``p`` is the reference normalisation (density, empty bins set to
+    float32 eps, sum 1); otherwise the plain shares of the counts.
+    """
+
+    name: str
+    label: str
+    units: str
+    divergence: Callable
+    smoothed: bool = True
+    description: str = ""
+    long_name: str = ""
+
+
+def _xlogy(p, q):
+    import numpy as np
+
+    return np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0) / np.where(q > 0, q, 1.0)), 0.0)
+
+
+def kl_sym(p, widths=None):
+    """KL(p||q) + KL(q||p) per component, for every pair of groups (the reference metric)."""
+    import numpy as np
+
+    logp = np.log(p)
+    self_term = np.einsum("...gkb,...gkb->...gk", p, logp)
+    cross = np.einsum("...gkb,...hkb->...ghk", p, logp)
+    return self_term[..., :, None, :] + self_term[..., None, :, :] - cross - np.swapaxes(cross, -2, -3)
+
+
+def _blocked(p, metric, widths, budget: int = 1 << 24):
+    """(..., group, group, component) for JS or W1, a block of rows at a time to bound memory."""
+    import numpy as np
+
+    g = p.shape[-3]
+    per_row = max(1, int(np.prod(p.shape)))
+    step = max(1, budget // per_row)
+    out = np.empty(p.shape[:-3] + (g, g, p.shape[-2]))
+    cdf = np.cumsum(p, axis=-1) if metric == "w1" else None
+    for lo in range(0, g, step):
+        hi = min(g, lo + step)
+        if metric == "js":
+            a = p[..., lo:hi, None, :, :]
+            b = p[..., None, :, :, :]
+            mix = (a + b) / 2
+            out[..., lo:hi, :, :] = 0.5 * (_xlogy(a, mix).sum(-1) + _xlogy(b, mix).sum(-1))
+        else:
+            diff = np.abs(cdf[..., lo:hi, None, :, :] - cdf[..., None, :, :, :])
+            out[..., lo:hi, :, :] = diff @ np.asarray(widths, np.float64)
+    return out
+
+
+def js(p, widths=None):
+    """Jensen-Shannon divergence (natural log) per component, for every pair of groups."""
+    return _blocked(p, "js", widths)
+
+
+def w1(p, widths=None):
+    """Wasserstein-1 per component for masses at the bin centres (``widths``: bin widths)."""
+    if widths is None:
+        raise ValueError("w1 needs the bin widths")
+    return _blocked(p, "w1", widths)
+
+
+#: The registry: name -> Metric, in the order the report and the CLI list them (the first is the default).
+METRICS = {m.name: m for m in (
+    Metric("kl_sym", "symmetric KL", "nats", kl_sym, description="symmetric Kullback-Leibler divergence (the "
+           "reference)", long_name="symmetric Kullback-Leibler divergence"),
+    Metric("js", "Jensen-Shannon", "nats", js, description="Jensen-Shannon divergence, natural log",
+           long_name="Jensen-Shannon divergence"),
+    Metric("w1", "Wasserstein", "coefficient units", w1, smoothed=False,
+           description="Wasserstein-1 distance between the histograms", long_name="Wasserstein-1 distance"),
+)}
+#: The default metric.
+DEFAULT = next(iter(METRICS))
+
+
+def metric(name: str) -> Metric:
+    """The declared metric called ``name``, or an InputError listing the choices."""
+    try:
+        return METRICS[name]
+    except (KeyError, TypeError):
+        raise InputError(f"metric must be one of {list(METRICS)}; got {name!r}.") from None
+
+
+def help_text() -> str:
+    """One line for a ``--metric`` option: every metric's name and description."""
+    return "; ".join(f"{m.name}: {m.description}" for m in METRICS.values())
