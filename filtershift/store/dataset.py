@@ -393,8 +393,9 @@ def select(ds: xr.Dataset, **criteria) -> xr.Dataset:
 
     For example ``select(ds, task="Classification", visual_category=["medical ct", "medical mri"],
     conv_depth=0)``. Keys are coordinate or column names; values a label or a list of labels (model_id and
-    conv_depth take numbers). Works on whole runs of records, so the result is a few contiguous slices
-    concatenated: still lazy, and its index (hence :func:`records`, :func:`models`) follows the selection.
+    conv_depth take numbers). Works on whole runs of records, so the result is one lazy selection of slices of
+    blocks (:func:`~filtershift.store.multislice.select_runs`, O(runs + chunks), no per-filter positions), and its
+    index (hence :func:`records`, :func:`models`) follows the selection.
 
     Parameters
     ----------
@@ -422,6 +423,8 @@ def select(ds: xr.Dataset, **criteria) -> xr.Dataset:
     >>> int(filtershift.records(sub)["n"].sum()) == sub.sizes["filter"]
     True
     """
+    from filtershift.store.multislice import select_runs
+
     index = record_index(ds)
     keep = np.ones(len(index.row), bool)
     for key, wanted in criteria.items():
@@ -431,12 +434,7 @@ def select(ds: xr.Dataset, **criteria) -> xr.Dataset:
         keep &= index.match(name, list(wanted) if isinstance(wanted, (list, tuple, set)) else [wanted])
     if not keep.any():
         raise InputError(f"select({criteria}) matched no records.")
-    starts, stops = index.start[keep], index.stop[keep]
-    edge = np.flatnonzero(starts[1:] != stops[:-1]) + 1
-    firsts, lasts = np.concatenate([[0], edge]), np.concatenate([edge - 1, [len(starts) - 1]])
-    parts = [ds.isel(filter=slice(int(starts[a]), int(stops[b]))) for a, b in zip(firsts, lasts)]
-    out = parts[0] if len(parts) == 1 else xr.concat(parts, dim="filter", data_vars="all", coords="different",
-                                                     compat="equals", join="exact", combine_attrs="override")
+    out = select_runs(ds, index.start[keep], (index.stop - index.start)[keep])
     out.attrs = dict(ds.attrs)
     out.attrs["selection"] = ", ".join(f"{k}={v!r}" for k, v in criteria.items())
     return out

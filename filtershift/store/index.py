@@ -6,7 +6,10 @@ and models tables, owns the per-filter coordinates (``record``, ``model_id``, ``
 and every grouping column, with string labels) and builds them lazily, block by block with ``np.repeat``, chunked
 like ``weights``. ``sel`` by meta resolves in O(records) from the tables; ``isel`` returns an index whose runs and
 records follow the subset; ``xr.concat`` of selections joins the runs. Nothing of size N is computed here except
-the integer positions of a non-contiguous ``sel`` (which xarray's ``isel`` needs).
+the integer positions of a non-contiguous ``sel``: xarray's ``Dataset.sel`` always applies an Index's result as a
+positional ``isel`` (``IndexSelResult.dim_indexers``), so dask then indexes with one position per selected filter.
+``take_runs`` (with :mod:`filtershift.store.multislice`) is the O(runs) form used by ``filtershift.select`` and
+``ds.filtershift.sel``.
 """
 
 from __future__ import annotations
@@ -146,25 +149,50 @@ class RecordIndex(Index):
                              hi - lo, chunks)
 
     def _chunks_after(self, key) -> tuple:
-        """The chunks ``weights`` gets from the same indexer (dask's own rule, on an empty graph-only array)."""
-        dummy = da.empty((self.size, *self.inner), chunks=(self.chunks, *self.inner), dtype=self.dtype)
-        return dummy[key].chunks[0]
+        """The chunks ``weights`` gets from the same indexer. A slice: dask's own rule on an empty graph-only array
+        (O(chunks)); integer positions: :func:`take_chunks`, dask's rule without running its take (which costs
+        O(positions) in Python lists)."""
+        if isinstance(key, slice):
+            dummy = da.empty((self.size, *self.inner), chunks=(self.chunks, *self.inner), dtype=self.dtype)
+            return dummy[key].chunks[0]
+        return take_chunks(self.chunks, key)
+
+    def take_runs(self, starts, lengths, chunks) -> RecordIndex:
+        """The index of the runs ``[start, start + length)`` of this Dataset's filters, in order, with ``chunks``:
+        O(runs + runs of records), no positions (see :mod:`filtershift.store.multislice`)."""
+        starts, lengths = np.asarray(starts, np.int64), np.asarray(lengths, np.int64)
+        stops = starts + lengths
+        i0 = np.searchsorted(self.stop, starts, side="right")
+        i1 = np.searchsorted(self.start, stops, side="left")
+        counts = i1 - i0
+        sel = np.repeat(np.arange(len(starts)), counts)
+        i = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts) + i0[sel]
+        first = np.maximum(self.start[i], starts[sel])
+        last = np.minimum(self.stop[i], stops[sel])
+        new_start = np.concatenate([[0], np.cumsum(last - first)[:-1]]).astype(np.int64) if len(i) else i
+        return self._replace(self.row[i], new_start, self.offset[i] + first - self.start[i],
+                             int(lengths.sum()), chunks)
 
     # -- label selection ---------------------------------------------------------------------------------------
 
     def sel(self, labels, method=None, tolerance=None) -> IndexSelResult:
         if method is not None or tolerance is not None:
             raise InputError("selection by meta is exact; method/tolerance are not supported.")
-        keep = np.ones(len(self.row), bool)
-        for name, wanted in labels.items():
-            keep &= self.match(name, wanted)
-        lengths = (self.stop - self.start)[keep]
-        starts = self.start[keep]
+        starts, lengths = self.runs_matching(labels)
         if len(starts) == 0:
             return IndexSelResult({self.dim: slice(0, 0)})
         if np.all(starts[1:] == (starts + lengths)[:-1]):
             return IndexSelResult({self.dim: slice(int(starts[0]), int(starts[-1] + lengths[-1]))})
         return IndexSelResult({self.dim: runs_positions(starts, lengths)})
+
+    def runs_matching(self, labels: dict) -> tuple[np.ndarray, np.ndarray]:
+        """The runs (starts, lengths) of the filters whose coordinates match every ``labels`` item (see
+        :meth:`match`); O(records). ``sel`` turns them into positions for xarray; ``ds.filtershift.sel`` and
+        ``filtershift.select`` take them as slices of blocks."""
+        keep = np.ones(len(self.row), bool)
+        for name, wanted in labels.items():
+            keep &= self.match(name, wanted)
+        return self.start[keep], (self.stop - self.start)[keep]
 
     def match(self, name, wanted) -> np.ndarray:
         """Which runs match ``wanted`` for coordinate ``name``: a value, a list of values, a slice (inclusive,
@@ -272,6 +300,42 @@ def _merge_runs(row, start, offset):
     cont = (row[1:] == row[:-1]) & (offset[1:] - offset[:-1] == start[1:] - start[:-1])
     keep = np.concatenate([[True], ~cont])
     return row[keep], start[keep], offset[keep]
+
+
+def take_chunks(chunks: tuple, positions) -> tuple:
+    """The chunks of ``x[positions]`` along a dask axis with ``chunks``, as dask's ``take`` makes them (dask 2024.x
+    to 2026.x, ``dask/array/slicing.py:take`` and ``_shuffle.py:_shuffle``): the positions in groups of the average
+    chunk, groups packed greedily up to ``array.chunk-size-tolerance`` times it; a full ``arange`` keeps ``chunks``,
+    no positions give one empty chunk. Depends only on the number of positions; O(output chunks)."""
+    from dask import config
+
+    chunks = tuple(int(c) for c in chunks)
+    pos = np.asarray(positions)
+    n = int(pos.size)
+    full = sum(chunks)
+    if n == 0:
+        return (0,)
+    if n == full:
+        pos = np.where(pos < 0, pos + full, pos)
+        if pos[0] == 0 and np.all(np.diff(pos) == 1):
+            return chunks
+    average = int(full / len(chunks))
+    tolerance = config.get("array.chunk-size-tolerance")
+    limit = int(full / len(chunks) * tolerance)
+    groups = [average] * (n // average) + ([n % average] if n % average else [])
+    out, current = [], 0
+    for g in groups:
+        if current + g > limit and current > 0:
+            out.append(current)
+            current = g
+        else:
+            current += g
+            if current > limit / tolerance:
+                out.append(current)
+                current = 0
+    if current > 0:
+        out.append(current)
+    return tuple(out)
 
 
 def runs_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
