@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import READ_DASK, append_section, gib, run_child  # noqa: E402
+from _common import READ_DASK, append_section, gib, run_child
 
 MAX_FILTERS = 100_000_000
 

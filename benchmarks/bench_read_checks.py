@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import run_child  # noqa: E402
-from bench_shift import FULL, MAKE, SETUP  # noqa: E402
+from _common import run_child
+from bench_shift import FULL, MAKE, SETUP
 
 COUNT = """
 import filtershift.store.chunks as _chunks

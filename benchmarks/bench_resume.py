@@ -32,7 +32,7 @@ import pandas as pd
 import zarr
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import append_section  # noqa: E402
+from _common import append_section
 
 PROGRESS = ".filtershift-progress.json"
 POLL_S = 0.005

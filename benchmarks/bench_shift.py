@@ -28,7 +28,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import READ_DASK, READ_ZARR, append_section, gib, run_child  # noqa: E402
+from _common import READ_DASK, READ_ZARR, append_section, gib, run_child
 
 SETUP = """
 import numpy as np, pandas as pd, zarr, dask, filtershift as fs, filtershift.stats, filtershift.store.dataset

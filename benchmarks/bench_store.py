@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import READ_DASK, READ_ZARR, append_section, gib, run_child  # noqa: E402
+from _common import READ_DASK, READ_ZARR, append_section, gib, run_child
 
 MAKE_SOURCE = """
 import h5py, numpy as np, pandas as pd, warnings

@@ -58,7 +58,7 @@ def fuzz(n_files: int, seed: int, meta_format: str, workdir: str, per_file_s: in
         raise TimeoutError("hang")
 
     signal.signal(signal.SIGALRM, alarm)
-    for i in range(n_files):
+    for _ in range(n_files):
         path = Path(workdir) / "m.h5"
         path.write_bytes(mutate(data, rng))
         signal.alarm(per_file_s)

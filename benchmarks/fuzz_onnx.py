@@ -232,9 +232,8 @@ def _proto_mutation(model, rng, case: Path) -> str:
         model.opset_import[0].version = int(rng.choice([0, 1, 7, 10, 13, 99, -1]))
         if rng.random() < 0.3:
             model.opset_import[0].domain = "ai.onnx.ml"
-    elif kind == "dup_output":
-        if node.output:
-            g.node[int(rng.integers(len(g.node)))].output.append(node.output[0])
+    elif kind == "dup_output" and node.output:
+        g.node[int(rng.integers(len(g.node)))].output.append(node.output[0])
     return kind
 
 

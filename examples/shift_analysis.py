@@ -17,11 +17,11 @@ import pathlib
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import xarray as xr
 
-import filtershift as fs  # noqa: E402
-import xarray as xr  # noqa: E402
+import filtershift as fs
 
 
 def draw_eigenimages(basis, path: pathlib.Path) -> None:

@@ -45,7 +45,7 @@ _API = {
     "scheduler_context": "filtershift.cluster",
 }
 
-__all__ = ["__version__", *_API]
+__all__ = ["__version__", *_API]  # noqa: PLE0604 - the names of the lazy API table above
 
 
 def __getattr__(name: str):

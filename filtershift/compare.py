@@ -16,6 +16,7 @@ import xarray as xr
 
 from filtershift.errors import InputError
 from filtershift.metrics import metric as declared
+
 #: Layer quality metrics placed against the database's distribution of the same metric over its records.
 QUALITY = ("sparsity", "variance_entropy_norm", "variance_entropy_clean_norm", "orthogonality")
 
@@ -105,7 +106,8 @@ def compare(model, store, *, by=("task",), metric: str = "kl_sym", bins: int = 7
     from filtershift.ingest.model import ModelFilters
     from filtershift.stats import distributions, fit_basis, record_stats
     from filtershift.stats.divergence import normalised_for, pairwise
-    from filtershift.store.dataset import models as models_table, open_store
+    from filtershift.store.dataset import models as models_table
+    from filtershift.store.dataset import open_store
 
     declared(metric)
     m = model if isinstance(model, ModelFilters) else read_model(model)

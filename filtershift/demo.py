@@ -35,11 +35,10 @@ def run_demo(out="filtershift-demo", *, n_filters: int = 1_000_000, n_models: in
         :func:`~filtershift.store.verify.info`), ``truth`` (the synthetic ground truth), ``timings`` (seconds per
         step) and ``report`` (path of the report page).
     """
-    from filtershift.synth import read_truth, synthesize
+    from filtershift.outputs import local_path
     from filtershift.store.convert import convert
     from filtershift.store.verify import info
-
-    from filtershift.outputs import local_path
+    from filtershift.synth import read_truth, synthesize
 
     out = local_path(out, "--out")
     out.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,8 @@ The CLI builds its parser from :data:`METRICS` without numpy, so numpy is import
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from filtershift.errors import InputError
 

@@ -102,7 +102,7 @@ def failures(url: str, action: str, option: str = "output"):
     except NotImplementedError:
         raise InputError(f"{option} {display(url)}: this filesystem cannot {action} files; give {SUPPORTED}.") \
             from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any backend's failure becomes one InputError naming the URL
         text = " ".join(str(exc).split()) or reason(exc)
         text = re.sub(r"//[^/@\s]*@", "//", text)
         raise InputError(f"{option} {display(url)}: cannot {action} ({text}). Check the URL, that the bucket "

@@ -1,8 +1,8 @@
 """``filtershift verify STORE``"""
 
-from filtershift.cli._args import add_storage_options, storage_options
-
 import json
+
+from filtershift.cli._args import add_storage_options, storage_options
 
 
 def register(sub) -> None:

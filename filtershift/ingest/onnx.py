@@ -15,8 +15,7 @@ from collections import Counter
 import numpy as np
 
 from filtershift.errors import InputError, reason
-from filtershift.ingest.model import (Conv, ModelFilters, assemble, check_model_file, longest_path_depths,
-                                      require)
+from filtershift.ingest.model import Conv, ModelFilters, assemble, check_model_file, longest_path_depths, require
 
 CONV_OPS = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}
 PASS_THROUGH = {"Identity", "Cast"}

@@ -17,8 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from filtershift.errors import InputError, reason
-from filtershift.ingest.model import (Conv, ModelFilters, assemble, check_model_file, longest_path_depths,
-                                      require)
+from filtershift.ingest.model import Conv, ModelFilters, assemble, check_model_file, longest_path_depths, require
 
 #: Keys under which training scripts nest the state_dict of a checkpoint, tried in this order.
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "ema", "model_ema")

@@ -111,8 +111,7 @@ def covariance(basis) -> np.ndarray:
 
 def analyse(ds: xr.Dataset, info: dict, spec: dict, *, step=lambda name: None) -> Analysis:
     """Run the whole analysis of ``ds`` for ``spec``; ``step(name)`` is called as each stage starts."""
-    from filtershift.stats import (density2d, distributions, drift, drift_ci, fit_basis, group_bases, kde,
-                                   record_stats)
+    from filtershift.stats import density2d, distributions, drift, drift_ci, fit_basis, group_bases, kde, record_stats
 
     th, boot, fig = spec["thresholds"], spec["bootstrap"], spec["figures"]
     stats = record_stats(ds)

@@ -14,12 +14,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from filtershift import progress
 from filtershift._version import __version__
 from filtershift.errors import FiltershiftError, InputError
-from filtershift.report import figures
-from filtershift.report import html, publish
+from filtershift.report import figures, html, publish
 from filtershift.report.config import load_config, spec_hash
 
 log = logging.getLogger("filtershift.report")

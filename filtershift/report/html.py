@@ -40,7 +40,8 @@ tr.small td { color: var(--warn); }
 .row { display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; }
 .row > * { flex: 0 1 auto; min-width: 0; max-width: 100%; }
 .cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 12px 0; }
-.card { border: 1px solid var(--line); border-radius: 6px; padding: 10px 14px; min-width: 150px; background: var(--soft); }
+.card { border: 1px solid var(--line); border-radius: 6px; padding: 10px 14px; min-width: 150px;
+        background: var(--soft); }
 .card b { display: block; font-size: 20px; }
 .flag { color: var(--warn); font-weight: 600; }
 code { background: var(--soft); padding: 0 4px; border-radius: 4px; }
@@ -52,9 +53,10 @@ def esc(value) -> str:
 
 
 def cell(value, digits: int = 4) -> str:
-    """A number for a table cell: integers with separators, floats to ``digits`` significant digits, None as '–'."""
+    """A number for a table cell: integers with separators, floats to ``digits`` significant digits, None (and
+    non-finite floats) as an en dash."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
+        return "\u2013"
     if isinstance(value, bool):
         return "yes" if value else ""
     if isinstance(value, int):

@@ -325,7 +325,7 @@ class RemoteOutput:
         finally:
             try:
                 self.fs.rm_file(self._key(LOCK_FILE))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a failed unlock must not hide the report's own outcome
                 log.error("%s: could not delete the report lock (%s); delete %s before the next report",
                           self.display, exc, self.file(LOCK_FILE))
 

@@ -233,9 +233,8 @@ def headline(results: dict, spec: dict) -> dict:
         if np.isfinite(md).any():
             out[f"mean {metric} by {name}"] = float(np.nanmean(md))
     q = results.get("quality")
-    if q:
-        if q.get("n_degenerated") is not None and q["n_layers"]:
-            out["degenerated layers"] = q["n_degenerated"] / q["n_layers"]
+    if q and q.get("n_degenerated") is not None and q["n_layers"]:
+        out["degenerated layers"] = q["n_degenerated"] / q["n_layers"]
     return out
 
 

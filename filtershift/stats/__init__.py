@@ -6,9 +6,9 @@ distributions, drift matrices, bootstrap intervals, KDE) is computed from the sm
 """
 
 from filtershift.stats.basis import Basis, fit_basis, group_bases
-from filtershift.stats.divergence import drift, drift_ci
 from filtershift.stats.cache import RecordStats, record_stats
 from filtershift.stats.distributions import density2d, distributions
+from filtershift.stats.divergence import drift, drift_ci
 from filtershift.stats.kde import kde
 
 __all__ = ["Basis", "RecordStats", "density2d", "distributions", "drift", "drift_ci", "fit_basis", "group_bases",

@@ -85,7 +85,7 @@ class Basis:
     def __init__(self, n_components: int = K):
         self.n_components = n_components
 
-    def fit(self, X, y=None) -> "Basis":
+    def fit(self, X, y=None) -> Basis:
         if not isinstance(self.n_components, (int, np.integer)) or not 1 <= self.n_components <= K:
             raise InputError(f"n_components must be an integer in [1, {K}]; got {self.n_components!r}.")
         if isinstance(X, (xr.Dataset, xr.DataArray)):

@@ -245,7 +245,7 @@ class RecordStats:
             self._hist[key] = h
         return self._hist[key]
 
-    def compute(self, basis=None, bins: int = 70, sparsity_eps: float = 0.01) -> "RecordStats":
+    def compute(self, basis=None, bins: int = 70, sparsity_eps: float = 0.01) -> RecordStats:
         """Run the three passes now (moments, range and sparsity, histograms); returns self."""
         basis = self._basis(basis)
         self.range_sparsity(basis, sparsity_eps)

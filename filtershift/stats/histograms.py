@@ -53,7 +53,7 @@ def linspace_edges(edges):
     n = edges.size - 1
     lo, hi = edges[0], edges[n]
     step = (hi - lo) / n
-    for b in range(n):
+    for b in range(n):  # noqa: SIM110 - a numba kernel: the explicit loop compiles, all(<generator>) does not
         if edges[b] != b * step + lo:
             return False
     return True

@@ -25,6 +25,7 @@ from filtershift.stats import reduction
 from filtershift.stats.cache import RecordStats, as_stats
 from filtershift.stats.grouping import DEPTH_LABELS, depth_codes, grouping_names
 from filtershift.stats.moments import K, comoment
+
 #: torchconvquality's entropy threshold (a logistic in log2 n fitted to a "min distribution"): l, x0, k, b.
 THRESHOLD_PARAMS = (1.2618047, 2.30436435, 0.88767525, -0.31050834)
 #: The per-layer metrics, in table order.
@@ -38,14 +39,14 @@ GRAM_ROWS = 1024
 
 
 def entropy_threshold(n) -> np.ndarray:
-    """torchconvquality's entropy threshold for ``n`` filters, ``l / (1 + exp(-k (log2 n - x0))) + b``.
+    """torchconvquality's entropy threshold for ``n`` filters, ``height / (1 + exp(-k (log2 n - x0))) + b``.
 
     It is negative for n <= 2 and equals ``b`` for n = 0 (log2 0 = -inf), as in the reference.
     """
-    l, x0, k, b = THRESHOLD_PARAMS
+    height, x0, k, b = THRESHOLD_PARAMS
     n = np.asarray(n, dtype=np.float64)
     with np.errstate(divide="ignore", over="ignore"):
-        return l / (1.0 + np.exp(-k * (np.log2(n) - x0))) + b
+        return height / (1.0 + np.exp(-k * (np.log2(n) - x0))) + b
 
 
 def variance_entropy(comoment, n) -> np.ndarray:
