@@ -158,6 +158,8 @@ def add_models(store, models, *, meta=None, create: bool = True, storage_options
             _commit_model(loc, group, manifest, records, mods, m, model_id, metas.get(id(m), {}))
             added.append(model_id)
         final = fmt.read_manifest(group, loc)
+        if final["schema_version"] >= 2 and fmt.prune_tables(group, int(final["version"])):
+            fmt.write_manifest(group, final)    # a kill after a commit came before its clean-up
     return AppendResult(added, skipped, int(final["n_filters"]), int(final["version"]))
 
 

@@ -571,12 +571,14 @@ def read_table(loc: Location, name: str, version: int, *, schema: int | None = N
                          "`filtershift verify` and restore the store from a copy or convert again.") from None
 
 
-def prune_tables(group: zarr.Group, keep: int) -> None:
+def prune_tables(group: zarr.Group, keep: int) -> int:
     """Remove schema-2 table versions older than ``keep - 1`` (the previous version stays for readers that read
-    the manifest just before the last commit)."""
-    for key in table_versions(group):
-        if int(key[1:]) < keep - 1:
-            del group[f"{TABLES}/{key}"]
+    the manifest just before the last commit); returns how many were removed. The caller writes the manifest
+    again, so that the consolidated metadata no longer lists them."""
+    old = [key for key in table_versions(group) if int(key[1:]) < keep - 1]
+    for key in old:
+        del group[f"{TABLES}/{key}"]
+    return len(old)
 
 
 def table_versions(group: zarr.Group) -> list[str]:
@@ -613,8 +615,7 @@ def commit_tables(loc: Location, group: zarr.Group, manifest: dict, records: pd.
     if schema >= 2:
         write_view(group, records, models)
     write_manifest(group, manifest)
-    if schema >= 2:
-        prune_tables(group, version)
+    if schema >= 2 and prune_tables(group, version):
         write_manifest(group, manifest)
 
 
