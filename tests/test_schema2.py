@@ -22,6 +22,8 @@ import pandas as pd
 import pytest
 import xarray as xr
 import zarr
+from sources import make_meta, random_weights, write_source
+from test_append import fake_model
 
 import filtershift as fs
 from filtershift.cli import main
@@ -31,8 +33,6 @@ from filtershift.store.append import add_models, create_empty
 from filtershift.store.convert import convert
 from filtershift.store.upgrade import STEPS, upgrade
 from filtershift.store.verify import verify
-from sources import make_meta, random_weights, write_source
-from test_append import fake_model
 
 C = 256
 SIZES = [300, 500, 200, 400, 324, 100]          # 1824 filters, 8 chunks; chunk 1 all zeros (zarr skips it)
@@ -115,7 +115,7 @@ def test_open_store_reads_schema1_and_schema2_alike(source):
 
 
 def test_schema2_writes_every_chunk_and_an_absent_one_is_an_error(source, tmp_path):
-    _, weights, s1, s2, _ = source
+    _, _, s1, s2, _ = source
     assert not (s1 / "weights" / "c" / "1").exists()           # schema 1: zarr skipped the all-zero chunk
     assert (s2 / "weights" / "c" / "1" / "0").exists()         # schema 2: written
     db = tmp_path / "db.zarr"
@@ -123,7 +123,7 @@ def test_schema2_writes_every_chunk_and_an_absent_one_is_an_error(source, tmp_pa
     os.remove(db / "weights" / "c" / "1" / "0")                # its recorded sum is exactly 0.0, still an error
     assert fs.open_store(db).attrs["schema_version"] == 2
     with pytest.raises(StoreError, match=r"'weights' chunk 1 \(filters 256:512\) is missing"):
-        fs.open_store(db)["weights"].values
+        fs.open_store(db)["weights"].compute()
     report = verify(db)
     assert not report.ok and any("chunk 1" in p and "missing" in p for p in report.problems)
 
@@ -292,3 +292,38 @@ def test_verify_checks_schema2_tables_and_view(source, tmp_path):
         fs.open_store(db)
     del g["weights"].attrs[fmt.ALL_CHUNKS_WRITTEN]
     assert any("lacks the attribute all_chunks_written" in p for p in verify(db).problems)
+
+
+def test_schema1_store_keeps_schema1_on_append(source, tmp_path):
+    db = pristine(source, tmp_path)
+    model = fake_model(5, layers=((8, 4),))
+    add_models(db, [model])
+    assert schema(db) == 1
+    assert (db / "tables" / "records-v2.parquet").exists() and not (db / "tables" / "zarr.json").exists()
+    ds = fs.open_store(db)
+    np.testing.assert_array_equal(ds["weights"].values, np.concatenate([source[1], model.filters()]))
+    records = pd.read_parquet(db / "tables" / "records-v2.parquet")
+    assert records["n"].tolist() == [*SIZES, 32]
+    assert verify(db).ok
+
+
+def test_upgrade_of_a_reordered_store_marks_filter_id(tmp_path):
+    w = random_weights(600, seed=4)
+    meta = make_meta([200, 250, 150], style="v0.1", shuffle=[2, 0, 1])
+    a, b = list(meta["filter_ids"].iloc[0]), list(meta["filter_ids"].iloc[1])
+    a[0], b[0] = b[0], a[0]                           # neither record is contiguous: the store is reordered
+    meta.iat[0, meta.columns.get_loc("filter_ids")] = a
+    meta.iat[1, meta.columns.get_loc("filter_ids")] = b
+    src = write_source(tmp_path / "r.h5", w, meta, key="filter", meta_format="fixed")
+    db = tmp_path / "r.zarr"
+    convert(src, db, chunk_filters=128, trust_pickle=True, schema=1)
+    before = fs.open_store(db)
+    ids = before["filter_id"].values
+    assert sorted(ids.tolist()) == list(range(600)) and ids.tolist() != list(range(600))
+    assert upgrade(db).upgraded
+    after = fs.open_store(db)
+    np.testing.assert_array_equal(after["filter_id"].values, ids)
+    np.testing.assert_array_equal(after["weights"].values, w[ids])
+    g = zarr.open_group(db, mode="r", use_consolidated=False)
+    assert g["filter_id"].attrs[fmt.ALL_CHUNKS_WRITTEN] is True
+    assert verify(db).ok

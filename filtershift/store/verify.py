@@ -115,7 +115,8 @@ def check_schema2(group, records: pd.DataFrame, models: pd.DataFrame, manifest: 
                 problems.append(f"root array '{key}' (column {column!r} of the {table} table) is missing")
                 continue
             got = fmt.decode_column(group[key])
-            if not got.reset_index(drop=True).equals(df[column].reset_index(drop=True)) or got.dtype != df[column].dtype:
+            want = df[column].reset_index(drop=True)
+            if got.dtype != want.dtype or not got.reset_index(drop=True).equals(want):
                 problems.append(f"root array '{key}' differs from column {column!r} of the {table} table of "
                                 f"version {manifest['version']}")
     consolidated = (fmt.root_document(group).get("consolidated_metadata") or {}).get("metadata") or {}
