@@ -7,6 +7,7 @@ objects), so a reader sees one committed snapshot or the next, never a mix.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import io
 import json
@@ -327,10 +328,11 @@ def _nodes(store, prefix: str = "", depth: int | None = None) -> dict:
     from zarr.core.sync import sync
 
     async def walk(pre: str, level: int) -> dict:
+        paths = [f"{pre}{name}" async for name in store.list_dir(pre)]
+        raws = await asyncio.gather(*(store.get(f"{p}/zarr.json", prototype=default_buffer_prototype())
+                                      for p in paths))          # concurrent: one round trip, not one per node
         found = {}
-        async for name in store.list_dir(pre):
-            path = f"{pre}{name}"
-            raw = await store.get(f"{path}/zarr.json", prototype=default_buffer_prototype())
+        for path, raw in zip(paths, raws):
             if raw is None:
                 continue
             meta = json.loads(raw.to_bytes())
@@ -445,7 +447,9 @@ def _grow(array: zarr.Array, series: pd.Series) -> bool:
         array = array.with_config(WRITE_ALL)
         array.resize((len(values),))
         array[n_old:] = values[n_old:]
-    array.attrs.put({**attrs, "column": str(series.name)})
+    attrs["column"] = str(series.name)
+    if array.attrs.asdict() != attrs:
+        array.attrs.put(attrs)
     return True
 
 
