@@ -155,6 +155,7 @@ def test_append_keeps_a_snapshot_for_plain_readers(tmp_path, monkeypatch):
         after = xr.open_zarr(db).load()
     xr.testing.assert_identical(after.drop_attrs(), before.drop_attrs())
     assert fs.open_store(db).sizes["filter"] == n1
+    assert verify(db).ok                                       # grown rows past the snapshot are not damage
     add_models(db, [second])                                   # run again: completes it
     ds = xr.open_zarr(db)
     want = np.concatenate([first.filters(), second.filters()])
@@ -285,6 +286,11 @@ def test_verify_checks_schema2_tables_and_view(source, tmp_path):
     task[0] = "Tampered"
     problems = verify(db).problems
     assert any("root array 'model.Task' differs" in p for p in problems), problems
+    result = upgrade(db)                                       # on a schema-2 store: repairs the plain view
+    assert not result.upgraded and any("model.Task" in p for p in result.view_repaired)
+    assert verify(db).ok
+    assert xr.open_zarr(db)["model.Task"].values[0] == source[4]["models"]["Task"][0]
+    assert upgrade(db).view_repaired == []
     g["tables/v1/records/n"][0] = 1
     problems = verify(db).problems
     assert any("records column n differs from stop - start" in p for p in problems), problems

@@ -19,7 +19,7 @@ leaves one or the other, and running the upgrade again finishes it. No weight ch
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from filtershift._version import __version__
 from filtershift.errors import StoreError
 from filtershift.store import format as fmt
 from filtershift.store.append import writer_lock
-from filtershift.store.verify import check_tables
+from filtershift.store.verify import check_schema2, check_tables
 
 #: The points between steps, in order, where tests interrupt an upgrade (``_hook``).
 STEPS = ("checked", "materialised", "marked", "tables", "view", "committed", "cleaned")
@@ -43,11 +43,15 @@ class UpgradeResult:
     version: int
     chunks_written: int         # absent all-zero chunks materialised
     tables_removed: int         # schema-1 Parquet files removed
+    view_repaired: list[str] = field(default_factory=list)    # schema 2: what differed in the plain view
 
     def message(self) -> str:
         if not self.upgraded:
             extra = f"; removed {self.tables_removed} schema-1 table file(s) left by an interrupted upgrade" \
                 if self.tables_removed else ""
+            if self.view_repaired:
+                extra += (f"; rewrote the root-level tables and consolidated metadata, which differed from version "
+                          f"{self.version} ({'; '.join(self.view_repaired)})")
             return f"{self.store}: already schema {fmt.SCHEMA_VERSION} (version {self.version}){extra}."
         return (f"{self.store}: upgraded to schema {fmt.SCHEMA_VERSION} (version {self.version}); wrote "
                 f"{self.chunks_written} all-zero chunk(s) that zarr had not written; removed "
@@ -68,7 +72,8 @@ def upgrade(path_or_url, *, storage_options: dict | None = None, lock_timeout: f
             manifest = fmt.read_manifest(group, loc)
             version = int(manifest["version"])
             if int(manifest["schema_version"]) >= 2:
-                return UpgradeResult(loc.display, False, version, 0, _remove_parquet(loc))
+                removed = _remove_parquet(loc)
+                return UpgradeResult(loc.display, False, version, 0, removed, _repair_view(loc, group, manifest))
             records = fmt.read_table(loc, "records", version, schema=1)
             models = fmt.read_table(loc, "models", version, schema=1)
             problems = check_tables(records, models, manifest)
@@ -97,6 +102,20 @@ def upgrade(path_or_url, *, storage_options: dict | None = None, lock_timeout: f
             removed = _remove_parquet(loc)
             hook("cleaned")
     return UpgradeResult(loc.display, True, version, written, removed)
+
+
+def _repair_view(loc: fmt.Location, group, manifest: dict) -> list[str]:
+    """Schema 2: write the root-level tables and the consolidated metadata again when they differ from the
+    committed version (verify's finding after a write outside filtershift); returns what differed."""
+    version = int(manifest["version"])
+    records = fmt.read_table(loc, "records", version, schema=2, group=group)
+    models = fmt.read_table(loc, "models", version, schema=2, group=group)
+    problems = [p for p in check_schema2(group, records, models, manifest)
+                if p.startswith(("root array", "the consolidated"))]
+    if problems:
+        fmt.write_view(group, records, models)
+        fmt.write_manifest(group, manifest)
+    return problems
 
 
 def _absent_chunks(loc: fmt.Location, group, manifest: dict) -> list[int]:

@@ -108,21 +108,23 @@ def check_schema2(group, records: pd.DataFrame, models: pd.DataFrame, manifest: 
         if name in group and not group[name].attrs.get(fmt.ALL_CHUNKS_WRITTEN):
             problems.append(f"array '{name}' lacks the attribute {fmt.ALL_CHUNKS_WRITTEN} of schema 2 (an absent "
                             "chunk could not be told from an all-zero one)")
+    consolidated = (fmt.root_document(group).get("consolidated_metadata") or {}).get("metadata") or {}
     for table, df in (("records", records), ("models", models)):
         for column in df.columns:
             key = fmt.view_name(table, str(column))
             if key not in group:
                 problems.append(f"root array '{key}' (column {column!r} of the {table} table) is missing")
                 continue
-            got = fmt.decode_column(group[key])
+            # rows past the table's (a running or killed append) are not part of the snapshot, as for weights
+            got = fmt.decode_column(group[key]).iloc[:len(df)].reset_index(drop=True)
             want = df[column].reset_index(drop=True)
-            if got.dtype != want.dtype or not got.reset_index(drop=True).equals(want):
+            listed = (consolidated.get(key) or {}).get("shape")
+            if got.dtype != want.dtype or not got.equals(want) or listed != [len(df)]:
                 problems.append(f"root array '{key}' differs from column {column!r} of the {table} table of "
-                                f"version {manifest['version']}")
-    consolidated = (fmt.root_document(group).get("consolidated_metadata") or {}).get("metadata") or {}
+                                f"version {manifest['version']} (what xr.open_zarr shows); run the append that "
+                                "was interrupted again, or `filtershift upgrade` to rewrite it")
     shape = (consolidated.get(fmt.WEIGHTS) or {}).get("shape")
-    if shape is None or shape[0] != manifest["n_filters"] or \
-            (consolidated.get("record") or {}).get("shape", [None])[0] != manifest["n_records"]:
+    if shape is None or shape[0] != manifest["n_filters"]:
         problems.append("the consolidated metadata (what xr.open_zarr reads) does not describe the committed "
                         "snapshot; run `filtershift upgrade` on the store to write it again")
     return problems
