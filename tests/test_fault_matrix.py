@@ -124,7 +124,7 @@ FAULTS = {
     "manifest past the array": (lambda fs, root: _edit_manifest(
         fs, root, lambda m: m.update(n_filters=m["n_filters"] + 3 * CHUNK)), ("manifest", "shape")),
     "tables of another version": (lambda fs, root: _edit_manifest(
-        fs, root, lambda m: m.update(version=m["version"] + 1)), ("records-v2",)),
+        fs, root, lambda m: m.update(version=m["version"] + 1)), ("tables/v2/records",)),
 }
 CASES = [(f, loc, sch) for f in FAULTS for loc in ("local", "s3") for sch in ("threads", "cluster")]
 

@@ -16,6 +16,7 @@ from filtershift.stats import record_stats
 from filtershift.stats.quality import (METRICS, Thresholds, entropy_threshold, finalize, layer_metrics,
                                        layer_quality, model_quality, most_degenerated, quality_by)
 from filtershift.store.dataset import from_arrays
+from filtershift.store.format import Location, read_table
 
 # -- the port -------------------------------------------------------------------------------------------------------
 
@@ -398,7 +399,7 @@ def test_cli_json_top_and_out(store_path, tmp_path, capsys):
     # recompute the top row from the store read with plain zarr + pandas
     g = zarr.open_group(str(store_path), mode="r")
     v = g.attrs["filtershift"]["version"]
-    recs = pd.read_parquet(store_path / "tables" / f"records-v{v}.parquet")
+    recs = read_table(Location.of(store_path), "records", v)
     r = recs.set_index("record").loc[rows[0]["record"]]
     w = g["weights"][r["start"]:r["stop"]][:, None].reshape(-1, 1, 3, 3)
     want = port_quality(w)

@@ -294,19 +294,27 @@ def test_rows_past_n_filters_are_never_read(stores, source, layout, tmp_path):
 
 
 def test_all_zero_chunk_that_zarr_did_not_write_reads_as_zeros(tmp_path):
-    """zarr does not write a chunk whose values all equal the fill value: an absent chunk whose recorded sum is
-    exactly 0.0 is such a chunk (kept readable); any other absent chunk is an error."""
+    """Schema 1: zarr does not write a chunk whose values all equal the fill value: an absent chunk whose recorded
+    sum is exactly 0.0 is such a chunk (kept readable); any other absent chunk is an error. Schema 2 writes every
+    chunk, so there an absent all-zero chunk is an error too."""
     w = random_weights(N, seed=5)
     w[C:2 * C] = 0.0
     src = write_source(tmp_path / "z.h5", w, make_meta(SIZES))
     for codec in ("none", "zstd"):
         db = tmp_path / f"{codec}.zarr"
-        convert(src, db, chunk_filters=C, codec=codec)
+        convert(src, db, chunk_filters=C, codec=codec, schema=1)
         assert not (db / "weights" / "c" / "1").exists()
         np.testing.assert_array_equal(values(open_store(db)), w)
         os.remove(db / "weights" / "c" / "2" / "0")
         with pytest.raises(StoreError, match="'weights' chunk 2 .*is missing"):
             values(open_store(db))
+        db2 = tmp_path / f"{codec}-2.zarr"
+        convert(src, db2, chunk_filters=C, codec=codec)
+        assert (db2 / "weights" / "c" / "1" / "0").exists()
+        np.testing.assert_array_equal(values(open_store(db2)), w)
+        os.remove(db2 / "weights" / "c" / "1" / "0")
+        with pytest.raises(StoreError, match="'weights' chunk 1 .*is missing"):
+            values(open_store(db2))
 
 
 def test_missing_filter_id_chunk(tmp_path):
@@ -350,8 +358,8 @@ def test_manifest_faults_at_open(stores, layout):
             target.open()
     version = int(zarr.open_group(store=target.plain().store, mode="r").attrs[fmt.MANIFEST_KEY]["version"])
     with manifest_changed(target, version=version + 1):
-        with pytest.raises(StoreError, match=f"records-v{version + 1}.parquet of the manifest's version "
-                                             f"{version + 1} is missing \\(tables present: records-v{version}"):
+        with pytest.raises(StoreError, match=f"tables/v{version + 1}/records of the manifest's version "
+                                             f"{version + 1} is missing \\(table versions present: v{version}"):
             target.open()
     with manifest_changed(target, n_filters=N - 1):
         with pytest.raises(StoreError, match="do not match the manifest: records do not tile"):

@@ -29,6 +29,7 @@ from filtershift.ingest import h5
 from filtershift.errors import IncompleteStoreError, InputError, StoreError
 from filtershift.store import convert as convert_module
 from filtershift.store.convert import convert
+from filtershift.store.format import Location, read_table
 from sources import make_meta, random_weights, write_source
 
 CHUNK = 2048
@@ -89,8 +90,8 @@ def assert_same_store(db: Path, ref: Path) -> None:
     np.testing.assert_array_equal(zarr.open_group(str(db), mode="r")["weights"][:n],
                                   zarr.open_group(str(ref), mode="r")["weights"][:n])
     for name in ("records", "models"):
-        pd.testing.assert_frame_equal(pd.read_parquet(db / "tables" / f"{name}-v{got['version']}.parquet"),
-                                      pd.read_parquet(ref / "tables" / f"{name}-v{want['version']}.parquet"))
+        pd.testing.assert_frame_equal(read_table(Location.of(db), name, got["version"]),
+                                      read_table(Location.of(ref), name, want["version"]))
     for m in (got, want):
         for entry in m["provenance"]:
             entry.pop("time")

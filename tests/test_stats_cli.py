@@ -7,12 +7,12 @@ import runpy
 import sys
 
 import numpy as np
-import pandas as pd
 import pytest
 import zarr
 
 from filtershift.cli import main
 from filtershift.synth import read_truth, synthesize
+from filtershift.store.format import Location, read_table
 from test_stats_analysis import ref_drift, ref_pca
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -29,8 +29,8 @@ def _plain(path):
     g = zarr.open_group(str(path), mode="r")
     m = g.attrs["filtershift"]
     n, v = m["n_filters"], m["version"]
-    records = pd.read_parquet(path / "tables" / f"records-v{v}.parquet")
-    models = pd.read_parquet(path / "tables" / f"models-v{v}.parquet")
+    records = read_table(Location.of(path), "records", v)
+    models = read_table(Location.of(path), "models", v)
     return g["weights"][:n], records, models
 
 

@@ -22,6 +22,7 @@ from filtershift.cli import main as cli
 from filtershift.errors import IncompleteStoreError, InputError, StoreError
 from filtershift.store import verify
 from filtershift.store.convert import convert
+from filtershift.store.format import Location, read_table
 from sources import make_meta, random_weights, write_source
 
 SIZES = [37, 120, 5, 300, 64, 211, 1, 90, 150, 22]
@@ -296,8 +297,7 @@ def test_destination_rules(tmp_path):
 def _tables(db):
     g = zarr.open_group(str(db), mode="r")
     v = g.attrs["filtershift"]["version"]
-    return (pd.read_parquet(db / "tables" / f"records-v{v}.parquet"),
-            pd.read_parquet(db / "tables" / f"models-v{v}.parquet"))
+    return (read_table(Location.of(db), "records", v), read_table(Location.of(db), "models", v))
 
 
 def test_resume_after_sigkill_gives_identical_store(tmp_path):

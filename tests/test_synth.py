@@ -16,6 +16,7 @@ from filtershift.cli import main
 from filtershift.errors import InputError
 from filtershift import synth
 from filtershift.synth import read_truth, synthesize, truth_path
+from filtershift.store.format import Location, read_table
 
 N = 300_000
 
@@ -306,7 +307,7 @@ def test_zarr_output_matches_h5(tmp_path):
     assert not any(p.name.endswith(".h5") for p in tmp_path.iterdir() if p != h5)
     g = zarr.open_group(store, mode="r")
     m = g.attrs["filtershift"]
-    records = pd.read_parquet(store / "tables" / f"records-v{m['version']}.parquet")
+    records = read_table(Location.of(store), "records", m["version"])
     weights = g["weights"][: m["n_filters"]]
     w = read_filters(h5)
     for r in records.itertuples():

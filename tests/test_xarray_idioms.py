@@ -20,6 +20,7 @@ from dask.callbacks import Callback
 import filtershift as fs
 from filtershift.errors import InputError
 from filtershift.store.dataset import from_arrays, groupers
+from filtershift.store.format import Location, read_table
 
 CHUNK = 4096
 
@@ -31,8 +32,8 @@ def store(tmp_path_factory):
     h5 = fs.synthesize(tmp / "dataset.h5", n_filters=30_000, n_models=12, seed=3)
     path = fs.convert(h5, str(tmp / "store.zarr"), chunk_filters=CHUNK)
     w = zarr.open_group(path, mode="r")["weights"][:]
-    recs = pd.read_parquet(f"{path}/tables/records-v1.parquet")
-    mods = pd.read_parquet(f"{path}/tables/models-v1.parquet").set_index("model_id")
+    recs = read_table(Location.of(path), "records", 1)
+    mods = read_table(Location.of(path), "models", 1).set_index("model_id")
     task = mods["Task"].astype(str).where(~mods["Task"].astype(str).str.contains("Segmentation"), "Segmentation")
     per_filter = pd.DataFrame({"record": np.repeat(recs["record"].to_numpy(), recs["n"].to_numpy()),
                                "model_id": np.repeat(recs["model_id"].to_numpy(), recs["n"].to_numpy()),

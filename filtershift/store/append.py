@@ -42,27 +42,26 @@ class AppendResult:
 
 
 def create_empty(dst, *, chunk_filters: int | None = None, codec: str = fmt.DEFAULT_CODEC,
-                 storage_options: dict | None = None) -> None:
-    """A complete store with no filters, ready for :func:`add_models`."""
+                 storage_options: dict | None = None, schema: int = fmt.SCHEMA_VERSION) -> None:
+    """A complete store with no filters, ready for :func:`add_models` (``schema``: see docs/format.md)."""
     loc = fmt.Location.of(dst, storage_options)
     fs, root = loc.fs()
     if fs.exists(f"{root}/zarr.json") and _state(loc) != "creating":
         raise StoreError(f"{loc.display}: a store already exists here.")
     chunk = int(chunk_filters or fmt.DEFAULT_CHUNK_FILTERS)
     group = zarr.open_group(store=loc.zarr_store(read_only=False), mode="w", zarr_format=3,
-                            attributes={fmt.MANIFEST_KEY: fmt.new_manifest(chunk, codec, "creating")})
+                            attributes={fmt.MANIFEST_KEY: fmt.new_manifest(chunk, codec, "creating", schema)})
     group.create_array(fmt.WEIGHTS, shape=(0, 9), chunks=(chunk, 9), dtype="float32",
-                       compressors=compressors(codec), fill_value=0.0, dimension_names=("filter", "k"))
+                       compressors=compressors(codec), fill_value=0.0, dimension_names=("filter", "k"),
+                       attributes=fmt.array_attributes(schema))
     empty_records = normalise_records(pd.DataFrame({"model_id": pd.Series([], dtype="int64"),
                                                     "conv_depth": pd.Series([], dtype="int32"),
                                                     "n": pd.Series([], dtype="int64")}))
     empty_models = pd.DataFrame({"model_id": pd.Series([], dtype="int64"), "n_filters": pd.Series([], dtype="int64"),
                                  "weights_sha256": pd.Series([], dtype="string")})
-    fmt.write_table(loc, "records", 1, empty_records)
-    fmt.write_table(loc, "models", 1, empty_models)
-    manifest = fmt.new_manifest(chunk, codec, "complete")
+    manifest = fmt.new_manifest(chunk, codec, "complete", schema)
     manifest["version"] = 1
-    fmt.write_manifest(group, manifest)
+    fmt.commit_tables(loc, group, manifest, empty_records, empty_models)
 
 
 def _state(loc: fmt.Location) -> str | None:
@@ -181,9 +180,9 @@ def add_models(store, models, *, meta=None, create: bool = True, storage_options
         group = fmt.open_group(loc, "r+")
         for m in items:
             manifest = fmt.read_manifest(group, loc)
-            version = manifest["version"]
-            records = fmt.read_table(loc, "records", version)
-            mods = fmt.read_table(loc, "models", version)
+            version, schema = manifest["version"], manifest["schema_version"]
+            records = fmt.read_table(loc, "records", version, schema=schema, group=group)
+            mods = fmt.read_table(loc, "models", version, schema=schema, group=group)
             if m.sha256 in set(mods["weights_sha256"].dropna()):
                 existing = int(mods.loc[mods["weights_sha256"] == m.sha256, "model_id"].iloc[0])
                 print(f"{m.source}: identical weights already stored as model {existing}; skipped.")
@@ -193,6 +192,8 @@ def add_models(store, models, *, meta=None, create: bool = True, storage_options
             _commit_model(loc, group, manifest, records, mods, m, model_id, metas.get(id(m), {}))
             added.append(model_id)
         final = fmt.read_manifest(group, loc)
+        if final["schema_version"] >= 2 and fmt.prune_tables(group, int(final["version"])):
+            fmt.write_manifest(group, final)    # a kill after a commit came before its clean-up
     return AppendResult(added, skipped, int(final["n_filters"]), int(final["version"]))
 
 
@@ -227,9 +228,10 @@ def _commit_model(loc, group, manifest, records, mods, m, model_id: int, user_me
         raise InputError(f"{m.source}: {int((~np.isfinite(filters)).sum())} NaN/Inf weight value(s); "
                          "refusing to add a model with non-finite weights.")
     n1 = n0 + filters.shape[0]
-    weights = group[fmt.WEIGHTS]
-    if weights.shape[0] < n1:
-        weights.resize((n1, 9))
+    weights = fmt.weights_for_writing(group)
+    schema = int(manifest["schema_version"])
+    if weights.shape[0] < n1 or (schema >= 2 and weights.shape[0] != n1):
+        weights.resize((n1, 9))     # schema 2: exactly n1 rows, so plain zarr/xarray readers see no spare rows
     sums = list(manifest["integrity"].get("chunk_sums", []))
     first_chunk = n0 // chunk
     with progress.bar(total=filters.shape[0], desc=f"add {os.path.basename(str(m.source))}",
@@ -257,8 +259,6 @@ def _commit_model(loc, group, manifest, records, mods, m, model_id: int, user_me
     all_models = pd.concat([mods.drop(columns=["n_filters"]), pd.DataFrame([row])], ignore_index=True)
     all_models = normalise_models(_parquet_types(all_models), all_records)
     version = int(manifest["version"]) + 1
-    fmt.write_table(loc, "records", version, all_records)
-    fmt.write_table(loc, "models", version, all_models)
     integrity = dict(manifest["integrity"])
     integrity.update({"n_filters": n1, "chunk_sums": sums, "weights_sum": float(np.sum(sums, dtype=np.float64))})
     manifest.update({
@@ -271,7 +271,7 @@ def _commit_model(loc, group, manifest, records, mods, m, model_id: int, user_me
         "sha256": m.sha256, "model_id": model_id, "converter": f"filtershift {__version__}",
         "time": fmt.utc_now(),
     })
-    fmt.write_manifest(group, manifest)
+    fmt.commit_tables(loc, group, manifest, all_records, all_models)
 
 
 def _size(source) -> int | None:

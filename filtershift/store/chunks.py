@@ -4,9 +4,10 @@ read fails with a ``StoreError`` that names the store, the array and the chunk. 
 Per chunk holding committed rows (rows below the manifest's ``n_filters``):
 
 - it must exist: zarr returns the fill value for a missing chunk, so zarr reads go through a store wrapper that
-  raises instead, and the direct reader treats a missing file the same way. The one exception is a chunk the
-  writer never wrote because all its values equalled the fill value 0 (zarr skips such chunks): it is accepted
-  when the manifest records its sum as exactly 0.0 and the store itself is visible;
+  raises instead, and the direct reader treats a missing file the same way. Schema 2 writes every chunk (its
+  arrays carry the attribute ``all_chunks_written``), so there an absent chunk is always an error. Schema 1 has one
+  exception: a chunk the writer never wrote because all its values equalled the fill value 0 (zarr skips such
+  chunks) is accepted when the manifest records its sum as exactly 0.0 and the store itself is visible;
 - its crc32c must match (zarr's codec, or the direct reader's one-call check);
 - the float64 sum of its committed rows must equal ``integrity.chunk_sums[i]`` within the rounding bound of any
   summation order (a chunk replaced by another one carries a valid checksum).
@@ -56,6 +57,7 @@ class ChunkReader:
         self.n = int(n_committed)
         self.sums = None if chunk_sums is None else tuple(float(s) for s in chunk_sums)
         self.fill = array.fill_value
+        self.all_written = bool(array.attrs.get(fmt.ALL_CHUNKS_WRITTEN, False))
         self.direct = _direct_path(array, loc)
         self.array = None if self.direct else _strict_array(array, loc)
 
@@ -135,8 +137,8 @@ class ChunkReader:
             raise self._unreadable(i, exc) from None
 
     def _absent(self, i: int, committed: int) -> np.ndarray:
-        """A chunk with no stored object: its fill value when it holds no committed row or was never written
-        because it was all zeros (recorded sum exactly 0.0); otherwise the error that says why."""
+        """A chunk with no stored object: its fill value when it holds no committed row or (schema 1 only) was
+        never written because it was all zeros (recorded sum exactly 0.0); otherwise the error that says why."""
         rows = min(self.rows, self.shape[0] - i * self.rows) if not self.direct else self.rows
         filled = np.full((rows, *self.shape[1:]), self.fill, dtype=self.dtype)
         if not committed:
@@ -147,7 +149,8 @@ class ChunkReader:
             key = os.path.join(local, self.path, "c", str(i), *(["0"] * (self.ndim - 1)))
             if os.path.isdir(key):
                 raise self._unreadable(i, IsADirectoryError(21, "a directory stands in place of the chunk file"))
-        if self.sums is not None and i < len(self.sums) and self.sums[i] == 0.0 and self.fill == 0:
+        if not self.all_written and self.sums is not None and i < len(self.sums) and self.sums[i] == 0.0 \
+                and self.fill == 0:
             return filled
         raise self._error(i, "is missing, but the manifest says those filters were written")
 

@@ -50,8 +50,11 @@ def compressors(codec: str) -> list:
 
 def convert(src, dst, *, chunk_filters: int | None = None, codec: str = fmt.DEFAULT_CODEC,
             overwrite: bool = False, resume: bool = False, trust_pickle: bool = False,
-            nonfinite: str = "error", storage_options: dict | None = None, provenance_kind: str = "h5") -> str:
+            nonfinite: str = "error", storage_options: dict | None = None, provenance_kind: str = "h5",
+            schema: int = fmt.SCHEMA_VERSION) -> str:
     """Convert a CNN-Filter-DB ``dataset.h5`` into a store at ``dst`` (a path or fsspec URL); returns ``dst``.
+
+    ``schema``: the store layout to write (docs/format.md); 1 only to produce stores for older readers and tests.
 
     ``nonfinite`` says what to do with NaN/Inf filter values: ``error`` (default; nothing is kept),
     ``zero`` (replace by 0) or ``keep``; their count is recorded in the manifest either way.
@@ -102,6 +105,8 @@ def convert(src, dst, *, chunk_filters: int | None = None, codec: str = fmt.DEFA
     chunk = int(chunk_filters or fmt.DEFAULT_CHUNK_FILTERS)
     if chunk < 1:
         raise InputError(f"chunk_filters must be positive, got {chunk}.")
+    if schema not in fmt.READABLE_SCHEMAS:
+        raise InputError(f"schema {schema!r} is not one of {list(fmt.READABLE_SCHEMAS)}.")
     source = open_source(src, trust_pickle=trust_pickle)
     loc = fmt.Location.of(dst, storage_options, write=True)
     identity = _source_identity(source.path)
@@ -111,7 +116,7 @@ def convert(src, dst, *, chunk_filters: int | None = None, codec: str = fmt.DEFA
         if state is None:
             return loc.url
         if state["done"] == 0:
-            _create_destination(loc, state)
+            _create_destination(loc, state, schema)
     writer = _Writer(loc, source, settings, state, provenance_kind)
     writer.run()
     return loc.url
@@ -187,11 +192,11 @@ def _check_complete_matches(loc: fmt.Location, manifest: dict, identity: dict, s
                          f"{', '.join(differ)}. Use --overwrite to convert again, or choose another destination.")
 
 
-def _create_destination(loc: fmt.Location, state: dict) -> None:
+def _create_destination(loc: fmt.Location, state: dict, schema: int = fmt.SCHEMA_VERSION) -> None:
     """The group (state ``converting``, its manifest in the same write) and the first progress record, at once:
     from here on a kill leaves a store that ``--resume`` continues."""
     settings = state["settings"]
-    manifest = fmt.new_manifest(settings["chunk_filters"], settings["codec"], "converting")
+    manifest = fmt.new_manifest(settings["chunk_filters"], settings["codec"], "converting", schema)
     zarr.open_group(store=loc.zarr_store(read_only=False), mode="w", zarr_format=3,
                     attributes={fmt.MANIFEST_KEY: manifest})
     write_json_atomic(loc, _progress_path(loc), state)
@@ -297,13 +302,15 @@ class _Writer:
     def _open_arrays(self) -> zarr.Group:
         """The destination exists (see :func:`_create_destination`); create its arrays if a kill came first."""
         group = fmt.open_group(self.loc, "r+")
+        schema = int(fmt.read_manifest(group, self.loc, require_complete=False).get("schema_version", 1))
         if fmt.WEIGHTS not in group:
             group.create_array(fmt.WEIGHTS, shape=(self.n, 9), chunks=(self.chunk, 9), dtype="float32",
                                compressors=compressors(self.settings["codec"]), fill_value=0.0,
-                               dimension_names=("filter", "k"))
+                               dimension_names=("filter", "k"), attributes=fmt.array_attributes(schema))
         if self.source.reordered and fmt.FILTER_ID not in group:
             group.create_array(fmt.FILTER_ID, shape=(self.n,), chunks=(self.chunk,), dtype="int64",
-                               compressors=compressors("zstd"), fill_value=-1, dimension_names=("filter",))
+                               compressors=compressors("zstd"), fill_value=-1, dimension_names=("filter",),
+                               attributes=fmt.array_attributes(schema))
         return group
 
     def _block(self, h5, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -317,8 +324,8 @@ class _Writer:
         return out, ids
 
     def _copy_chunks(self, group: zarr.Group) -> None:
-        weights = group[fmt.WEIGHTS]
-        filter_id = group[fmt.FILTER_ID] if self.source.reordered else None
+        weights = fmt.weights_for_writing(group)
+        filter_id = fmt.weights_for_writing(group, fmt.FILTER_ID) if self.source.reordered else None
         policy = self.settings["nonfinite"]
         first_bad: list[int] = []
         writing = True
@@ -378,8 +385,6 @@ class _Writer:
         models = normalise_models(source.models, records)
         manifest = fmt.read_manifest(group, self.loc, require_complete=False)
         version = int(manifest.get("version", 0)) + 1
-        fmt.write_table(self.loc, "records", version, records)
-        fmt.write_table(self.loc, "models", version, models)
         sums = self.state["chunk_sums"]
         manifest.update({
             "state": "complete",
@@ -399,7 +404,7 @@ class _Writer:
             "source_dtype": str(source.dtype), "source_layout": list(source.row_shape),
             "filters_key": source.filters_key,
         })
-        fmt.write_manifest(group, manifest)
+        fmt.commit_tables(self.loc, group, manifest, records, models)
         fs, _ = self.loc.fs()
         path = fmt.fsspec.core.url_to_fs(_progress_path(self.loc), **self.loc.storage_options)[1]
         if fs.exists(path):

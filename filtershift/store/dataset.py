@@ -75,8 +75,9 @@ def open_store(path_or_url, *, label_rules=None, storage_options: dict | None = 
         group = fmt.open_group(loc, "r")
         manifest = fmt.read_manifest(group, loc)
         version = manifest["version"]
-        records = fmt.read_table(loc, "records", version)
-        models = fmt.read_table(loc, "models", version)
+        schema = manifest["schema_version"]
+        records = fmt.read_table(loc, "records", version, schema=schema, group=group)
+        models = fmt.read_table(loc, "models", version, schema=schema, group=group)
         n = manifest["n_filters"]
         _check_layout(group, manifest, loc)
         problems = check_tables(records, models, manifest)

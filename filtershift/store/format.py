@@ -7,6 +7,7 @@ objects), so a reader sees one committed snapshot or the next, never a mix.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import io
 import json
@@ -24,7 +25,9 @@ from filtershift._version import __version__
 from filtershift.errors import IncompleteStoreError, StoreError
 from filtershift.ingest import MODEL_SUFFIXES
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Schema versions this filtershift reads (``filtershift upgrade`` migrates 1 to 2).
+READABLE_SCHEMAS = (1, 2)
 MANIFEST_KEY = "filtershift"
 WEIGHTS = "weights"
 FILTER_ID = "filter_id"
@@ -188,9 +191,11 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def new_manifest(chunk_filters: int, codec: str, state: str) -> dict:
+def new_manifest(chunk_filters: int, codec: str, state: str, schema: int = SCHEMA_VERSION) -> dict:
+    if schema not in READABLE_SCHEMAS:
+        raise StoreError(f"schema {schema!r} is not one of {list(READABLE_SCHEMAS)}.")
     return {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": int(schema),
         "state": state,
         "version": 0,
         "n_filters": 0,
@@ -212,7 +217,8 @@ def open_group(loc: Location, mode: str = "r") -> zarr.Group:
     """The store's Zarr group; a StoreError saying what is there instead when it is not a store."""
     with remote_errors(loc, "open"):
         try:
-            return zarr.open_group(store=loc.zarr_store(read_only=(mode == "r")), mode=mode, zarr_format=3)
+            return zarr.open_group(store=loc.zarr_store(read_only=(mode == "r")), mode=mode, zarr_format=3,
+                                   use_consolidated=False)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
             pass
         raise StoreError(f"{loc.display}: {_not_a_store(loc)}") from None
@@ -262,13 +268,28 @@ def _not_a_store(loc: Location) -> str:
         return f"no filtershift store here (nothing readable as a Zarr v3 group). Check the path, or {_CREATE}"
 
 
+def root_document(group: zarr.Group) -> dict:
+    """The root ``zarr.json`` as stored now (a group object keeps the metadata it was opened with, and a schema-2
+    manifest is written past it, see :func:`write_manifest`)."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    raw = sync(group.store.get("zarr.json", prototype=default_buffer_prototype()))
+    return {"attributes": group.attrs.asdict()} if raw is None else json.loads(raw.to_bytes())
+
+
+def root_attributes(group: zarr.Group) -> dict:
+    """The root group's attributes as stored now."""
+    return dict(root_document(group).get("attributes") or {})
+
+
 def read_manifest(group: zarr.Group, loc: Location, *, require_complete: bool = True) -> dict:
-    manifest = group.attrs.asdict().get(MANIFEST_KEY)
+    manifest = root_attributes(group).get(MANIFEST_KEY)
     if not isinstance(manifest, dict):
         raise StoreError(f"{loc.display}: a Zarr group without a filtershift manifest; it was not written by "
                          "filtershift. Convert the source again with `filtershift convert`.")
     version = manifest.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
+    if not isinstance(version, int) or version not in READABLE_SCHEMAS:
         raise StoreError(f"{loc.display}: store schema version {version!r} is newer than this filtershift "
                          f"({__version__}, schema {SCHEMA_VERSION}); upgrade filtershift.")
     if require_complete and manifest.get("state") != "complete":
@@ -280,16 +301,94 @@ def read_manifest(group: zarr.Group, loc: Location, *, require_complete: bool = 
 
 
 def write_manifest(group: zarr.Group, manifest: dict) -> None:
-    """Replace the manifest in one atomic metadata write."""
-    group.attrs.update({MANIFEST_KEY: json.loads(json.dumps(manifest))})
+    """Replace the manifest in one atomic metadata write (a rename on local disks, one object put elsewhere).
+
+    Schema 2: the same write carries the consolidated metadata of every node (the root arrays' shapes among them),
+    so a plain ``xr.open_zarr`` sees exactly the committed snapshot: rows and table versions written by a running
+    append are not in it until this write."""
+    manifest = json.loads(json.dumps(manifest))
+    if int(manifest.get("schema_version", 1)) < 2:
+        group.attrs.update({MANIFEST_KEY: manifest})
+        return
+    from zarr.core.buffer import cpu
+    from zarr.core.sync import sync
+
+    store = group.store
+    attrs = {**root_attributes(group), MANIFEST_KEY: manifest}
+    doc = {"zarr_format": 3, "node_type": "group", "attributes": attrs,
+           "consolidated_metadata": {"kind": "inline", "must_understand": False, "metadata": _nodes(store)}}
+    sync(store.set("zarr.json", cpu.Buffer.from_bytes(json.dumps(doc, indent=1).encode())))
+
+
+def _nodes(store, prefix: str = "", depth: int | None = None) -> dict:
+    """The metadata documents of every node below ``prefix`` (``depth`` levels deep; None: all), keyed by path,
+    for the consolidated metadata. Other files (a lock, a progress file, schema-1 Parquet tables left by an
+    interrupted upgrade) are skipped without zarr's warnings."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    async def walk(pre: str, level: int) -> dict:
+        paths = [f"{pre}{name}" async for name in store.list_dir(pre)]
+        raws = await asyncio.gather(*(store.get(f"{p}/zarr.json", prototype=default_buffer_prototype())
+                                      for p in paths))          # concurrent: one round trip, not one per node
+        found = {}
+        for path, raw in zip(paths, raws):
+            if raw is None:
+                continue
+            meta = json.loads(raw.to_bytes())
+            found[path] = meta
+            if meta.get("node_type") == "group" and (depth is None or level < depth):
+                found.update(await walk(f"{path}/", level + 1))
+        return found
+
+    return sync(walk(prefix, 1))
+
+
+# --- tables -------------------------------------------------------------------------------------------------
+#
+# Schema 1: one Parquet file per table and version, ``tables/{name}-v{K}.parquet``.
+# Schema 2: one Zarr group per table and version, ``tables/v{K}/{name}``, one 1-D array per column (dimension
+# ``record`` or ``model``); plus the current version's columns at the root, where ``xr.open_zarr`` shows them.
+
+#: Dimension of each table's arrays.
+TABLE_DIMS = {"records": "record", "models": "model"}
+#: Attribute of a string column: the rows whose value is missing (stored as "", which xarray shows).
+MISSING_ROWS = "missing_rows"
+#: Attribute of ``weights`` (and ``filter_id``) in schema 2: every chunk was written, zeros too.
+ALL_CHUNKS_WRITTEN = "all_chunks_written"
+#: Write every chunk, also one whose values all equal the fill value (zarr skips those by default).
+WRITE_ALL = {"write_empty_chunks": True}
 
 
 def table_path(loc: Location, name: str, version: int) -> str:
     return loc.join(TABLES, f"{name}-v{version}.parquet")
 
 
-def write_table(loc: Location, name: str, version: int, df: pd.DataFrame) -> None:
-    """Write one table as Parquet, to a temporary name first then moved into place."""
+def table_group(name: str, version: int) -> str:
+    """Path of a schema-2 table in the store."""
+    return f"{TABLES}/v{version}/{name}"
+
+
+def view_name(table: str, column: str) -> str:
+    """Root-level array name of a table column: records columns keep their names (``record`` is the dimension
+    coordinate), models columns are ``model.{column}`` and ``model_id`` is the ``model`` coordinate."""
+    if table == "records":
+        return column
+    return "model" if column == "model_id" else f"model.{column}"
+
+
+def schema_of(loc: Location) -> int:
+    return int(read_manifest(open_group(loc, "r"), loc, require_complete=False).get("schema_version", 1))
+
+
+def write_table(loc: Location, name: str, version: int, df: pd.DataFrame, *, schema: int = SCHEMA_VERSION,
+                group: zarr.Group | None = None) -> None:
+    """Write one table version: schema 1 as Parquet (a temporary name first, then moved into place), schema 2
+    as a Zarr group of column arrays (a new path; nothing reads it before the manifest names its version)."""
+    if schema >= 2:
+        group = group if group is not None else open_group(loc, "r+")
+        write_columns(group, table_group(name, version), df, TABLE_DIMS[name])
+        return
     fs, _ = loc.fs()
     final = fsspec.core.url_to_fs(table_path(loc, name, version), **loc.storage_options)[1]
     buf = io.BytesIO()
@@ -304,7 +403,163 @@ def write_table(loc: Location, name: str, version: int, df: pd.DataFrame) -> Non
         fs.pipe_file(final, buf.getvalue())
 
 
-def read_table(loc: Location, name: str, version: int) -> pd.DataFrame:
+def write_columns(group: zarr.Group, path: str, df: pd.DataFrame, dim: str) -> None:
+    """``df`` as a group at ``path`` (replaced if present): one array per column, in order (attribute
+    ``columns``), each with its pandas type (attribute ``pandas_dtype``) so that reading gives ``df`` back."""
+    if path in group:
+        del group[path]
+    sub = group.create_group(path, attributes={"columns": [str(c) for c in df.columns], "dimension": dim})
+    for column in df.columns:
+        _write_column(sub, _array_key(str(column)), df[column], dim)
+
+
+def write_view(group: zarr.Group, records: pd.DataFrame, models: pd.DataFrame) -> None:
+    """The tables' columns as root-level arrays (see :func:`view_name`), for plain zarr/xarray readers.
+
+    A column whose stored rows are a prefix of the new one, in the same type, grows in place: the rows of the
+    previous snapshot keep their bytes, so a reader of the previous consolidated metadata (shapes pinned) reads
+    what it read before. Any other column is written anew (see docs/format.md on this window)."""
+    wanted = {view_name("records", str(c)): ("record", records[c]) for c in records.columns}
+    wanted.update({view_name("models", str(c)): ("model", models[c]) for c in models.columns})
+    for key, meta in _nodes(group.store, depth=1).items():
+        if meta.get("node_type") == "array" and key not in (WEIGHTS, FILTER_ID) and key not in wanted:
+            del group[key]
+    for key, (dim, series) in wanted.items():
+        if key in group and _grow(group[key], series):
+            continue
+        if key in group:
+            del group[key]
+        _write_column(group, key, series, dim)
+
+
+def _grow(array: zarr.Array, series: pd.Series) -> bool:
+    """Append the rows of ``series`` past ``array``'s to it when its rows are a prefix of ``series`` in the same
+    encoding; False (nothing written) otherwise."""
+    values, fill, attrs = encode_column(series)
+    n_old = array.shape[0]
+    if array.dtype != values.dtype or len(values) < n_old or \
+            not pd.Series(array[:]).equals(pd.Series(values[:n_old])):
+        return False
+    old_fill = array.fill_value
+    if not (old_fill == fill or (isinstance(fill, float) and np.isnan(fill) and np.isnan(old_fill))):
+        return False
+    if len(values) > n_old:
+        array = array.with_config(WRITE_ALL)
+        array.resize((len(values),))
+        array[n_old:] = values[n_old:]
+    attrs["column"] = str(series.name)
+    if array.attrs.asdict() != attrs:
+        array.attrs.put(attrs)
+    return True
+
+
+#: Rows per chunk of a table column (a table of a few rows costs a few bytes: the padding compresses away).
+TABLE_CHUNK = 1 << 14
+
+
+def _array_key(column: str) -> str:
+    """A column's array name: the column name, unless Zarr does not allow it as a node name."""
+    if "/" in column or column.startswith("__") or column.strip(".") == "" or column == "zarr.json":
+        return "column_" + column.encode().hex()
+    return column
+
+
+def _write_column(group: zarr.Group, key: str, series: pd.Series, dim: str) -> None:
+    values, fill, attrs = encode_column(series)
+    attrs["column"] = str(series.name)
+    n = len(values)
+    array = group.create_array(key, shape=(n,), chunks=(TABLE_CHUNK,), dtype=values.dtype, fill_value=fill,
+                               dimension_names=(dim,), attributes=attrs, config=WRITE_ALL)
+    if n:
+        array[:] = values
+
+
+def encode_column(series: pd.Series) -> tuple[np.ndarray, object, dict]:
+    """``(values, zarr fill value, attributes)`` of a table column (see docs/format.md, "Column types").
+
+    Numbers and booleans are stored as they are (NaN marks a missing float). A nullable integer (``Int64``)
+    stores a missing value as the smallest value of its type, named by the CF attribute ``_FillValue`` (xarray
+    masks it). Strings are variable-length UTF-8; a missing string is stored as "" and its row is listed in the
+    attribute ``missing_rows`` (xarray cannot mask strings)."""
+    dtype = series.dtype
+    attrs: dict = {"pandas_dtype": str(dtype)}
+    if isinstance(dtype, pd.StringDtype) or pd.api.types.is_object_dtype(dtype) or \
+            isinstance(dtype, pd.CategoricalDtype):
+        if isinstance(dtype, pd.StringDtype):
+            attrs["pandas_storage"] = dtype.storage
+        raw = series.astype(object).tolist()
+        missing = [i for i, v in enumerate(raw) if is_missing(v)]
+        if missing:
+            attrs[MISSING_ROWS] = missing
+        values = np.array(["" if is_missing(v) else str(v) for v in raw], dtype=np.dtypes.StringDType())
+        return values, "", attrs
+    if pd.api.types.is_extension_array_dtype(dtype) and pd.api.types.is_integer_dtype(dtype):
+        np_dtype = np.dtype(dtype.numpy_dtype)
+        sentinel = int(np.iinfo(np_dtype).min)
+        present = series.dropna().to_numpy(np_dtype)
+        if (present == sentinel).any():
+            raise StoreError(f"column {series.name!r} holds {sentinel}, the value that marks a missing "
+                             "integer in the store; store the column as float or string.")
+        attrs["_FillValue"] = sentinel
+        return series.to_numpy(np_dtype, na_value=sentinel), sentinel, attrs
+    if isinstance(dtype, pd.BooleanDtype):
+        attrs["_FillValue"] = -1
+        return series.astype("Int8").to_numpy(np.int8, na_value=-1), -1, attrs
+    if isinstance(dtype, np.dtype) and dtype.kind in "biuf":
+        fill = np.nan if dtype.kind == "f" else (False if dtype.kind == "b" else 0)
+        return series.to_numpy(dtype), fill, attrs
+    raise StoreError(f"column {series.name!r} has type {dtype}, which a schema-2 store does not hold (numbers, "
+                     "booleans and strings); convert the column first.")
+
+
+def decode_column(array: zarr.Array) -> pd.Series:
+    """The pandas column :func:`encode_column` stored."""
+    attrs = array.attrs.asdict()
+    values = array[:]
+    kind = attrs.get("pandas_dtype", str(values.dtype))
+    name = attrs.get("column", array.basename)
+    if MISSING_ROWS in attrs or values.dtype.kind in "OTU":
+        out = np.asarray(values, dtype=object)
+        out[list(attrs.get(MISSING_ROWS, []))] = None
+        if kind == "category":
+            return pd.Series(pd.Categorical(out), name=name)
+        if kind in ("str", "string"):
+            na = pd.NA if kind == "string" else np.nan
+            return pd.Series(pd.array(out, dtype=pd.StringDtype(attrs.get("pandas_storage", "python"),
+                                                                 na_value=na)), name=name)
+        return pd.Series(out, name=name, dtype=kind)
+    if "_FillValue" in attrs:
+        out = pd.Series(values, name=name).astype(object)
+        out[values == attrs["_FillValue"]] = None
+        return out.astype(kind)
+    return pd.Series(values, name=name).astype(kind)
+
+
+def read_columns(group: zarr.Group) -> pd.DataFrame:
+    """The DataFrame :func:`write_columns` stored in ``group``."""
+    columns = group.attrs.asdict().get("columns", [])
+    data = {c: decode_column(group[_array_key(c)]).rename(None) for c in columns}
+    return pd.DataFrame(data, columns=columns) if data else pd.DataFrame(columns=columns)
+
+
+def read_table(loc: Location, name: str, version: int, *, schema: int | None = None,
+               group: zarr.Group | None = None) -> pd.DataFrame:
+    """One table of a version: a Parquet file (schema 1) or a Zarr group of columns (schema 2; ``schema`` None:
+    the manifest says which)."""
+    if schema is None:
+        schema = schema_of(loc)
+    if schema >= 2:
+        root = group if group is not None else open_group(loc, "r")
+        path = table_group(name, version)
+        try:
+            table = root[path]
+        except KeyError:
+            found = table_versions(root)
+            raise StoreError(f"{loc.display}: table {path} of the manifest's version {version} is missing "
+                             f"(table versions present: {', '.join(found) or 'none'}); the store is damaged. Run "
+                             "`filtershift verify` and restore the store from a copy or convert again.") from None
+        with remote_errors(loc, "read"):
+            return read_columns(table)
     fs, _ = loc.fs()
     path = fsspec.core.url_to_fs(table_path(loc, name, version), **loc.storage_options)[1]
     try:
@@ -318,6 +573,54 @@ def read_table(loc: Location, name: str, version: int) -> pd.DataFrame:
         raise StoreError(f"{loc.display}: table {name}-v{version}.parquet of the manifest's version {version} is "
                          f"missing (tables present: {', '.join(found) or 'none'}); the store is damaged. Run "
                          "`filtershift verify` and restore the store from a copy or convert again.") from None
+
+
+def prune_tables(group: zarr.Group, keep: int) -> int:
+    """Remove schema-2 table versions older than ``keep - 1`` (the previous version stays for readers that read
+    the manifest just before the last commit); returns how many were removed. The caller writes the manifest
+    again, so that the consolidated metadata no longer lists them."""
+    old = [key for key in table_versions(group) if int(key[1:]) < keep - 1]
+    for key in old:
+        del group[f"{TABLES}/{key}"]
+    return len(old)
+
+
+def table_versions(group: zarr.Group) -> list[str]:
+    """The schema-2 table versions in the store (``v1``, ``v2``, ...), oldest first."""
+    keys = [p.rsplit("/", 1)[-1] for p, m in _nodes(group.store, f"{TABLES}/", depth=1).items()
+            if m.get("node_type") == "group"]
+    return sorted((k for k in keys if re.fullmatch(r"v\d+", k)), key=lambda k: int(k[1:]))
+
+
+def weights_for_writing(group: zarr.Group, name: str = WEIGHTS) -> zarr.Array:
+    """An array opened for writing. Schema 2 (attribute ``all_chunks_written``): every chunk is written, all-zero
+    ones too, since its readers take an absent chunk for an error; zarr's default skips a chunk equal to the fill
+    value, which schema 1 keeps."""
+    array = group[name]
+    return array.with_config(WRITE_ALL) if array.attrs.get(ALL_CHUNKS_WRITTEN) else array
+
+
+def array_attributes(schema: int) -> dict:
+    """Attributes of ``weights`` and ``filter_id`` when they are created."""
+    return {ALL_CHUNKS_WRITTEN: True} if schema >= 2 else {}
+
+
+def commit_tables(loc: Location, group: zarr.Group, manifest: dict, records: pd.DataFrame,
+                  models: pd.DataFrame) -> None:
+    """Write the tables of ``manifest["version"]``, then the manifest (the commit), in the store's schema.
+
+    Schema 2: the versioned tables, then the root view of them, then the manifest with the consolidated metadata
+    in one write. A crash before that write leaves the previous snapshot: filtershift reads the version its
+    manifest names, and ``xr.open_zarr`` the consolidated metadata of the previous commit. Table versions older
+    than the previous one are removed after the commit."""
+    schema, version = int(manifest["schema_version"]), int(manifest["version"])
+    write_table(loc, "records", version, records, schema=schema, group=group)
+    write_table(loc, "models", version, models, schema=schema, group=group)
+    if schema >= 2:
+        write_view(group, records, models)
+    write_manifest(group, manifest)
+    if schema >= 2 and prune_tables(group, version):
+        write_manifest(group, manifest)
 
 
 def snake_case(column: str) -> str:

@@ -63,9 +63,19 @@ def verify(path_or_url, *, storage_options: dict | None = None, **legacy) -> Ver
     group = fmt.open_group(loc, "r")
     manifest = fmt.read_manifest(group, loc)
     report = VerifyReport(loc.display, n_filters=manifest["n_filters"])
-    records = fmt.read_table(loc, "records", manifest["version"])
-    models = fmt.read_table(loc, "models", manifest["version"])
+    schema = int(manifest["schema_version"])
+    try:
+        records = fmt.read_table(loc, "records", manifest["version"], schema=schema, group=group)
+        models = fmt.read_table(loc, "models", manifest["version"], schema=schema, group=group)
+    except StoreError as exc:
+        report.problems.append(str(exc).split(": ", 1)[-1])
+        return report
     report.problems += check_tables(records, models, manifest)
+    if schema >= 2:
+        report.problems += check_schema2(group, records, models, manifest)
+    if fmt.WEIGHTS not in group:
+        report.problems.append("the array 'weights' is missing")
+        return report
     weights = group[fmt.WEIGHTS]
     n, chunk = manifest["n_filters"], manifest["chunk_filters"]
     if weights.shape[0] < n or weights.shape[1:] != (9,):
@@ -109,6 +119,38 @@ def check_tables(records: pd.DataFrame, models: pd.DataFrame, manifest: dict) ->
     unknown = set(records["model_id"]) - set(models["model_id"])
     if unknown:
         problems.append(f"{len(unknown)} model_id(s) in records are missing from models")
+    return problems
+
+
+def check_schema2(group, records: pd.DataFrame, models: pd.DataFrame, manifest: dict) -> list[str]:
+    """Schema-2 problems: arrays that do not say every chunk was written, root-level table arrays (what plain
+    xarray shows) that differ from the manifest's version of the tables, consolidated metadata of another
+    snapshot."""
+    problems = []
+    arrays = (fmt.WEIGHTS, fmt.FILTER_ID) if manifest.get("reordered") else (fmt.WEIGHTS,)
+    for name in arrays:
+        if name in group and not group[name].attrs.get(fmt.ALL_CHUNKS_WRITTEN):
+            problems.append(f"array '{name}' lacks the attribute {fmt.ALL_CHUNKS_WRITTEN} of schema 2 (an absent "
+                            "chunk could not be told from an all-zero one)")
+    consolidated = (fmt.root_document(group).get("consolidated_metadata") or {}).get("metadata") or {}
+    for table, df in (("records", records), ("models", models)):
+        for column in df.columns:
+            key = fmt.view_name(table, str(column))
+            if key not in group:
+                problems.append(f"root array '{key}' (column {column!r} of the {table} table) is missing")
+                continue
+            # rows past the table's (a running or killed append) are not part of the snapshot, as for weights
+            got = fmt.decode_column(group[key]).iloc[:len(df)].reset_index(drop=True)
+            want = df[column].reset_index(drop=True)
+            listed = (consolidated.get(key) or {}).get("shape")
+            if got.dtype != want.dtype or not got.equals(want) or listed != [len(df)]:
+                problems.append(f"root array '{key}' differs from column {column!r} of the {table} table of "
+                                f"version {manifest['version']} (what xr.open_zarr shows); run the append that "
+                                "was interrupted again, or `filtershift upgrade` to rewrite it")
+    shape = (consolidated.get(fmt.WEIGHTS) or {}).get("shape")
+    if shape is None or shape[0] != manifest["n_filters"]:
+        problems.append("the consolidated metadata (what xr.open_zarr reads) does not describe the committed "
+                        "snapshot; run `filtershift upgrade` on the store to write it again")
     return problems
 
 
