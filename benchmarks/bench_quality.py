@@ -28,6 +28,7 @@ MAX_FILTERS = 100_000_000
 SETUP = """
 import time
 import numpy as np, pandas as pd, zarr, dask, filtershift.store.dataset as sd
+from filtershift.store.format import Location, read_table
 from filtershift.stats import record_stats
 from filtershift.stats.quality import layer_quality, layer_orthogonality, orthogonality
 # warm-up, not timed: numba kernels load from their cache (or compile once) here
@@ -65,7 +66,7 @@ def entropy(w):
     return e, e / (L / (1 + np.exp(-KK * (np.log2(n) - X0))) + B)
 g = zarr.open_group({path!r}, mode="r")
 m = g.attrs["filtershift"]
-recs = pd.read_parquet({path!r} + f"/tables/records-v{{m['version']}}.parquet")
+recs = read_table(Location.of({path!r}), "records", m["version"])
 w = g["weights"][:m["n_filters"]].astype(np.float64)
 for a, b in zip(recs["start"], recs["stop"]):
     x = w[a:b]

@@ -28,11 +28,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import zarr
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import append_section
+
+from filtershift.store.format import Location, read_table
 
 PROGRESS = ".filtershift-progress.json"
 POLL_S = 0.005
@@ -102,8 +103,7 @@ def same_store(db: Path, ref: Path) -> str:
             return f"weights differ in rows {lo}:{lo + step}"
     for name in ("records", "models"):
         v = want["version"]
-        if not pd.read_parquet(db / "tables" / f"{name}-v{v}.parquet").equals(
-                pd.read_parquet(ref / "tables" / f"{name}-v{v}.parquet")):
+        if not read_table(Location.of(db), name, v).equals(read_table(Location.of(ref), name, v)):
             return f"{name} table differs"
     return "yes"
 

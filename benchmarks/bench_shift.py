@@ -32,6 +32,7 @@ from _common import READ_DASK, READ_ZARR, append_section, gib, run_child
 
 SETUP = """
 import numpy as np, pandas as pd, zarr, dask, filtershift as fs, filtershift.stats, filtershift.store.dataset
+from filtershift.store.format import Location, read_table
 from filtershift.stats import fit_basis, distributions, drift, group_bases
 # warm-up, not timed: numba kernels load from their on-disk cache (or compile once) here, for the argument types
 # of a store on disk (read-only chunk arrays) as well as of in-memory arrays
@@ -65,8 +66,8 @@ with dask.config.set(scheduler="threads"):
 NUMPY = """
 g = zarr.open_group({path!r}, mode="r"); m = g.attrs["filtershift"]; v = m["version"]
 w = g["weights"][:m["n_filters"]]
-rec = pd.read_parquet({path!r} + f"/tables/records-v{{v}}.parquet")
-mod = pd.read_parquet({path!r} + f"/tables/models-v{{v}}.parquet").set_index("model_id")
+rec = read_table(Location.of({path!r}), "records", v)
+mod = read_table(Location.of({path!r}), "models", v).set_index("model_id")
 x = w.astype(np.float64)
 mx = np.abs(x).max(1, keepdims=True)
 x = np.divide(x, mx, out=np.zeros_like(x), where=mx > 0)
