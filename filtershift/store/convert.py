@@ -54,8 +54,6 @@ def convert(src, dst, *, chunk_filters: int | None = None, codec: str = fmt.DEFA
             schema: int = fmt.SCHEMA_VERSION) -> str:
     """Convert a CNN-Filter-DB ``dataset.h5`` into a store at ``dst`` (a path or fsspec URL); returns ``dst``.
 
-    ``schema``: the store layout to write (docs/format.md); 1 only to produce stores for older readers and tests.
-
     ``nonfinite`` says what to do with NaN/Inf filter values: ``error`` (default; nothing is kept),
     ``zero`` (replace by 0) or ``keep``; their count is recorded in the manifest either way.
     ``provenance_kind`` names the source in the provenance entry (``"synth"`` for generated data).
@@ -83,6 +81,8 @@ def convert(src, dst, *, chunk_filters: int | None = None, codec: str = fmt.DEFA
         fsspec options (credentials, endpoint) of a ``dst`` URL.
     provenance_kind : str, default "h5"
         Kind of source recorded in the provenance entry.
+    schema : {1, 2}, default 2
+        The store layout to write (docs/format.md); 1 only to produce stores for older readers and tests.
 
     Returns
     -------
