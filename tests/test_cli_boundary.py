@@ -14,13 +14,14 @@ import boto3
 import h5py
 import pytest
 import s3fs
-from moto.server import ThreadedMotoServer
 
 import filtershift.cli as cli
 from filtershift import cluster
 from filtershift.ingest import synth
 from filtershift.store import format as fmt
 from filtershift.store.convert import convert
+
+from _s3 import moto_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
@@ -221,13 +222,8 @@ def test_info_names_what_is_there_instead_of_a_store(store, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture
