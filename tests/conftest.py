@@ -7,9 +7,18 @@ os.environ.setdefault("FILTERSHIFT_PROGRESS", "0")
 from _cluster_fixtures import local_cluster, local_cluster_processes, local_processes  # noqa: E402,F401
 
 
-def pytest_report_header(config):
-    """Say which crash-loop sweep runs (tests/test_crash_loops.py), and how to run the other."""
+
+def pytest_terminal_summary(terminalreporter):
+    """After a run that included tests/test_crash_loops.py, say which sweep ran and how to run the other (printed
+    with -q too)."""
+    ran = any("test_crash_loops.py" in getattr(r, "nodeid", "") for reports in terminalreporter.stats.values()
+              for r in reports)
+    if not ran:
+        return
     if os.environ.get("FILTERSHIFT_CRASH_POINTS", "").strip().lower() == "all":
-        return "crash loops: the dense sweep (FILTERSHIFT_CRASH_POINTS=all, >= 20 kills per writer)"
-    return ("crash loops: 7-10 kill points per writer, every phase; FILTERSHIFT_CRASH_POINTS=all runs the dense "
-            "sweep (>= 20 kills per writer)")
+        terminalreporter.write_line("crash loops: the dense sweep ran (FILTERSHIFT_CRASH_POINTS=all, >= 20 kills "
+                                    "per writer)")
+    else:
+        terminalreporter.write_line("crash loops: 7-10 kill points per writer, every phase; for the dense sweep "
+                                    "(>= 20 kills per writer) run FILTERSHIFT_CRASH_POINTS=all python -m pytest "
+                                    "tests/test_crash_loops.py")
