@@ -57,13 +57,10 @@ def clean(tmp_path_factory, s3):
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """Two worker processes that see the file system as this process does."""
-    procs = start_local_processes(2, nthreads=1, memory_limit="1GB", idle_timeout="600s")
-    try:
-        yield procs.address
-    finally:
-        procs.stop()
+def cluster(local_cluster):
+    """Two worker processes that see the file system as this process does, with the S3 server's credentials (the
+    session's cluster, tests/_cluster_fixtures.py)."""
+    return local_cluster
 
 
 @pytest.fixture(scope="module")
