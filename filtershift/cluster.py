@@ -50,6 +50,10 @@ MEMORY_FRACTION = 0.8
 THREADS_PER_WORKER = 2
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_WORKER_TIMEOUT = 30.0
+#: Seconds a local worker process gets to exit once asked. LocalCluster.close() gives each nanny 5 s and kills the
+#: worker after 4 ("Worker process still alive after 4.0 seconds, killing"): a worker's interpreter teardown
+#: (numba, pandas, xarray loaded) takes longer than that on a loaded machine.
+WORKER_CLOSE_TIMEOUT = 60.0
 LOCAL_SCHEDULERS = {"threads": "threads", "threaded": "threads", "processes": "processes",
                     "multiprocessing": "processes", "synchronous": "synchronous", "sync": "synchronous",
                     "single-threaded": "synchronous"}
@@ -435,7 +439,21 @@ def _local_cluster(choice, n_workers, memory_limit, threads_per_worker, dashboar
         finally:
             client.close()
     finally:
-        cluster.close()
+        close_local_cluster(cluster)
+
+
+def close_local_cluster(cluster, timeout: float = WORKER_CLOSE_TIMEOUT) -> None:
+    """Close a ``LocalCluster`` (its client closed first) without killing workers that are still exiting: each
+    nanny is closed with ``timeout`` seconds for its worker process, then the cluster and its scheduler."""
+
+    async def close_workers():
+        await asyncio.gather(*(w.close(timeout=timeout) for w in list(cluster.workers.values())),
+                             return_exceptions=True)
+
+    try:
+        cluster.sync(close_workers)
+    finally:
+        cluster.close(timeout=timeout)
 
 
 def _dask_command() -> list[str]:

@@ -8,14 +8,20 @@ import pytest
 
 from filtershift.cluster import start_local_processes
 
+from _s3 import KEY_ID, SECRET
+
 WORKER_MEMORY = "1GB"
+#: The session cluster's workers hold the fake credentials of tests/_s3.py's moto server (the endpoint travels with
+#: the tasks), so modules that start that server after the cluster (test_fault_matrix) can use it for S3 stores.
+WORKER_AWS = {"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
+              "AWS_EC2_METADATA_DISABLED": "true"}
 
 
 @pytest.fixture(scope="session")
 def local_cluster_processes():
     """The session's LocalProcesses: a scheduler and two one-thread workers. Its idle timeout only ends orphans
     of a killed test run: it must outlast the suite's longest stretch without cluster work (the crash loops)."""
-    procs = start_local_processes(2, nthreads=1, memory_limit=WORKER_MEMORY, idle_timeout="3600s")
+    procs = start_local_processes(2, nthreads=1, memory_limit=WORKER_MEMORY, idle_timeout="3600s", env=WORKER_AWS)
     try:
         yield procs
     finally:

@@ -4,6 +4,7 @@ environment; ``AWS_ENDPOINT_URL`` points at it, so the command line reaches it a
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -31,11 +32,34 @@ class S3Server:
 
 
 @contextmanager
-def moto_s3(home, bucket: str = BUCKET, *, endpoint_variable: str = "AWS_ENDPOINT_URL", env: dict | None = None):
-    """Start the server, set the AWS variables (credentials, region, the endpoint in ``endpoint_variable``, and
-    ``env``) and create ``bucket``."""
+def moto_server(wrap=None):
+    """moto's S3 on 127.0.0.1 in a thread of this process; yields its endpoint. ``wrap(app)`` may put WSGI middleware
+    in front (denied keys, slow reads). moto's state is the process's: every server here sees the same buckets."""
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    werkzeug_log = logging.getLogger("werkzeug")
+    level = werkzeug_log.level
+    werkzeug_log.setLevel(logging.ERROR)                 # one line per request otherwise
+    app = DomainDispatcherApplication(create_backend_app)
+    server = make_server("127.0.0.1", 0, wrap(app) if wrap else app, threaded=True,
+                         request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+        werkzeug_log.setLevel(level)
+
+
+@contextmanager
+def moto_s3(home, bucket: str = BUCKET, *, endpoint_variable: str | None = "AWS_ENDPOINT_URL",
+            env: dict | None = None, wrap=None):
+    """Start the server (``wrap``: see :func:`moto_server`), set the AWS variables (credentials, region, the
+    endpoint in ``endpoint_variable`` unless None, and ``env``) and create ``bucket``."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
@@ -48,17 +72,8 @@ def moto_s3(home, bucket: str = BUCKET, *, endpoint_variable: str = "AWS_ENDPOIN
             mp.setenv(name, value)
         for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
             mp.delenv(name, raising=False)
-        werkzeug_log = logging.getLogger("werkzeug")
-        level = werkzeug_log.level
-        werkzeug_log.setLevel(logging.ERROR)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        try:
-            host, port = server.get_host_and_port()
-            endpoint = f"http://{host}:{port}"
-            mp.setenv(endpoint_variable, endpoint)
+        with moto_server(wrap) as endpoint:
+            if endpoint_variable:
+                mp.setenv(endpoint_variable, endpoint)
             boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
             yield S3Server(endpoint, bucket)
-        finally:
-            server.stop()
-            werkzeug_log.setLevel(level)

@@ -14,13 +14,14 @@ import boto3
 import h5py
 import pytest
 import s3fs
-from moto.server import ThreadedMotoServer
 
 import filtershift.cli as cli
 from filtershift import cluster
 from filtershift import synth
 from filtershift.store import format as fmt
 from filtershift.store.convert import convert
+
+from _s3 import moto_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
@@ -221,13 +222,8 @@ def test_info_names_what_is_there_instead_of_a_store(store, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture
@@ -296,12 +292,33 @@ def test_parser_builds_without_the_heavy_stack():
     assert not sorted(m for m in timed | loaded if m.split(".")[0] in HEAVY)
 
 
+def _heavy_imports(importtime_stderr: str) -> list[str]:
+    """The heavy modules in ``-X importtime`` output (after checking that it holds nothing else)."""
+    lines = importtime_stderr.splitlines()
+    assert all(line.startswith("import time:") for line in lines), importtime_stderr[-2000:]
+    timed = {line.rsplit("|", 1)[-1].strip() for line in lines[1:]}
+    return sorted(m for m in timed if m.split(".")[0] in HEAVY)
+
+
+def test_importing_the_cli_loads_no_heavy_module():
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import filtershift.cli"], capture_output=True,
+                          text=True, env=ENV, timeout=60)
+    assert proc.returncode == 0 and "filtershift.cli" in proc.stderr, proc.stderr[-2000:]
+    assert not _heavy_imports(proc.stderr)
+
+
 @pytest.mark.parametrize("command", [[], ["cluster"], ["cluster", "defaults"], ["cluster", "check"],
                                      ["cluster", "local"], *([c] for c in COMMANDS)],
                          ids=lambda c: " ".join(c) or "filtershift")
 def test_help_exits_0(command):
-    proc = run(*command, "--help")
-    assert proc.returncode == 0 and "usage: filtershift" in proc.stdout and not proc.stderr, proc.stderr
+    """Every help page, through the console script as a user runs it, under -X importtime: none of them imports
+    dask, distributed, numba, matplotlib, xarray, zarr (or the rest of HEAVY), and nothing else goes to stderr."""
+    script = os.path.join(os.path.dirname(sys.executable), "filtershift")
+    argv = [sys.executable, "-X", "importtime", script] if os.path.isfile(script) else \
+        [sys.executable, "-X", "importtime", "-m", "filtershift.cli"]
+    proc = subprocess.run([*argv, *command, "--help"], capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == 0 and "usage: filtershift" in proc.stdout, proc.stderr[-2000:]
+    assert not _heavy_imports(proc.stderr)
 
 
 def test_repeated_constants_agree_with_their_modules():

@@ -12,6 +12,11 @@ report is checked against an uninterrupted run.
 - ``filtershift report`` (a subprocess): kills at delays spread uniformly over a calibrated run; after each kill the
   files under ``latest/`` are byte-identical to the last published run, the published runs are unchanged, and the
   next run cleans up and publishes.
+
+By default each loop kills at fewer points that still reach every phase of its writer (convert: before the first
+chunk, early, middle and late in the copy, validation and commit; appends and report: spread over the whole run), so
+the default suite stays short. ``FILTERSHIFT_CRASH_POINTS=all`` runs the dense sweep above (>= 20 kills per writer);
+pytest's header says which one runs.
 """
 
 from __future__ import annotations
@@ -43,7 +48,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 ENV = {**os.environ, "FILTERSHIFT_PROGRESS": "0", "OPENBLAS_NUM_THREADS": "1",
        "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")])}
-N_KILLS = 20
+#: "all": the dense sweep (>= 20 kills per writer); anything else: the default, fewer kills covering every phase.
+DENSE = os.environ.get("FILTERSHIFT_CRASH_POINTS", "").strip().lower() == "all"
+N_KILLS = 20 if DENSE else 8
 TEMP_SUFFIXES = (".partial", ".tmp")
 
 
@@ -94,8 +101,9 @@ def convert_source(tmp_path_factory):
 def _convert_kill_plan(n_chunks: int) -> list[tuple[str, float]]:
     """(phase, target): 'start' kills as soon as the store's zarr.json exists, 'copy' once the progress file records
     ``target`` chunks, 'after' ``target`` seconds after the last chunk is recorded (validation and commit)."""
-    copy = np.unique(np.linspace(1, n_chunks - 1, 16).round().astype(int))
-    return ([("start", 0)] + [("copy", int(c)) for c in copy] + [("after", s) for s in (0.0, 0.05, 0.15, 0.3, 0.6)])
+    copy = np.unique(np.linspace(1, n_chunks - 1, 16 if DENSE else 4).round().astype(int))
+    after = (0.0, 0.05, 0.15, 0.3, 0.6) if DENSE else (0.0, 0.3)
+    return [("start", 0)] + [("copy", int(c)) for c in copy] + [("after", s) for s in after]
 
 
 def test_convert_killed_at_spread_points_resumes_to_identical_store(convert_source, tmp_path):
@@ -105,7 +113,8 @@ def test_convert_killed_at_spread_points_resumes_to_identical_store(convert_sour
     want_files = digest(ref, "weights", "tables")
     want_manifest = manifest(ref)
     plan = _convert_kill_plan(n_chunks)
-    assert len(plan) >= N_KILLS
+    assert len(plan) >= (N_KILLS if DENSE else 7)
+    assert {phase for phase, _ in plan} == {"start", "copy", "after"}
     states, chunks_at_kill, junk, stuck = [], [], {}, []
     for i, (phase, target) in enumerate(plan):
         db = tmp_path / f"db{i}.zarr"
@@ -164,9 +173,10 @@ def test_convert_killed_at_spread_points_resumes_to_identical_store(convert_sour
     print("convert kills:", list(zip(plan, chunks_at_kill, states)))
     print("temporary files left in the resumed stores:", {k: v for k, v in junk.items() if v})
     assert not stuck, f"a kill left a destination that no command but rm -r recovers: {stuck}"
+    n_copy = sum(1 for p, _ in plan if p == "copy")
     mid_copy = sum(1 for (p, _), s in zip(plan, states) if p == "copy" and s == "converting")
-    assert mid_copy >= 12, (plan, states)
-    assert sum(s == "converting" for s in states) >= N_KILLS - 4
+    assert mid_copy >= n_copy - (4 if DENSE else 1), (plan, states)
+    assert sum(s == "converting" for s in states) >= len(plan) - (6 if DENSE else 3), (plan, states)
 
 
 # -- appends ---------------------------------------------------------------------------------------------------------
@@ -253,7 +263,8 @@ def test_append_killed_at_spread_points_keeps_a_snapshot_and_rerun_completes(tmp
     print("append kills (delay after lock, interrupted, committed version):", seen)
     versions = [v for _, interrupted, v in seen if interrupted]
     assert len(versions) >= N_KILLS - 2
-    assert len(set(versions)) >= N_MODELS - 1, seen  # the kills landed during most of the six models
+    # the kills landed during most of the six models (the default's 10 kills: at least four of them)
+    assert len(set(versions)) >= (N_MODELS - 1 if DENSE else N_MODELS - 2), seen
 
 
 # -- report ----------------------------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ scheduler. The credentials are fake; they travel in the storage options (the wor
 have been started before this module set the AWS variables), and must never show in messages, output or logs.
 """
 
-import logging
 import os
 import socket
 import threading
@@ -18,9 +17,6 @@ import pandas as pd
 import pytest
 import xarray as xr
 from distributed import get_task_stream
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-from moto.server import ThreadedMotoServer
-from werkzeug.serving import make_server
 
 from filtershift.cluster import scheduler_context
 from filtershift.errors import StoreError
@@ -31,8 +27,8 @@ from filtershift.store import format as fmt
 from filtershift.store.convert import convert
 from filtershift.store.dataset import models, open_store, records
 
-KEY_ID = "AKIAFILTERSHIFT0TEST"
-SECRET = "fs-Secret-7d1e9c-never-printed"
+from _s3 import KEY_ID, SECRET, moto_s3, moto_server
+
 BUCKET = "filtershift-scale"
 URL = f"s3://{BUCKET}/db.zarr"
 CHUNK = 4096            # 60,000 filters -> 15 chunks, so every pass has work for every worker
@@ -69,34 +65,15 @@ class S3:
 def s3(tmp_path_factory):
     """moto's S3 server on 127.0.0.1 (plus a second endpoint on the same in-process backend that slows chunk reads),
     fake credentials in the environment, one bucket."""
-    home = tmp_path_factory.mktemp("aws")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
-        mp.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        mp.setenv("AWS_CONFIG_FILE", str(home / "config"))
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "credentials"))
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-            mp.delenv(name, raising=False)
-        werkzeug_log = logging.getLogger("werkzeug")
-        level = werkzeug_log.level
-        werkzeug_log.setLevel(logging.ERROR)        # one line per request otherwise
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        slow = _SlowChunks(DomainDispatcherApplication(create_backend_app), CHUNK_DELAY)
-        slow_server = make_server("127.0.0.1", 0, slow, threaded=True, request_handler=MotoRequestHandler)
-        slow_thread = threading.Thread(target=slow_server.serve_forever, daemon=True)
-        slow_thread.start()
-        try:
-            host, port = server.get_host_and_port()
-            endpoint = f"http://{host}:{port}"
-            boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
-            yield S3(endpoint, f"http://127.0.0.1:{slow_server.server_address[1]}", slow)
-        finally:
-            slow_server.shutdown()
-            slow_thread.join(10)
-            server.stop()
-            werkzeug_log.setLevel(level)
+    slow = {}
+
+    def wrap(app):
+        slow["app"] = _SlowChunks(app, CHUNK_DELAY)
+        return slow["app"]
+
+    with moto_s3(tmp_path_factory.mktemp("aws"), BUCKET, endpoint_variable=None) as server, \
+            moto_server(wrap) as slow_endpoint:
+        yield S3(server.endpoint, slow_endpoint, slow["app"])
 
 
 @pytest.fixture(scope="module")
