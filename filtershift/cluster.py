@@ -37,10 +37,10 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import dask
 
@@ -179,8 +179,8 @@ def machine_defaults(n_workers: int | None = None, memory_limit=None,
                      threads_per_worker: int | None = None) -> MachineDefaults:
     """Workers = cores (cgroup- and affinity-aware), ``THREADS_PER_WORKER`` threads each, and
     ``MEMORY_FRACTION * total / n_workers`` bytes each unless ``memory_limit`` is given."""
-    from dask.utils import parse_bytes
     from dask.system import cpu_count
+    from dask.utils import parse_bytes
     from distributed.system import MEMORY_LIMIT
 
     cores = max(1, int(cpu_count()))
@@ -524,7 +524,7 @@ class LocalProcesses:
         if self._own_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
 
-    def __enter__(self) -> "LocalProcesses":
+    def __enter__(self) -> LocalProcesses:
         return self
 
     def __exit__(self, *exc) -> None:

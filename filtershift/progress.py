@@ -91,7 +91,7 @@ def _tqdm_feed(futures, client, desc: str) -> None:
             super().__init__(futures, client.scheduler.address, interval=FEED_INTERVAL, complete=True)
             self.bar = bar(desc=desc, unit="task")
 
-        def _draw_bar(self, remaining=0, all=0, **kwargs):  # noqa: A002  (the feed's field name)
+        def _draw_bar(self, remaining=0, all=0, **kwargs):
             self.bar.total = all
             self.bar.n = all - remaining
             self.bar.refresh()

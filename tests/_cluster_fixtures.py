@@ -5,10 +5,9 @@ cluster (kill workers) use the ``local_processes`` factory, whose clusters are s
 """
 
 import pytest
+from _s3 import KEY_ID, SECRET
 
 from filtershift.cluster import start_local_processes
-
-from _s3 import KEY_ID, SECRET
 
 WORKER_MEMORY = "1GB"
 #: The session cluster's workers hold the fake credentials of tests/_s3.py's moto server (the endpoint travels with

@@ -4,8 +4,7 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("FILTERSHIFT_PROGRESS", "0")
 
-from _cluster_fixtures import local_cluster, local_cluster_processes, local_processes  # noqa: E402,F401
-
+from _cluster_fixtures import local_cluster, local_cluster_processes, local_processes  # noqa: F401
 
 
 def pytest_terminal_summary(terminalreporter):

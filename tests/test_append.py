@@ -14,13 +14,13 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from sources import make_meta, random_weights, write_source
 
 import filtershift as fs
 from filtershift.errors import InputError, StoreError
 from filtershift.ingest.model import LayerFilters, ModelFilters
 from filtershift.store.append import add_models, create_empty
 from filtershift.store.convert import convert
-from sources import make_meta, random_weights, write_source
 
 TESTS = os.path.dirname(__file__)
 
@@ -129,7 +129,7 @@ def test_crash_mid_append_leaves_previous_snapshot_and_rerun_completes(tmp_path)
     reference = tmp_path / "ref.zarr"
     add_models(reference, [fake_model(100 + s, layers=((64, 32), (64, 64))) for s in range(6)])
     rng = np.random.default_rng()
-    for attempt in range(3):
+    for _ in range(3):
         proc = subprocess.Popen([sys.executable, "-c", APPENDER.format(
             tests=TESTS, n=6, db=str(db))])
         time.sleep(rng.uniform(0.3, 2.0))

@@ -9,19 +9,18 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import boto3
 import h5py
 import pytest
 import s3fs
+from _s3 import moto_server
 
 import filtershift.cli as cli
-from filtershift import cluster
-from filtershift import synth
+from filtershift import cluster, synth
 from filtershift.store import format as fmt
 from filtershift.store.convert import convert
-
-from _s3 import moto_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
@@ -127,8 +126,8 @@ def no_work(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("work started before the arguments were checked")
 
-    import filtershift.synth
     import filtershift.store.convert
+    import filtershift.synth
 
     monkeypatch.setattr(cluster, "scheduler_context", forbidden)
     monkeypatch.setattr(cluster, "start_local_processes", forbidden)
@@ -271,7 +270,8 @@ def test_no_class_names_are_formatted_into_messages():
     """Source check of the files this boundary owns: no f-string interpolates an exception's class name."""
     files = [os.path.join(ROOT, "filtershift", "cli", f) for f in os.listdir(os.path.join(ROOT, "filtershift", "cli"))
              if f.endswith(".py")] + [os.path.join(ROOT, "filtershift", "store", "format.py")]
-    found = [f for f in files if re.search(r"\{[^{}]*(__class__|type\(\w+\))\.__name__[^{}]*\}", open(f).read())]
+    pattern = r"\{[^{}]*(__class__|type\(\w+\))\.__name__[^{}]*\}"
+    found = [f for f in files if re.search(pattern, Path(f).read_text())]
     assert not found
 
 
@@ -323,7 +323,8 @@ def test_help_exits_0(command):
 
 def test_repeated_constants_agree_with_their_modules():
     """The CLI repeats a few constants so that its parser imports no zarr or numpy; they must not drift apart."""
-    from filtershift.cli import convert as cli_convert, synth as cli_synth
+    from filtershift.cli import convert as cli_convert
+    from filtershift.cli import synth as cli_synth
     from filtershift.store import format as store_format
 
     assert (cli_convert.CODECS, cli_convert.DEFAULT_CODEC, cli_convert.DEFAULT_CHUNK_FILTERS) == \

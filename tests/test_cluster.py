@@ -11,8 +11,14 @@ import numpy as np
 import psutil
 import pytest
 
-from filtershift.cluster import (MEMORY_FRACTION, THREADS_PER_WORKER, machine_defaults, redact, resolve_scheduler,
-                                 scheduler_context)
+from filtershift.cluster import (
+    MEMORY_FRACTION,
+    THREADS_PER_WORKER,
+    machine_defaults,
+    redact,
+    resolve_scheduler,
+    scheduler_context,
+)
 from filtershift.errors import FiltershiftError
 
 

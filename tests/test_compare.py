@@ -5,12 +5,12 @@ import json
 import dask
 import numpy as np
 import pytest
+from test_append import fake_model
+from test_stats_analysis import make, per_filter, ref_hist, ref_kl, ref_pca, ref_scale
 
 from filtershift.cli import main as cli
 from filtershift.compare import compare, plot, summary_table
 from filtershift.store.dataset import from_arrays
-from test_append import fake_model
-from test_stats_analysis import make, per_filter, ref_hist, ref_kl, ref_pca, ref_scale
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +66,10 @@ def test_table_figure_and_cli_json(tmp_path, db, capsys):
 
 
 def test_cli_on_a_store_and_an_onnx_file(tmp_path, capsys):
-    from filtershift.synth import synthesize
-
     import onnx
     from onnx import TensorProto, helper, numpy_helper
+
+    from filtershift.synth import synthesize
 
     store = synthesize(tmp_path / "db.zarr", n_filters=60_000, n_models=8, seed=1, format="zarr")
     rng = np.random.default_rng(0)

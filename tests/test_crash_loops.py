@@ -35,14 +35,14 @@ import numpy as np
 import pytest
 import yaml
 import zarr
+from test_append import fake_model
 
 import filtershift as fs
 from filtershift.errors import IncompleteStoreError, StoreError
-from filtershift.synth import synthesize
 from filtershift.report import build_report
 from filtershift.store.append import add_models, create_empty
 from filtershift.store.convert import convert
-from test_append import fake_model
+from filtershift.synth import synthesize
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent

@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 from importlib import resources
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import dask.array as da
 import kubernetes_validate
 import numpy as np
 import pytest
+import tomllib
 import yaml
 from dask.utils import parse_bytes
 from jsonschema import validators
@@ -115,7 +115,8 @@ def test_kubernetes_worker_limit_matches_and_cronjob_reaches_cluster():
     dc = yaml.safe_load((DEPLOY / "kubernetes" / "daskcluster.yaml").read_text())
     worker = dc["spec"]["worker"]["spec"]["containers"][0]
     limit = parse_bytes(_arg(worker["args"], "--memory-limit"))
-    assert limit == _quantity(worker["resources"]["requests"]["memory"]) == _quantity(worker["resources"]["limits"]["memory"])
+    resources = worker["resources"]
+    assert limit == _quantity(resources["requests"]["memory"]) == _quantity(resources["limits"]["memory"])
     assert worker["args"][:2] == ["dask", "worker"]
     sched = dc["spec"]["scheduler"]
     assert sched["service"]["selector"] == {"dask.org/cluster-name": dc["metadata"]["name"],

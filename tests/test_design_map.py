@@ -3,13 +3,14 @@
 
 import os
 import re
+from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DESIGN = os.path.join(ROOT, "docs", "design.md")
 
 
 def _file_map() -> list[str]:
-    text = open(DESIGN, encoding="utf-8").read()
+    text = Path(DESIGN).read_text(encoding="utf-8")
     assert "## File map" in text, "docs/design.md has no file map"
     section = text.split("## File map", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"^- `(filtershift/[\w/]+\.py)`: \S", section, flags=re.M)
@@ -37,7 +38,7 @@ def test_every_module_is_listed():
 
 
 def test_the_where_to_add_answers_name_existing_files():
-    text = open(DESIGN, encoding="utf-8").read()
+    text = Path(DESIGN).read_text(encoding="utf-8")
     assert "## Where to add things" in text, "docs/design.md does not say where to add things"
     section = text.split("## Where to add things", 1)[1].split("\n## ", 1)[0]
     for name in ("metric", "report figure", "model format"):

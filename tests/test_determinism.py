@@ -36,7 +36,8 @@ if history == "others-first":
     res = [np.zeros(12, np.int64), np.zeros((12, 9)), np.zeros((12, 9, 9)), np.zeros((12, 9)),
            np.zeros((12, 9, 9))] + [np.zeros(12) for _ in range(4)]
     mo.moments_kernel(strided, np.arange(0, 60001, 5000), *res)
-parts = {"p1": mo.moments_chunk(w, rec), "p2": mo.range_sparsity_chunk(w, rec, second), "p3": hi.hist_chunk(w, rec, hist)}
+parts = {"p1": mo.moments_chunk(w, rec), "p2": mo.range_sparsity_chunk(w, rec, second),
+         "p3": hi.hist_chunk(w, rec, hist)}
 np.savez(out, **{f"{p}.{k}": v for p, part in parts.items() for k, v in part.items()})
 """
 

@@ -20,13 +20,12 @@ import sys
 
 import numpy as np
 import pytest
+from _s3 import moto_s3
 
 from filtershift.cli import main
 from filtershift.cluster import start_local_processes
-from filtershift.synth import synthesize
 from filtershift.store.convert import convert
-
-from _s3 import moto_s3
+from filtershift.synth import synthesize
 
 CHUNK = 4096
 N_FILTERS = 5 * CHUNK - 700          # five chunks, the last one partial

@@ -24,9 +24,8 @@ N_SHORT = 200
 
 
 def test_mutated_onnx_models_give_filters_or_a_clear_error(tmp_path):
-    code = ("import json, sys; sys.path.insert(0, %r); from fuzz_onnx import fuzz; "
-            "r = fuzz(%d, 0, %r, per_file_s=10); print('OUTCOMES', json.dumps(r))"
-            % (str(ROOT / "benchmarks"), N_SHORT, str(tmp_path)))
+    code = (f"import json, sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); from fuzz_onnx import fuzz; "
+            f"r = fuzz({N_SHORT:d}, 0, {str(tmp_path)!r}, per_file_s=10); print('OUTCOMES', json.dumps(r))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.split("OUTCOMES", 1)[1])

@@ -177,7 +177,7 @@ def test_depths_of_random_dags_match_a_recursive_reference(tmp_path, seed):
     path = save(make_model(nodes, [init(f"w{v}", weights[v]) for v in weights]), tmp_path / "dag.onnx")
     m = read_onnx(path)
     conv_depths = sorted({depth[index[f"n{v}"]] for v in weights})
-    expected = sorted(((conv_depths.index(depth[index[f"n{v}"]]), v) for v in weights))
+    expected = sorted((conv_depths.index(depth[index[f"n{v}"]]), v) for v in weights)
     assert [(lay.conv_depth, lay.name) for lay in m.layers] == [(r, f"n{v}") for r, v in expected]
     assert m.meta["depth"] == max(depth) + 2
 
@@ -399,7 +399,7 @@ def test_truncated_file(tmp_path, fraction):
 def test_not_onnx(tmp_path, content):
     path = tmp_path / "x.onnx"
     path.write_bytes(content)
-    with pytest.raises(InputError, match="x.onnx"):
+    with pytest.raises(InputError, match=r"x\.onnx"):
         read_onnx(path)
 
 

@@ -229,7 +229,7 @@ def test_truncated_state_dict(tmp_path, cut):
 
 def test_not_a_torch_file(tmp_path):
     (tmp_path / "x.pt").write_bytes(b"not a checkpoint at all" * 5)
-    with pytest.raises(InputError, match="x.pt"):
+    with pytest.raises(InputError, match=r"x\.pt"):
         read_state_dict(tmp_path / "x.pt")
 
 
@@ -253,7 +253,7 @@ def test_no_3x3_convolutions(tmp_path):
     net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 5))
     torch.save(net.state_dict(), tmp_path / "no3.pt")
     for read in (lambda: read_module(net), lambda: read_state_dict(tmp_path / "no3.pt")):
-        with pytest.raises(InputError, match="no 3x3 convolutions.*nothing to add"):
+        with pytest.raises(InputError, match=r"no 3x3 convolutions.*nothing to add"):
             read()
 
 
@@ -262,7 +262,7 @@ def test_missing_files_and_wrong_objects(tmp_path, monkeypatch):
         read_state_dict(tmp_path / "absent.pt")
     with pytest.raises(InputError, match="no such model file"):
         read_safetensors(tmp_path / "absent.safetensors")
-    with pytest.raises(InputError, match="expected a torch.nn.Module"):
+    with pytest.raises(InputError, match=r"expected a torch\.nn\.Module"):
         read_module({"not": "a module"})
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(InputError, match=r"pip install 'filtershift\[torch\]'"):

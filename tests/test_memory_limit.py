@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import psutil
 
-from filtershift.synth import synthesize
 from filtershift.stats import distributions, drift, fit_basis, record_stats
 from filtershift.stats.quality import layer_quality
 from filtershift.store.dataset import open_store
+from filtershift.synth import synthesize
 
 N_FILTERS = 16_000_000
 LIMIT = 512 * 2**20

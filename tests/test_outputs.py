@@ -16,13 +16,12 @@ import fsspec
 import numpy as np
 import pandas as pd
 import pytest
+from _s3 import moto_s3
 
 from filtershift.cli import main as cli
-from filtershift.synth import synthesize
 from filtershift.report import build_report
 from filtershift.store.format import Location, read_table
-
-from _s3 import moto_s3
+from filtershift.synth import synthesize
 
 BUCKET = "filtershift-outputs"
 SMALL = {"groupings": ["task"], "metrics": ["kl_sym"], "bootstrap": {"n_boot": 0},

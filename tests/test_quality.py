@@ -13,8 +13,17 @@ import pytest
 from filtershift.cli import main
 from filtershift.errors import InputError
 from filtershift.stats import record_stats
-from filtershift.stats.quality import (METRICS, Thresholds, entropy_threshold, finalize, layer_metrics,
-                                       layer_quality, model_quality, most_degenerated, quality_by)
+from filtershift.stats.quality import (
+    METRICS,
+    Thresholds,
+    entropy_threshold,
+    finalize,
+    layer_metrics,
+    layer_quality,
+    model_quality,
+    most_degenerated,
+    quality_by,
+)
 from filtershift.store.dataset import from_arrays
 from filtershift.store.format import Location, read_table
 
@@ -309,7 +318,7 @@ def planted():
         + 1e-4 * rng.normal(size=(32, 16, 3, 3))
     layers["m3d0"] = rng.normal(size=(32, 16, 3, 3))
     recs = []
-    for i, (name, w4) in enumerate(layers.items()):
+    for i, name in enumerate(layers):
         recs.append({"model_id": i // 4, "conv_depth": i % 4, "n": 512, "layer": name, "out_channels": 32,
                      "in_channels": 16, "groups": 1})
     mods = pd.DataFrame({"model_id": range(4), "Task": ["Classification", "Detection"] * 2})

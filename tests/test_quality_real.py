@@ -3,12 +3,12 @@ numpy port of torchconvquality, layer by layer."""
 
 import dask
 import numpy as np
+from test_ingest_onnx import yolov8n  # noqa: F401  (session fixture: downloads the wheel once, fails loudly)
+from test_quality import PORT_KEYS, assert_same, port_quality
 
 import filtershift as fs
 from filtershift.ingest.onnx import read_onnx
 from filtershift.store.append import add_models
-from test_ingest_onnx import yolov8n  # noqa: F401  (session fixture: downloads the wheel once, fails loudly)
-from test_quality import PORT_KEYS, assert_same, port_quality
 
 
 def test_yolov8n_quality_matches_port(tmp_path, yolov8n):  # noqa: F811

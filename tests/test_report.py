@@ -25,12 +25,12 @@ import pytest
 
 from filtershift.cli import main as cli
 from filtershift.errors import InputError
-from filtershift.synth import synthesize
 from filtershift.report import build_report, load_config
 from filtershift.report.publish import inside, safe_name
 from filtershift.stats import density2d, distributions, drift, drift_ci, fit_basis
 from filtershift.stats.quality import layer_quality
 from filtershift.store.dataset import open_store
+from filtershift.synth import synthesize
 
 SPEC = {
     "groupings": ["task", "visual_category", "depth", "model"],
@@ -237,8 +237,9 @@ def test_sigkill_midway_leaves_the_last_report_intact(store, tmp_path):
     before = tree_digest(out / "runs")
     history = (out / "index.html").read_text()
     cfg = _yaml(tmp_path, {**SPEC, "bins": 40})
+    root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "FILTERSHIFT_PROGRESS": "0",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-m", "filtershift.cli", "report", str(store), "--out", str(out),
                              "--config", str(cfg), "--scheduler", "threads"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

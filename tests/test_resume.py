@@ -22,15 +22,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
+from sources import make_meta, random_weights, write_source
 
 import filtershift as fs
 from filtershift.cli import main as cli
-from filtershift.ingest import h5
 from filtershift.errors import IncompleteStoreError, InputError, StoreError
+from filtershift.ingest import h5
 from filtershift.store import convert as convert_module
 from filtershift.store.convert import convert
 from filtershift.store.format import Location, read_table
-from sources import make_meta, random_weights, write_source
 
 CHUNK = 2048
 SIZES = [700, 1200, 300, 2500, 900, 1400] * 2  # 14,000 filters: 7 chunks
@@ -178,7 +178,7 @@ def test_resume_with_another_source_or_settings_refuses(sources, tmp_path, monke
     convert(a, db, chunk_filters=CHUNK, resume=True)
     assert_same_store(db, ref)
     # a complete store is not reported as done for another source or other settings
-    with pytest.raises(StoreError, match="source 'a.h5' \\(asked: 'b.h5'\\)"):
+    with pytest.raises(StoreError, match=r"source 'a\.h5' \(asked: 'b\.h5'\)"):
         convert(b, db, chunk_filters=CHUNK, resume=True)
     with pytest.raises(StoreError, match="codec 'none' \\(asked: 'zstd'\\)"):
         convert(a, db, chunk_filters=CHUNK, codec="zstd", resume=True)

@@ -16,18 +16,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from _s3 import KEY_ID, SECRET, moto_s3, moto_server
 from distributed import get_task_stream
 
 from filtershift.cluster import scheduler_context
 from filtershift.errors import StoreError
-from filtershift.synth import synthesize
 from filtershift.stats import distributions, drift, fit_basis
 from filtershift.stats.quality import layer_quality
 from filtershift.store import format as fmt
 from filtershift.store.convert import convert
 from filtershift.store.dataset import models, open_store, records
-
-from _s3 import KEY_ID, SECRET, moto_s3, moto_server
+from filtershift.synth import synthesize
 
 BUCKET = "filtershift-scale"
 URL = f"s3://{BUCKET}/db.zarr"

@@ -10,9 +10,9 @@ import sys
 
 import numpy as np
 import pytest
+from filtershift.ingest.synth import synthesize
 
 from filtershift.cluster import scheduler_context
-from filtershift.ingest.synth import synthesize
 from filtershift.stats import fit_basis
 from filtershift.store.convert import convert
 from filtershift.store.dataset import open_store

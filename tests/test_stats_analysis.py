@@ -7,8 +7,7 @@ import pandas as pd
 import pytest
 
 from filtershift.errors import InputError
-from filtershift.stats import (density2d, distributions, drift, drift_ci, fit_basis, group_bases, kde,
-                               record_stats)
+from filtershift.stats import density2d, distributions, drift, drift_ci, fit_basis, group_bases, kde, record_stats
 from filtershift.store.dataset import from_arrays, select
 
 TASKS = ["Classification", "Detection", "Segmentation"]
@@ -344,9 +343,9 @@ def test_a_million_synthesized_filters_equal_numpy(tmp_path):
 
     import h5py
 
-    from filtershift.synth import synthesize
     from filtershift.store.convert import convert
     from filtershift.store.dataset import open_store
+    from filtershift.synth import synthesize
 
     src = synthesize(tmp_path / "dataset.h5", n_filters=1_000_000, n_models=40, seed=11)
     ds = open_store(convert(src, tmp_path / "db.zarr", chunk_filters=65_536))

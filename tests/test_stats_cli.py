@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 import zarr
+from test_stats_analysis import ref_drift, ref_pca
 
 from filtershift.cli import main
-from filtershift.synth import read_truth, synthesize
 from filtershift.store.format import Location, read_table
-from test_stats_analysis import ref_drift, ref_pca
+from filtershift.synth import read_truth, synthesize
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -14,14 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
-
 from _s3 import KEY_ID, SECRET, moto_s3
-from filtershift.cli import main
-from filtershift.cli import _args
-from filtershift.synth import synthesize
+
+from filtershift.cli import _args, main
 from filtershift.store.convert import convert
 from filtershift.store.dataset import open_store, records
 from filtershift.store.verify import info, verify
+from filtershift.synth import synthesize
 
 BUCKET = "filtershift-options"
 URL = f"s3://{BUCKET}/db.zarr"

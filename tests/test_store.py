@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import zarr
 from dask.callbacks import Callback
+from sources import make_meta, random_weights, write_source
 
 import filtershift as fs
 from filtershift.cli import main as cli
@@ -23,7 +24,6 @@ from filtershift.errors import IncompleteStoreError, InputError, StoreError
 from filtershift.store import verify
 from filtershift.store.convert import convert
 from filtershift.store.format import Location, read_table
-from sources import make_meta, random_weights, write_source
 
 SIZES = [37, 120, 5, 300, 64, 211, 1, 90, 150, 22]
 

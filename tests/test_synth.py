@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from filtershift import synth
 from filtershift.cli import main
 from filtershift.errors import InputError
-from filtershift import synth
-from filtershift.synth import read_truth, synthesize, truth_path
 from filtershift.store.format import Location, read_table
+from filtershift.synth import read_truth, synthesize, truth_path
 
 N = 300_000
 

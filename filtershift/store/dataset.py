@@ -23,7 +23,6 @@ from filtershift.store.options import storage_options_of
 from filtershift.store.verify import check_tables
 
 
-
 def open_store(path_or_url, *, label_rules=None, storage_options: dict | None = None, **legacy) -> xr.Dataset:
     """Open a complete store as a dask-backed Dataset; computes nothing of size N.
 

@@ -66,7 +66,7 @@ class Location:
     storage_options: dict
 
     @classmethod
-    def of(cls, path_or_url, storage_options: dict | None = None, *, write: bool = False) -> "Location":
+    def of(cls, path_or_url, storage_options: dict | None = None, *, write: bool = False) -> Location:
         """Where a store lives, resolved once, where the user typed it.
 
         A local path (or ``file://`` URL) is made absolute: dask workers run in other working directories, and a
@@ -264,7 +264,7 @@ def _not_a_store(loc: Location) -> str:
             return (f"a directory without a zarr.json, not a filtershift store; it holds {', '.join(inside)}: pass "
                     "the store's own path.")
         return f"a directory without a zarr.json, not a filtershift store; {_CREATE}"
-    except Exception:  # the location could not be examined either: say what is certain
+    except Exception:  # noqa: BLE001 - the location could not be examined either: say what is certain
         return f"no filtershift store here (nothing readable as a Zarr v3 group). Check the path, or {_CREATE}"
 
 
