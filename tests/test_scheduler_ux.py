@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from filtershift.ingest.synth import synthesize
+from filtershift.synth import synthesize
 
 from filtershift.cluster import scheduler_context
 from filtershift.stats import fit_basis
