@@ -10,12 +10,12 @@ import sys
 
 import numpy as np
 import pytest
-from filtershift.synth import synthesize
 
 from filtershift.cluster import scheduler_context
 from filtershift.stats import fit_basis
 from filtershift.store.convert import convert
 from filtershift.store.dataset import open_store
+from filtershift.synth import synthesize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
