@@ -28,7 +28,8 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHON
 CLASS_NAME = re.compile(r"\b[A-Z][A-Za-z]*(Error|Exception|NotFound\w*)\b")
 F_SETPIPE_SZ = 1031  # Linux fcntl: set a pipe's capacity
 SIGPIPE_EXIT = 128 + 13  # what a shell reports for a tool ended by SIGPIPE
-COMMANDS = ["compare", "convert", "demo", "drift", "extract", "info", "pca", "quality", "report", "synth", "verify"]
+COMMANDS = ["compare", "convert", "demo", "drift", "extract", "info", "pca", "quality", "report", "synth", "upgrade",
+            "verify"]
 
 
 def run(*args, env=None, stdout=subprocess.PIPE, timeout=120):

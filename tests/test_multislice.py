@@ -18,6 +18,7 @@ from dask.callbacks import Callback
 
 import filtershift as fs
 from filtershift.errors import InputError
+from filtershift.store.format import Location, read_table
 
 CHUNK = 2048
 
@@ -29,8 +30,8 @@ def store(tmp_path_factory):
     h5 = fs.synthesize(tmp / "dataset.h5", n_filters=20_000, n_models=10, seed=5)
     path = fs.convert(h5, str(tmp / "store.zarr"), chunk_filters=CHUNK)
     w = zarr.open_group(path, mode="r")["weights"][:]
-    recs = pd.read_parquet(f"{path}/tables/records-v1.parquet")
-    mods = pd.read_parquet(f"{path}/tables/models-v1.parquet").set_index("model_id")
+    recs = read_table(Location.of(path), "records", 1)
+    mods = read_table(Location.of(path), "models", 1).set_index("model_id")
     n = recs["n"].to_numpy()
     pf = pd.DataFrame({"record": np.repeat(recs["record"].to_numpy(), n),
                        "model_id": np.repeat(recs["model_id"].to_numpy(), n)})

@@ -136,7 +136,7 @@ def test_s3_store_equals_local_conversion(s3, stores, capfd):
     keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3.endpoint)
             .list_objects_v2(Bucket=BUCKET, Prefix="db.zarr/")["Contents"]]
     assert "db.zarr/zarr.json" in keys and sum("/weights/c/" in k for k in keys) == 15
-    assert any(k.startswith("db.zarr/tables/records-v") for k in keys)
+    assert any(k.startswith("db.zarr/tables/v1/records/") for k in keys)
     assert_no_secret(repr(ds.attrs["store"]), *capfd.readouterr())
 
 

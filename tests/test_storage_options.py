@@ -19,6 +19,7 @@ from _s3 import KEY_ID, SECRET, moto_s3
 from filtershift.cli import _args, main
 from filtershift.store.convert import convert
 from filtershift.store.dataset import open_store, records
+from filtershift.store.format import Location, read_table
 from filtershift.store.verify import info, verify
 from filtershift.synth import synthesize
 
@@ -61,7 +62,7 @@ def test_open_store_verify_info_take_storage_options(s3, local, no_endpoint):
     ds = open_store(URL, storage_options=s3.options())
     np.testing.assert_array_equal(ds["weights"].values, w)
     v = zarr.open_group(path, mode="r").attrs["filtershift"]["version"]
-    pd.testing.assert_frame_equal(records(ds), pd.read_parquet(f"{path}/tables/records-v{v}.parquet"),
+    pd.testing.assert_frame_equal(records(ds), read_table(Location.of(path), "records", v),
                                   check_dtype=False)
     assert verify(URL, storage_options=s3.options()).ok
     assert info(URL, storage_options=s3.options())["n_filters"] == len(w)
@@ -98,7 +99,7 @@ def test_cli_storage_option_reaches_the_store(s3, local, no_endpoint, capsys):
     with fs.open(out_url) as f:
         table = pd.read_parquet(f)
     v = zarr.open_group(path, mode="r").attrs["filtershift"]["version"]
-    recs = pd.read_parquet(f"{path}/tables/records-v{v}.parquet")
+    recs = read_table(Location.of(path), "records", v)
     assert sorted(table["record"]) == recs["record"].tolist() and int(table["n"].sum()) == len(w)
     assert SECRET not in capsys.readouterr().err
 
