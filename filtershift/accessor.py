@@ -128,11 +128,12 @@ class DatasetAccessor(_Common):
             raise InputError(f"filter positions out of range for {size} filters.")
         return select_runs(self._obj, *runs_of_positions(pos))
 
-    def basis(self, n_components: int = 9):
-        """The PCA basis of the scaled filters (:func:`filtershift.fit_basis`; pass 1)."""
+    def basis(self, n_components: int | None = None):
+        """The PCA basis of the scaled filters (:func:`filtershift.fit_basis`; pass 1): all 9 components unless
+        ``n_components`` is given."""
         from filtershift.stats import fit_basis
 
-        return fit_basis(self.stats, n_components=n_components)
+        return fit_basis(self.stats) if n_components is None else fit_basis(self.stats, n_components=n_components)
 
     def distributions(self, by="task", basis=None, **kw) -> xr.Dataset:
         """Per-group coefficient distributions (:func:`filtershift.distributions`), with this Dataset's basis
@@ -163,6 +164,6 @@ class DataArrayAccessor(_Common):
 
 def _lazy(ds: xr.Dataset) -> xr.Dataset:
     """``ds`` with dask-backed weights (the passes map over blocks; see :func:`filtershift.stats.basis.fit`)."""
-    from filtershift.stats.basis import _lazy_dataset
+    from filtershift.stats.basis import lazy_dataset
 
-    return _lazy_dataset(ds)
+    return lazy_dataset(ds)

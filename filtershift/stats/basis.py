@@ -89,7 +89,7 @@ class Basis:
         if not isinstance(self.n_components, (int, np.integer)) or not 1 <= self.n_components <= K:
             raise InputError(f"n_components must be an integer in [1, {K}]; got {self.n_components!r}.")
         if isinstance(X, (xr.Dataset, xr.DataArray)):
-            X = _lazy_dataset(X)
+            X = lazy_dataset(X)
         if isinstance(X, (xr.Dataset, RecordStats)):
             stats = as_stats(X)
             m = stats.moments()
@@ -190,7 +190,7 @@ def _weights(X, what: str) -> xr.DataArray:
     return w.transpose("filter", "k")
 
 
-def _lazy_dataset(X) -> xr.Dataset:
+def lazy_dataset(X) -> xr.Dataset:
     """A Dataset whose weights are dask-backed: the passes map over blocks, so in-memory (numpy-backed) data, such
     as ``ds.isel(...).load()``, is cut into blocks of ``CHUNK`` filters (no copy)."""
     ds = X if isinstance(X, xr.Dataset) else _weights(X, "fit").to_dataset(name="weights")
