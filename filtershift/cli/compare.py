@@ -1,7 +1,6 @@
 """``filtershift compare MODEL --store STORE``"""
 
 import json
-import os
 
 from filtershift.cli import computing
 from filtershift.cli._args import add_storage_options, positive_int, storage_options
@@ -29,14 +28,10 @@ def register(sub) -> None:
 def check(args) -> None:
     """The model is a file of a known format and --figure can be written (before a cluster starts)."""
     from filtershift.compare import figure_target
-    from filtershift.errors import InputError
-    from filtershift.ingest import MODEL_SUFFIXES
+    from filtershift.ingest import format_of
     from filtershift.ingest.model import check_model_file
 
-    suffix = os.path.splitext(args.model)[1].lower()
-    if suffix not in MODEL_SUFFIXES:
-        raise InputError(f"{args.model}: unknown model format {suffix!r}; filtershift reads "
-                         f"{sorted(MODEL_SUFFIXES)} files.")
+    format_of(args.model)
     check_model_file(args.model)
     if args.figure:
         figure_target(args.figure)

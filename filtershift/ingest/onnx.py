@@ -17,6 +17,8 @@ import numpy as np
 from filtershift.errors import InputError, reason
 from filtershift.ingest.model import Conv, ModelFilters, assemble, check_model_file, longest_path_depths, require
 
+#: The model format this module reads: suffix -> (format name, reader function); see :mod:`filtershift.ingest`.
+FORMATS = {".onnx": ("onnx", "read_onnx")}
 CONV_OPS = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}
 PASS_THROUGH = {"Identity", "Cast"}
 SUB_BYTE_BITS = {"INT2": 2, "UINT2": 2, "INT4": 4, "UINT4": 4, "FLOAT4E2M1": 4, "FLOAT6E2M3": 6, "FLOAT6E3M2": 6}

@@ -19,6 +19,10 @@ import numpy as np
 from filtershift.errors import InputError, reason
 from filtershift.ingest.model import Conv, ModelFilters, assemble, check_model_file, longest_path_depths, require
 
+#: The model formats this module reads: suffix -> (format name, reader function); see :mod:`filtershift.ingest`.
+FORMATS = {".pt": ("torch", "read_state_dict"), ".pth": ("torch", "read_state_dict"),
+           ".bin": ("torch", "read_state_dict"), ".ckpt": ("torch", "read_state_dict"),
+           ".safetensors": ("safetensors", "read_safetensors")}
 #: Keys under which training scripts nest the state_dict of a checkpoint, tried in this order.
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "ema", "model_ema")
 
