@@ -10,8 +10,8 @@ every task argument pickles) and finalizes. Its graph keys are named after the s
 ``moments-combine-...``), so a dashboard or a profile says which pass runs.
 
 This module knows no particular statistic: the passes are declared in :mod:`filtershift.stats.moments`,
-:mod:`filtershift.stats.histograms` and :mod:`filtershift.stats.quality`; :class:`filtershift.stats.cache.RecordStats`
-runs them and keeps their results.
+:mod:`filtershift.stats.histograms` and :mod:`filtershift.stats.quality.orthogonality_pass`;
+:class:`filtershift.stats.cache.RecordStats` runs them and keeps their results.
 """
 
 from __future__ import annotations
