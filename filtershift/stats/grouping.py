@@ -19,6 +19,8 @@ from filtershift.store import format as fmt
 
 DEPTH_EDGES = np.arange(0, 1.1, 0.1)
 DEPTH_LABELS = ["[0.0, 0.1]"] + [f"({a / 10:.1f}, {(a + 1) / 10:.1f}]" for a in range(1, 10)]
+#: Grouping keys that are no grouping coordinate: depth deciles, models, conv depths.
+FIXED_KEYS = ("depth", "model", "model_id", "conv_depth")
 
 
 @dataclass
@@ -39,22 +41,6 @@ class Groups:
 def grouping_names(meta: xr.Dataset) -> dict:
     """Grouping coordinate -> models-table column of per-record meta (pass 1's variables that carry labels)."""
     return {name: v.attrs.get("column", name) for name, v in meta.data_vars.items() if "labels" in v.attrs}
-
-
-def resolve_key(meta: xr.Dataset, key: str) -> str:
-    """Grouping name for a key: a grouping name, its original column name, or a fixed key (depth, model, ...)."""
-    if key in ("depth", "model", "model_id", "conv_depth"):
-        return key
-    names = grouping_names(meta)
-    if key in names:
-        return key
-    for name, column in names.items():
-        if column == key:
-            return name
-    if fmt.snake_case(key) in meta:
-        return fmt.snake_case(key)
-    choices = sorted(set(names) | {"depth", "model", "conv_depth"})
-    raise InputError(f"unknown grouping {key!r}; choose one of {choices} (or the original column names).")
 
 
 def depth_codes(conv_depth_norm: np.ndarray) -> np.ndarray:
@@ -85,7 +71,7 @@ def groups(meta: xr.Dataset, by, keep_empty: bool = False) -> Groups:
     keys = [by] if isinstance(by, str) else list(by)
     if not keys:
         raise InputError("by: give at least one grouping key.")
-    names = [resolve_key(meta, k) for k in keys]
+    names = [fmt.resolve_name(k, grouping_names(meta), meta, FIXED_KEYS) for k in keys]
     per_key = [_key_codes(meta, n) for n in names]
     sizes = [len(lab) for _, lab in per_key]
     codes = np.stack([c for c, _ in per_key], axis=1) if per_key else np.zeros((0, 0), np.int64)

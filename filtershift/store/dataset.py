@@ -22,6 +22,9 @@ from filtershift.store.index import LABEL_DTYPE, META, RecordIndex, Tables
 from filtershift.store.options import storage_options_of
 from filtershift.store.verify import check_tables
 
+#: Selection keys that are no grouping coordinate (offered with the groupings when a key is unknown).
+INDEX_KEYS = ("model_id", "conv_depth")
+
 
 def open_store(path_or_url, *, label_rules=None, storage_options: dict | None = None, **legacy) -> xr.Dataset:
     """Open a complete store as a dask-backed Dataset; computes nothing of size N.
@@ -366,26 +369,12 @@ def groupers(ds: xr.Dataset, *names: str) -> dict:
     rows = np.unique(index.row)
     out = {}
     for key in names:
-        name = resolve_coord(ds, key)
+        name = fmt.resolve_name(key, grouping(ds), ds.coords, INDEX_KEYS)
         if name not in t.values:
             raise InputError(f"{key!r} is not a coordinate of the record index; choose one of {t.names}.")
         labels = list(t.labels[name]) if name in t.grouping else np.unique(t.values[name][rows])
         out[name] = UniqueGrouper(labels=labels)
     return out
-
-
-def resolve_coord(ds: xr.Dataset, key: str) -> str:
-    """Coordinate name for a coordinate name or an original meta column name ('Visual Category')."""
-    if key in ds.coords:
-        return key
-    names = grouping(ds)
-    for name, column in names.items():
-        if column == key:
-            return name
-    if fmt.snake_case(key) in ds.coords:
-        return fmt.snake_case(key)
-    choices = sorted(set(names) | {"model_id", "conv_depth"})
-    raise InputError(f"unknown grouping {key!r}; choose one of {choices} (or the original column names).")
 
 
 def select(ds: xr.Dataset, **criteria) -> xr.Dataset:
@@ -428,7 +417,7 @@ def select(ds: xr.Dataset, **criteria) -> xr.Dataset:
     index = record_index(ds)
     keep = np.ones(len(index.row), bool)
     for key, wanted in criteria.items():
-        name = resolve_coord(ds, key)
+        name = fmt.resolve_name(key, grouping(ds), ds.coords, INDEX_KEYS)
         if name == "conv_depth_norm":
             raise InputError("select by conv_depth_norm is ambiguous; use ds.where or select conv_depth.")
         keep &= index.match(name, list(wanted) if isinstance(wanted, (list, tuple, set)) else [wanted])

@@ -22,7 +22,7 @@ import pandas as pd
 import zarr
 
 from filtershift._version import __version__
-from filtershift.errors import IncompleteStoreError, StoreError
+from filtershift.errors import IncompleteStoreError, InputError, StoreError
 from filtershift.ingest import MODEL_SUFFIXES
 
 SCHEMA_VERSION = 2
@@ -626,6 +626,25 @@ def commit_tables(loc: Location, group: zarr.Group, manifest: dict, records: pd.
 def snake_case(column: str) -> str:
     """Coordinate name of a meta column: 'Visual Category' -> 'visual_category'."""
     return re.sub(r"[^0-9a-zA-Z]+", "_", str(column)).strip("_").lower()
+
+
+def resolve_name(key: str, names: dict, present, fixed=()) -> str:
+    """The grouping a user's key names: the key itself, the coordinate of an original meta column
+    ('Visual Category' -> 'visual_category'), or the key in snake_case; ``InputError`` naming the choices otherwise.
+
+    ``names`` maps grouping coordinates to their original columns, ``present`` holds the names that exist (a
+    Dataset's coordinates, per-record variables) and ``fixed`` the keys taken as they are (offered in the error with
+    ``names``). The one resolver of the store's Datasets and the statistics' per-record meta.
+    """
+    if key in fixed or key in present:
+        return key
+    for name, column in names.items():
+        if column == key:
+            return name
+    if snake_case(key) in present:
+        return snake_case(key)
+    raise InputError(f"unknown grouping {key!r}; choose one of {sorted(set(names) | set(fixed))} (or the original "
+                     "column names).")
 
 
 #: Meta columns that never become grouping coordinates (free text, URLs, ids, hashes).
