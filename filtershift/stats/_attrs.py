@@ -9,6 +9,32 @@ their variances.
 
 from __future__ import annotations
 
+#: long_name, units, description of the variables of the statistics' results, by variable name: the basis
+#: (``Basis.to_dataset``, ``group_bases``, ``eigenimages``, ``coefficients``) and :func:`distributions`.
+ATTRS = {
+    "mean": ("mean scaled filter", "1", "mean of the filters scaled to max|w| = 1, per kernel entry k"),
+    "components": ("principal components", "1", "unit vectors over k, by decreasing explained variance; the "
+                   "largest |entry| of each is positive"),
+    "eigenimages": ("eigenimages", "1", "the principal components as 3x3 images (row-major, k = 3*y + x)"),
+    "explained_variance": ("explained variance", "coefficient units squared",
+                           "variance of the coefficients along each component (ddof=1)"),
+    "explained_variance_ratio": ("explained variance ratio", "1", "share of the total variance per component"),
+    "coefficients": ("PCA coefficients", "coefficient units",
+                     "(filter / max|filter| - mean) projected on the components"),
+    "n_filters": ("filters", "1", "filters in the group"),
+    "n_models": ("models", "1", "models with filters in the group"),
+    "small": ("small group", "1", "fewer filters than min_filters or fewer models than min_models"),
+    "valid": ("valid basis", "1", "False for groups of fewer than 2 filters (their values are NaN)"),
+    "p": ("probability per bin", "1", "normalised histogram per group and component"),
+    "counts": ("coefficients per bin", "1", "count of the group's coefficients in each bin"),
+    "member_counts": ("coefficients per bin and member", "1", "histogram of each (group, model) member"),
+    "member_group": ("member's group", "1", "group index of each member"),
+    "member_model": ("member's model", "1", "model_id of each member"),
+    "fine_counts": ("coefficients per fine bin", "1", "count of the group's coefficients in each fine bin"),
+    "coef_var": ("coefficient variance", "coefficient units squared",
+                 "exact variance of the group's coefficients per component (ddof=1)"),
+}
+
 
 def describe(obj, long_name: str, units: str, description: str):
     """Set ``long_name``, ``units`` and ``description`` on a DataArray, Variable or Dataset; returns it."""
@@ -16,9 +42,10 @@ def describe(obj, long_name: str, units: str, description: str):
     return obj
 
 
-def describe_vars(ds, table: dict):
-    """Describe each data variable of ``ds`` named in ``table`` (name -> (long_name, units, description)),
-    keeping a description already there; returns ``ds``."""
+def describe_vars(ds, table: dict | None = None):
+    """Describe each data variable of ``ds`` named in ``table`` (name -> (long_name, units, description); default
+    :data:`ATTRS`), keeping a description already there; returns ``ds``."""
+    table = ATTRS if table is None else table
     for name, (long_name, units, description) in table.items():
         if name in ds.data_vars:
             keep = ds[name].attrs.get("description")

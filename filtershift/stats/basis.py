@@ -11,29 +11,12 @@ import numpy as np
 import xarray as xr
 
 from filtershift.errors import InputError
-from filtershift.stats._attrs import describe, describe_vars
+from filtershift.stats._attrs import ATTRS, describe, describe_vars
 from filtershift.stats.cache import RecordStats, as_stats
 from filtershift.stats.grouping import group_comoments, groups
 from filtershift.stats.moments import K
 from filtershift.stats.pca import pca_from_moments, scaled_totals
 from filtershift.store.format import DEFAULT_CHUNK_FILTERS as CHUNK
-
-#: long_name, units, description of the basis' variables (see :mod:`filtershift.stats._attrs`).
-ATTRS = {
-    "mean": ("mean scaled filter", "1", "mean of the filters scaled to max|w| = 1, per kernel entry k"),
-    "components": ("principal components", "1", "unit vectors over k, by decreasing explained variance; the "
-                   "largest |entry| of each is positive"),
-    "eigenimages": ("eigenimages", "1", "the principal components as 3x3 images (row-major, k = 3*y + x)"),
-    "explained_variance": ("explained variance", "coefficient units squared",
-                           "variance of the coefficients along each component (ddof=1)"),
-    "explained_variance_ratio": ("explained variance ratio", "1", "share of the total variance per component"),
-    "coefficients": ("PCA coefficients", "coefficient units",
-                     "(filter / max|filter| - mean) projected on the components"),
-    "n_filters": ("filters", "1", "filters in the group"),
-    "n_models": ("models", "1", "models with filters in the group"),
-    "small": ("small group", "1", "fewer filters than min_filters or fewer models than min_models"),
-    "valid": ("valid basis", "1", "False for groups of fewer than 2 filters (their values are NaN)"),
-}
 
 
 def eigenimages(components: np.ndarray) -> xr.DataArray:
@@ -174,7 +157,7 @@ class Basis:
         ds.attrs.update({"n_samples": int(self.n_samples_), "scaling": "filter / max|filter|",
                          "sign": "largest |entry| of each component positive", "ddof": 1})
         describe(ds, "PCA basis of scaled filters", "1", f"fitted on {int(self.n_samples_):,} filters")
-        return describe_vars(ds, ATTRS)
+        return describe_vars(ds)
 
     def __repr__(self) -> str:
         fitted = f", n_samples_={self.n_samples_:,}" if hasattr(self, "n_samples_") else ""
@@ -306,4 +289,4 @@ def group_bases(data, by="task", *, min_filters: int = 1000, min_models: int = 2
         coords=coords)
     out.attrs.update({"by": list(g.by), "min_filters": int(min_filters), "min_models": int(min_models)})
     describe(out, "PCA basis per group", "1", f"the PCA of scaled filters fitted on each {' x '.join(g.by)} group")
-    return describe_vars(out, ATTRS)
+    return describe_vars(out)

@@ -138,32 +138,13 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
                       "min_filters": int(min_filters), "min_models": int(min_models),
                       "n_filters_total": int(m["n"].values.sum()),
                       "normalisation": "density, empty bins = float32 eps, then sum 1"})
-    out["p"].attrs["description"] = "normalised histogram per group and component"
+    out["explained_variance_ratio"].attrs["description"] = ("share of the total variance per component (the drift "
+                                                            "weights)")
     out["small"].attrs["description"] = f"n_filters < {min_filters} or n_models < {min_models}"
     describe(out, "coefficient distributions", "1",
              f"histograms of the PCA coefficients per {' x '.join(g.by)} group and component, {bins} bins over "
              "one global range")
-    return describe_vars(out, DIST_ATTRS)
-
-
-#: long_name, units, description of the variables of :func:`distributions` (see :mod:`filtershift.stats._attrs`).
-DIST_ATTRS = {
-    "p": ("probability per bin", "1", "normalised histogram per group and component"),
-    "counts": ("coefficients per bin", "1", "count of the group's coefficients in each bin"),
-    "n_filters": ("filters", "1", "filters in the group"),
-    "n_models": ("models", "1", "models with filters in the group"),
-    "small": ("small group", "1", "fewer filters than min_filters or fewer models than min_models"),
-    "explained_variance_ratio": ("explained variance ratio", "1",
-                                 "share of the total variance per component (the drift weights)"),
-    "explained_variance": ("explained variance", "coefficient units squared",
-                           "variance of the coefficients along each component (ddof=1)"),
-    "member_counts": ("coefficients per bin and member", "1", "histogram of each (group, model) member"),
-    "member_group": ("member's group", "1", "group index of each member"),
-    "member_model": ("member's model", "1", "model_id of each member"),
-    "fine_counts": ("coefficients per fine bin", "1", "count of the group's coefficients in each fine bin"),
-    "coef_var": ("coefficient variance", "coefficient units squared",
-                 "exact variance of the group's coefficients per component (ddof=1)"),
-}
+    return describe_vars(out)
 
 
 def _stats_for(data, basis):

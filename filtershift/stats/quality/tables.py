@@ -10,6 +10,7 @@ import pandas as pd
 import xarray as xr
 
 from filtershift.errors import InputError
+from filtershift.stats._attrs import ATTRS, describe_vars
 from filtershift.stats.cache import as_stats
 from filtershift.stats.grouping import DEPTH_LABELS, depth_codes, grouping_names
 from filtershift.stats.quality.formulas import METRICS, finalize
@@ -108,6 +109,15 @@ def _weighted_mean(values: pd.Series, weights: pd.Series) -> float:
     return float(np.sum(v[ok] * w[ok]) / np.sum(w[ok])) if ok.any() else float("nan")
 
 
+#: long_name, units, description of the variables of :func:`quality_by` besides ``n_filters`` (in
+#: :data:`filtershift.stats._attrs.ATTRS`).
+QUALITY_BY_ATTRS = {
+    "n_rows": ("rows", "1", "layers (or models) in the group"),
+    "degenerated_share": ("degenerated share", "1", "share of the group's rows flagged degenerated"),
+    "mean": ("mean", "see metric_units", "filter-weighted mean of each metric"),
+    "quantiles": ("quantiles", "see metric_units", "quantiles of each metric over the group's rows"),
+    "hist": ("rows per bin", "1", "histogram of each metric over the group's rows"),
+}
 _META = ("record", "conv_depth", "conv_depth_norm", "depth", "layer", "in_channels", "out_channels", "groups")
 
 
@@ -296,15 +306,6 @@ def quality_by(table: pd.DataFrame, by, metrics=METRICS, quantiles=(0.05, 0.25, 
                       "long_name": "quality per group", "units": "1",
                       "description": f"quality metrics of the {'layers' if 'n' in table else 'models'} per "
                                      f"{' x '.join(cols)} group"})
-    table_attrs = {
-        "n_rows": ("rows", "1", "layers (or models) in the group"),
-        "n_filters": ("filters", "1", "filters in the group"),
-        "degenerated_share": ("degenerated share", "1", "share of the group's rows flagged degenerated"),
-        "mean": ("mean", "see metric_units", "filter-weighted mean of each metric"),
-        "quantiles": ("quantiles", "see metric_units", "quantiles of each metric over the group's rows"),
-        "hist": ("rows per bin", "1", "histogram of each metric over the group's rows"),
-    }
-    for name, (long_name, units, description) in table_attrs.items():
-        out[name].attrs.update({"long_name": long_name, "units": units, "description": description})
+    describe_vars(out, {**QUALITY_BY_ATTRS, "n_filters": ATTRS["n_filters"]})
     units = ["weight units" if "norm" in m and "entropy" not in m else "1" for m in metrics]
     return out.assign_coords(metric_units=("metric", units))
