@@ -267,7 +267,7 @@ def _strict_array(array, loc: fmt.Location):
 
 def _read_file(path: str):
     """A chunk file's bytes as a read-only array: memory-mapped (pages prefaulted) on POSIX, which saves the
-    kernel zeroing and copying a fresh buffer per chunk (the dask read pass took 2.3x less time). Every writer
+    kernel zeroing and copying a fresh buffer per chunk (the figure: BENCHMARKS.md, first paragraph). Every writer
     (filtershift, zarr's local store) replaces chunk files by a rename, so a mapped file never changes under a
     reader; a program truncating a chunk file in place while it is read would end the reader with SIGBUS."""
     with open(path, "rb") as f:
