@@ -26,7 +26,8 @@ def computing(parser: argparse.ArgumentParser, func, *, check=None) -> None:
     scheduler (see :mod:`filtershift.cluster`).
 
     Before the scheduler starts, ``check(args)`` (if given) may refuse the arguments with a FiltershiftError, and
-    the command's ``store`` argument (if it has one) must open as a complete store: a mistake costs no cluster."""
+    the command's ``store`` argument (if it has one) must open as a complete store: a mistake costs no cluster.
+    ``func`` finds that store, opened once (its manifest read once), in ``args.dataset``."""
     from filtershift.cli._scheduler import add_scheduler_arguments, context_from_args
 
     add_scheduler_arguments(parser)
@@ -35,20 +36,20 @@ def computing(parser: argparse.ArgumentParser, func, *, check=None) -> None:
         if check is not None:
             check(args)
         if getattr(args, "store", None):
-            check_store(args.store, getattr(args, "storage_options", None))
+            args.dataset = open_checked(args)
         with context_from_args(args):
             return func(args)
 
     parser.set_defaults(func=run)
 
 
-def check_store(path: str, options=None) -> None:
-    """Refuse ``path`` unless it is a complete store (reads its manifest only); ``options``: the
-    ``--storage-option`` pairs."""
-    from filtershift.store import format as fmt
+def open_checked(args):
+    """The command's ``store`` opened as a lazy Dataset with every check of ``open_store`` (manifest, arrays,
+    tables) and its ``--storage-option`` values. No chunk is read, so this runs before a scheduler starts."""
+    from filtershift.cli._args import storage_options
+    from filtershift.store.dataset import open_store
 
-    loc = fmt.Location.of(path, dict(options or ()))
-    fmt.read_manifest(fmt.open_group(loc, "r"), loc)
+    return open_store(args.store, storage_options=storage_options(args))
 
 
 def _command_modules() -> list[str]:

@@ -42,7 +42,7 @@ def run(args) -> int:
 
     if args.figure:
         figure_target(args.figure)
-    result = compare(args.model, args.store, by=args.by or ["task", "visual_category"], metric=args.metric,
+    result = compare(args.model, args.dataset, by=args.by or ["task", "visual_category"], metric=args.metric,
                      bins=args.bins, top=args.top, storage_options=storage_options(args))
     table = summary_table(result)
     if args.figure:

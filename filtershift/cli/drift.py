@@ -4,7 +4,7 @@ import json
 import math
 
 from filtershift.cli import computing
-from filtershift.cli._args import add_storage_options, non_negative_int, positive_int, storage_options
+from filtershift.cli._args import add_storage_options, non_negative_int, positive_int
 from filtershift.metrics import DEFAULT, METRICS, help_text
 
 
@@ -34,9 +34,8 @@ def _num(v):
 
 def run(args) -> int:
     from filtershift.stats import distributions, drift, fit_basis
-    from filtershift.store.dataset import open_store
 
-    ds = open_store(args.store, storage_options=storage_options(args))
+    ds = args.dataset
     basis = fit_basis(ds)
     by = args.by[0] if len(args.by) == 1 else args.by
     dist = distributions(ds, basis, by=by, bins=args.bins, min_filters=args.min_filters,

@@ -3,7 +3,7 @@
 import json
 
 from filtershift.cli import computing
-from filtershift.cli._args import add_storage_options, storage_options
+from filtershift.cli._args import add_storage_options
 
 
 def register(sub) -> None:
@@ -18,9 +18,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from filtershift.stats import fit_basis
-    from filtershift.store.dataset import open_store
 
-    basis = fit_basis(open_store(args.store, storage_options=storage_options(args)))
+    basis = fit_basis(args.dataset)
     if args.json:
         print(json.dumps({"mean": basis.mean_.tolist(), "components": basis.components_.tolist(),
                           "explained_variance": basis.explained_variance_.tolist(),

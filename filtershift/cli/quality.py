@@ -104,11 +104,10 @@ def write(table, path: str, options: dict | None = None) -> None:
 
 def run(args) -> int:
     from filtershift.stats.quality import Thresholds, layer_quality, model_quality, most_degenerated
-    from filtershift.store.dataset import open_store
 
     thresholds = Thresholds(sparsity=args.max_sparsity, entropy_low=args.entropy_low,
                             entropy_high=args.entropy_high, min_filters=args.min_filters)
-    ds = open_store(args.store, storage_options=storage_options(args))
+    ds = args.dataset
     table = layer_quality(ds, args.eps, thresholds=thresholds, orthogonality=not args.no_orthogonality)
     if args.models:
         table = model_quality(table)
