@@ -17,6 +17,7 @@ from pathlib import Path
 
 import fsspec
 
+from filtershift import credentials
 from filtershift.errors import InputError, reason
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -80,7 +81,7 @@ def local_path(text, option: str) -> Path:
 
 def display(url: str) -> str:
     """The URL without credentials (``scheme://user:secret@host``), for messages."""
-    return re.sub(r"//[^/@]*@", "//", url)
+    return credentials.url(url)
 
 
 def filesystem(url: str, storage_options: dict | None = None):
@@ -103,8 +104,7 @@ def failures(url: str, action: str, option: str = "output"):
         raise InputError(f"{option} {display(url)}: this filesystem cannot {action} files; give {SUPPORTED}.") \
             from None
     except Exception as exc:  # noqa: BLE001 - any backend's failure becomes one InputError naming the URL
-        text = " ".join(str(exc).split()) or reason(exc)
-        text = re.sub(r"//[^/@\s]*@", "//", text)
+        text = credentials.scrub(" ".join(str(exc).split()) or reason(exc))
         raise InputError(f"{option} {display(url)}: cannot {action} ({text}). Check the URL, that the bucket "
                          "exists, the endpoint, the network and the credentials.") from None
 

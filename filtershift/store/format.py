@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from filtershift import credentials
 from filtershift._version import __version__
 from filtershift.errors import IncompleteStoreError, InputError, StoreError
 from filtershift.ingest import MODEL_SUFFIXES
@@ -96,14 +97,12 @@ class Location:
 
     def scrub(self, text: str) -> str:
         """``text`` without this location's credentials (storage option values, user:password@ in URLs)."""
-        for secret in _secrets(self.storage_options):
-            text = text.replace(secret, "***")
-        return re.sub(r"//[^/@\s]*@", "//", text)
+        return credentials.scrub(text, credentials.secret_values(self.storage_options))
 
     @property
     def display(self) -> str:
         """The URL without credentials, for messages and logs."""
-        return re.sub(r"//[^/@]*@", "//", self.url)
+        return credentials.url(self.url)
 
     def fs(self):
         fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
@@ -133,18 +132,6 @@ def _with_endpoint(url: str, options: dict) -> dict:
 #: Libraries whose exceptions mean "the object store could not be reached or refused the request".
 _REMOTE_ERROR_MODULES = ("botocore", "aiobotocore", "aiohttp", "s3fs", "gcsfs", "adlfs", "azure", "google",
                          "urllib3", "requests", "fsspec")
-_SECRET_OPTION = re.compile(r"key|secret|token|password|credential|sas", re.IGNORECASE)
-
-
-def _secrets(options) -> list[str]:
-    """String values of credential-like storage options (``key``, ``secret``, ``token``, ...), nested too."""
-    found = []
-    for name, value in (options.items() if isinstance(options, dict) else ()):
-        if isinstance(value, dict):
-            found += _secrets(value)
-        elif isinstance(value, str) and len(value) >= 4 and _SECRET_OPTION.search(str(name)):
-            found.append(value)
-    return found
 
 
 def _remote_reason(exc: BaseException) -> str:
@@ -176,11 +163,7 @@ def remote_errors(loc: Location, action: str = "open", hint: str = ""):
         root = type(exc).__module__.split(".", 1)[0]
         if loc.is_local or not (isinstance(exc, (OSError, TimeoutError)) or root in _REMOTE_ERROR_MODULES):
             raise
-        text = str(exc)
-        for secret in _secrets(loc.storage_options):
-            text = text.replace(secret, "***")
-        text = re.sub(r"//[^/@\s]*@", "//", text)
-        raise StoreError(f"{loc.display}: cannot {action} the store: {_remote_reason(exc)} ({text}). "
+        raise StoreError(f"{loc.display}: cannot {action} the store: {_remote_reason(exc)} ({loc.scrub(str(exc))}). "
                          f"{hint + ' ' if hint else ''}Check the URL, "
                          "the endpoint (storage option endpoint_url, or AWS_ENDPOINT_URL), the network and the "
                          "credentials; s3fs storage options config_kwargs={'retries': {'max_attempts': N}, "
