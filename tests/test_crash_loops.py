@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+import _tiers
 import numpy as np
 import pytest
 import yaml
@@ -48,8 +49,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 ENV = {**os.environ, "FILTERSHIFT_PROGRESS": "0", "OPENBLAS_NUM_THREADS": "1",
        "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")])}
-#: "all": the dense sweep (>= 20 kills per writer); anything else: the default, fewer kills covering every phase.
-DENSE = os.environ.get("FILTERSHIFT_CRASH_POINTS", "").strip().lower() == "all"
+#: the dense sweep (>= 20 kills per writer) at the suite's full depth (tests/_tiers.py); else fewer kills covering
+#: every phase.
+DENSE = _tiers.FULL
 N_KILLS = 20 if DENSE else 8
 TEMP_SUFFIXES = (".partial", ".tmp")
 

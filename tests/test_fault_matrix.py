@@ -5,6 +5,8 @@ compare, run through the command line as a user runs it.
 Expected everywhere: a non-zero exit code, one ``filtershift CMD: error: ...`` line naming the fault, no
 traceback, and no report run published. The same commands on the undamaged store exit 0 with the numbers of the
 local threaded run, so a failure here is the fault's doing. One small store (five chunks) serves the whole matrix.
+By default each fault case runs two of the five commands, rotating so that all five meet every fault and every
+location x scheduler; ``FILTERSHIFT_TESTS=full`` runs all five everywhere (tests/_tiers.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import socket
 import subprocess
 import sys
 
+import _tiers
 import numpy as np
 import pytest
 from _s3 import moto_s3
@@ -126,6 +129,15 @@ FAULTS = {
 CASES = [(f, loc, sch) for f in FAULTS for loc in ("local", "s3") for sch in ("threads", "cluster")]
 
 
+def commands_of(case_index: int) -> tuple[str, ...]:
+    """The commands a case runs: all five at the suite's full depth (tests/_tiers.py); by default two, rotating so
+    that the four cases of a fault run all five commands between them and every command meets every location x
+    scheduler (case i runs commands 2i and 2i + 1, modulo five)."""
+    if _tiers.FULL:
+        return COMMANDS
+    return COMMANDS[(2 * case_index) % 5], COMMANDS[(2 * case_index + 1) % 5]
+
+
 class Places:
     """Copies of the clean store, local or under the S3 bucket, one per name."""
 
@@ -208,12 +220,21 @@ def test_clean_store_gives_the_reference(location, scheduler, places, clean, ref
         assert comparable(stdout) == reference[command], command
 
 
+def test_the_default_commands_cover_every_fault_and_place():
+    """The default depth's rotation: every fault meets all five commands, every command every location x scheduler."""
+    runs = {(case, command) for i, case in enumerate(CASES) for command in commands_of(i)}
+    for fault in FAULTS:
+        assert {command for (f, _, _), command in runs if f == fault} == set(COMMANDS), fault
+    for place in {(loc, sch) for _, loc, sch in CASES}:
+        assert {command for (_, *p), command in runs if tuple(p) == place} == set(COMMANDS), place
+
+
 @pytest.mark.parametrize("fault,location,scheduler", CASES)
 def test_fault_fails_loudly(fault, location, scheduler, places, clean, request, tmp_path):
     damage, words = FAULTS[fault]
     store, fs, root = places.put(location, f"{fault} {location}")
     damage(fs, root)
-    for command in COMMANDS:
+    for command in commands_of(CASES.index((fault, location, scheduler))):
         out_dir = tmp_path / f"rep-{command}"
         rc, stdout, stderr = run_cli(argv_of(command, store, clean[1], out_dir, scheduler_of(scheduler, request)))
         assert_refused(command, rc, stdout, stderr, words, out_dir)

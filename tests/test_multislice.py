@@ -2,7 +2,7 @@
 ``ds.filtershift.sel``/``isel`` and the chunks ``RecordIndex`` predicts for ``ds.sel``.
 
 Each selection is checked against numpy fancy indexing of the weights read with zarr, and the tables against
-pandas; one small store of ten chunks serves every case.
+pandas; one small store of eight chunks (conftest.py) serves every case.
 """
 
 from __future__ import annotations
@@ -13,31 +13,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-import zarr
 from dask.callbacks import Callback
+from sources import LABELLED_CHUNK
 
 import filtershift as fs
 from filtershift.errors import InputError
-from filtershift.store.format import Location, read_table
 
-CHUNK = 2048
+CHUNK = LABELLED_CHUNK
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """(ds, weights read with zarr, per-filter pandas frame) of a 20,000-filter store in 10 chunks."""
-    tmp = tmp_path_factory.mktemp("multislice")
-    h5 = fs.synthesize(tmp / "dataset.h5", n_filters=20_000, n_models=10, seed=5)
-    path = fs.convert(h5, str(tmp / "store.zarr"), chunk_filters=CHUNK)
-    w = zarr.open_group(path, mode="r")["weights"][:]
-    recs = read_table(Location.of(path), "records", 1)
-    mods = read_table(Location.of(path), "models", 1).set_index("model_id")
-    n = recs["n"].to_numpy()
-    pf = pd.DataFrame({"record": np.repeat(recs["record"].to_numpy(), n),
-                       "model_id": np.repeat(recs["model_id"].to_numpy(), n)})
-    task = mods["Task"].astype(str).where(~mods["Task"].astype(str).str.contains("Segmentation"), "Segmentation")
-    pf["task"] = task.loc[pf["model_id"]].to_numpy()
-    return fs.open_store(path), w, pf
+def store(labelled_store):
+    """(ds, weights read with zarr, per-filter pandas frame) of conftest's 30,000-filter store in 8 chunks."""
+    return labelled_store.ds, labelled_store.weights, labelled_store.per_filter
 
 
 def _random_runs(rng, size: int, k: int):
@@ -82,8 +70,8 @@ def test_take_runs_equals_numpy_fancy_indexing(store):
     cols = da.from_array(np.arange(60).reshape(3, 20), chunks=(2, 6))
     np.testing.assert_array_equal(take_runs(cols, [1, 11], [8, 4], axis=1).compute(),
                                   np.arange(60).reshape(3, 20)[:, np.r_[1:9, 11:15]])
-    with pytest.raises(InputError, match="outside the 20000 filters"):
-        take_runs(x, [19_990], [20])
+    with pytest.raises(InputError, match=f"outside the {len(w)} filters"):
+        take_runs(x, [len(w) - 10], [20])
 
 
 def test_whole_blocks_keep_their_chunks(store):
@@ -156,7 +144,7 @@ def test_filtershift_isel_equals_ds_isel(store):
     np.testing.assert_array_equal(ds.filtershift.isel(filter=mask)["weights"].values, w[mask])
     with pytest.raises(InputError, match="out of range"):
         ds.filtershift.isel(filter=[len(w)])
-    with pytest.raises(InputError, match="boolean mask over filter needs 20000"):
+    with pytest.raises(InputError, match="boolean mask over filter needs 30000"):
         ds.filtershift.isel(filter=mask[:10])
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import zarr
 from _s3 import KEY_ID, SECRET, moto_s3
-from sources import make_meta, random_weights, write_source
+from sources import make_meta, random_weights, reordered_meta, write_source
 
 import filtershift as fs
 from filtershift.cluster import scheduler_context
@@ -307,11 +307,7 @@ def test_all_zero_chunk_that_zarr_did_not_write_reads_as_zeros(tmp_path):
 def test_missing_filter_id_chunk(tmp_path):
     """filter_id (reordered sources) has no fill value that could be right for a committed row."""
     w = random_weights(N, seed=6)
-    meta = make_meta(SIZES, style="v0.1", shuffle=[4, 3, 2, 1, 0])
-    a, b = list(meta["filter_ids"].iloc[0]), list(meta["filter_ids"].iloc[1])
-    a[0], b[0] = b[0], a[0]                           # neither record is contiguous: the store is reordered
-    meta.iat[0, meta.columns.get_loc("filter_ids")] = a
-    meta.iat[1, meta.columns.get_loc("filter_ids")] = b
+    meta = reordered_meta(SIZES, shuffle=[4, 3, 2, 1, 0])
     src = write_source(tmp_path / "r.h5", w, meta, key="filter", meta_format="fixed")
     db = tmp_path / "r.zarr"
     convert(src, db, chunk_filters=C, trust_pickle=True)

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 import zarr
-from sources import make_meta, random_weights, write_source
+from sources import make_meta, random_weights, reordered_meta, write_source
 from test_append import fake_model
 
 import filtershift as fs
@@ -315,11 +315,7 @@ def test_schema1_store_keeps_schema1_on_append(source, tmp_path):
 
 def test_upgrade_of_a_reordered_store_marks_filter_id(tmp_path):
     w = random_weights(600, seed=4)
-    meta = make_meta([200, 250, 150], style="v0.1", shuffle=[2, 0, 1])
-    a, b = list(meta["filter_ids"].iloc[0]), list(meta["filter_ids"].iloc[1])
-    a[0], b[0] = b[0], a[0]                           # neither record is contiguous: the store is reordered
-    meta.iat[0, meta.columns.get_loc("filter_ids")] = a
-    meta.iat[1, meta.columns.get_loc("filter_ids")] = b
+    meta = reordered_meta([200, 250, 150], shuffle=[2, 0, 1])
     src = write_source(tmp_path / "r.h5", w, meta, key="filter", meta_format="fixed")
     db = tmp_path / "r.zarr"
     convert(src, db, chunk_filters=128, trust_pickle=True, schema=1)

@@ -14,33 +14,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-import zarr
 from dask.callbacks import Callback
+from sources import LABELLED_CHUNK
 
 import filtershift as fs
 from filtershift.errors import InputError
 from filtershift.store.dataset import from_arrays, groupers
-from filtershift.store.format import Location, read_table
 
-CHUNK = 4096
+CHUNK = LABELLED_CHUNK
 
 
-@pytest.fixture(scope="session")
-def store(tmp_path_factory):
-    """(path, ds, weights, per-filter pandas frame) of a 30,000-filter store in 8 chunks."""
-    tmp = tmp_path_factory.mktemp("idioms")
-    h5 = fs.synthesize(tmp / "dataset.h5", n_filters=30_000, n_models=12, seed=3)
-    path = fs.convert(h5, str(tmp / "store.zarr"), chunk_filters=CHUNK)
-    w = zarr.open_group(path, mode="r")["weights"][:]
-    recs = read_table(Location.of(path), "records", 1)
-    mods = read_table(Location.of(path), "models", 1).set_index("model_id")
-    task = mods["Task"].astype(str).where(~mods["Task"].astype(str).str.contains("Segmentation"), "Segmentation")
-    per_filter = pd.DataFrame({"record": np.repeat(recs["record"].to_numpy(), recs["n"].to_numpy()),
-                               "model_id": np.repeat(recs["model_id"].to_numpy(), recs["n"].to_numpy()),
-                               "conv_depth": np.repeat(recs["conv_depth"].to_numpy(), recs["n"].to_numpy())})
-    per_filter["task"] = task.loc[per_filter["model_id"]].to_numpy()
-    assert len(per_filter) == len(w) == 30_000
-    return path, fs.open_store(path), w, per_filter, recs
+@pytest.fixture(scope="module")
+def store(labelled_store):
+    """(path, ds, weights, per-filter pandas frame, records) of conftest's 30,000-filter store in 8 chunks."""
+    return labelled_store
 
 
 def test_sel_by_label_follows_tables(store):
