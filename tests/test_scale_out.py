@@ -184,7 +184,7 @@ def test_sigkill_one_worker_mid_analysis_still_completes(local_processes, s3, st
         t0 = time.perf_counter()
         worker.start()
         victim = None
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 180              # a hang guard, not a speed bound (loaded CI machines)
         while victim is None and time.monotonic() < deadline and worker.is_alive():
             busy = [addr for addr, keys in client.processing().items() if keys]
             if s3.slow.reads - start_reads >= 4 and busy:
@@ -196,7 +196,7 @@ def test_sigkill_one_worker_mid_analysis_still_completes(local_processes, s3, st
         reads_at_kill = s3.slow.reads - start_reads
         killed = procs.kill_worker_process(pid_of[victim])
         assert procs.workers[killed].poll() is not None
-        worker.join(90)
+        worker.join(300)
         elapsed = time.perf_counter() - t0
         assert not worker.is_alive(), "the analysis hung after a worker was killed"
         remaining = set(client.scheduler_info(n_workers=-1)["workers"])

@@ -105,24 +105,14 @@ class Location:
         """The URL without credentials, for messages and logs."""
         return credentials.url(self.url)
 
-    @property
-    def fsspec_options(self) -> dict:
-        """The storage options a file system of this location is made with: the user's, over defaults that suit a
-        store's objects. s3fs (2024.12 on) asks each object's size (a HEAD request) before reading it whole, to
-        split objects larger than its block size (50 MB) into concurrent reads; a store's objects are smaller, so
-        ``max_concurrency=1`` reads each with one GET."""
-        if self.url.startswith(("s3://", "s3a://")):
-            return {"max_concurrency": 1, **self.storage_options}
-        return self.storage_options
-
     def fs(self):
-        fs, root = fsspec.core.url_to_fs(self.url, **self.fsspec_options)
+        fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
         return fs, root
 
     def zarr_store(self, read_only: bool):
         if self.is_local:
             return zarr.storage.LocalStore(self.local_path, read_only=read_only)
-        return zarr.storage.FsspecStore.from_url(self.url, storage_options=self.fsspec_options,
+        return zarr.storage.FsspecStore.from_url(self.url, storage_options=self.storage_options,
                                                  read_only=read_only)
 
     def join(self, *parts: str) -> str:
