@@ -132,7 +132,8 @@ CASES = [(f, loc, sch) for f in FAULTS for loc in ("local", "s3") for sch in ("t
 def commands_of(case_index: int) -> tuple[str, ...]:
     """The commands a case runs: all five at the suite's full depth (tests/_tiers.py); by default two, rotating so
     that the four cases of a fault run all five commands between them and every command meets every location x
-    scheduler (case i runs commands 2i and 2i + 1, modulo five)."""
+    scheduler (case i runs commands 2i and 2i + 1, modulo five). A test of fewer cases takes the commands of cases
+    0 and 1 (four of the five; ``report`` among them, the one that opens the store again)."""
     if _tiers.FULL:
         return COMMANDS
     return COMMANDS[(2 * case_index) % 5], COMMANDS[(2 * case_index + 1) % 5]
@@ -259,7 +260,8 @@ def test_store_deleted_during_a_run(location, scheduler, places, clean, request,
         return ds
 
     monkeypatch.setattr(dataset, "open_store", open_then_delete)
-    for command in COMMANDS:
+    places_ = [("threads", "local"), ("threads", "s3"), ("cluster", "local"), ("cluster", "s3")]
+    for command in commands_of(places_.index((scheduler, location))):
         store, current["fs"], current["root"] = places.put(location, f"deleted {location} {command}")
         out_dir = tmp_path / f"rep-{command}"
         rc, stdout, stderr = run_cli(argv_of(command, store, clean[1], out_dir, scheduler_of(scheduler, request)))
@@ -276,7 +278,7 @@ def test_worker_without_the_store(places, clean, blind_cluster, tmp_path):
     so and names the remedies, for every command; never zeros."""
     address, hidden = blind_cluster
     store, _, _ = places.put("local", "hidden", parent=hidden)
-    for command in COMMANDS:
+    for command in commands_of(0) + commands_of(1):
         out_dir = tmp_path / f"rep-{command}"
         rc, stdout, stderr = run_cli(argv_of(command, store, clean[1], out_dir, address))
         assert_refused(command, rc, stdout, stderr, ("shared file system", "object storage"), out_dir)
@@ -302,7 +304,7 @@ def test_unreadable_chunk(scheduler, places, clean, request, tmp_path):
     storage has no such case (a refused request is a remote error, tests/test_scale_out.py)."""
     store, _, root = places.put("local", f"unreadable {scheduler}")
     os.chmod(_chunk(root, 1), 0)
-    for command in COMMANDS:
+    for command in commands_of({"threads": 2, "cluster": 1}[scheduler]):          # compare, pca; quality, report
         out_dir = tmp_path / f"rep-{command}"
         if scheduler == "threads":
             argv = argv_of(command, store, clean[1], out_dir, "threads")
@@ -332,7 +334,7 @@ def test_workers_without_credentials(places, clean, uncredentialed_cluster, tmp_
     credentials too (before: a botocore traceback). The endpoint the client resolved from AWS_ENDPOINT_URL travels
     with the tasks, so the workers ask the same server (not AWS's bucket of the same name)."""
     store, _, _ = places.put("s3", "uncredentialed")
-    for command in COMMANDS:
+    for command in commands_of(0) + commands_of(1):
         out_dir = tmp_path / f"rep-{command}"
         rc, stdout, stderr = run_cli(argv_of(command, store, clean[1], out_dir, uncredentialed_cluster))
         assert_refused(command, rc, stdout, stderr, ("no usable credentials", "a dask worker reads the store"),
