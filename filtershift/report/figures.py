@@ -29,14 +29,22 @@ plt.rcParams.update({"font.size": 9, "axes.titlesize": 10, "axes.spines.top": Fa
 
 
 def save(fig, directory: Path, stem: str, formats, *, vector: bool = True, dpi: int = 110) -> dict:
-    """Write ``fig`` as ``directory/stem.png`` (and ``.svg`` when asked and ``vector``); returns {format: name}."""
+    """Write ``fig`` as ``directory/stem.png`` (and ``.svg`` when asked and ``vector``); returns {format: name}.
+
+    The tight bounding box is measured once (one layout pass on the Agg renderer at the output dpi) and reused
+    for every format: ``bbox_inches="tight"`` would lay the figure out again for each file."""
+    import matplotlib as mpl
+
+    fig.set_dpi(dpi)
+    fig.draw_without_rendering()
+    bbox = fig.get_tightbbox(fig.canvas.get_renderer()).padded(mpl.rcParams["savefig.pad_inches"])
     out = {}
     for fmt in formats:
         if fmt == "svg" and not vector:
             continue
         name = f"{stem}.{fmt}"
         kwargs = {"dpi": dpi} if fmt == "png" else {"metadata": {"Date": None}}
-        fig.savefig(Path(directory) / name, bbox_inches="tight", **kwargs)
+        fig.savefig(Path(directory) / name, bbox_inches=bbox, **kwargs)
         out[fmt] = name
     plt.close(fig)
     return out
