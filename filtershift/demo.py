@@ -66,14 +66,10 @@ def run_demo(out="filtershift-demo", *, n_filters: int = 1_000_000, n_models: in
 def _demo_kernels() -> list:
     """The synthesizer's kernel, then the analysis kernels: the order the demo first calls them, so that
     synthesizing starts as soon as its own kernel is compiled and the rest compile while it runs."""
-    from filtershift.stats.kernels import analysis_kernels, array
-    from filtershift.synth import _fill
+    from filtershift import synth
+    from filtershift.stats.kernels import analysis_kernels
 
-    f32, i64, f64 = (array(t, 1) for t in ("float32", "int64", "float64"))
-    m32 = array("float32", 2)
-    fill = (m32, array("uint64", 1), i64.dtype, i64.dtype, i64.dtype, i64, i64, f64, f64, f32, array("int8", 1),
-            i64, i64, m32, m32, m32, m32, m32, f32, f32.dtype, f32.dtype)
-    return [(_fill, fill), *analysis_kernels()]
+    return [*synth.kernels(), *analysis_kernels()]
 
 
 def _analyse(store: Path, out: Path, scheduler: str | None, timings: dict) -> dict:

@@ -486,9 +486,23 @@ def _banks(seed: int):
     return ref, task, cat, noise, scales
 
 
+def kernels() -> list:
+    """(kernel, signature) of the synthesizer's numba kernel as :func:`synthesize` calls it, for
+    :func:`filtershift.stats.kernels.precompile` (the demo compiles it while it starts)."""
+    from numba import types
+
+    def arr(dtype, ndim=1):
+        return types.Array(getattr(types, dtype), ndim, "C")
+
+    f32, i64, f64, m32 = arr("float32"), arr("int64"), arr("float64"), arr("float32", 2)
+    signature = (m32, arr("uint64"), types.int64, types.int64, types.int64, i64, i64, f64, f64, f32, arr("int8"),
+                 i64, i64, m32, m32, m32, m32, m32, f32, types.float32, types.float32)
+    return [(fill_kernel, signature)]
+
+
 @numba.njit(cache=True, nogil=True)
-def _fill(out, raw, q0, rec_lo, rec_hi, start, n, p_task, p_cat, scale, kind, n_zero, offset, base,
-          ref, task, cat, noise, scales, noise_level, dup_noise):  # pragma: no cover - compiled
+def fill_kernel(out, raw, q0, rec_lo, rec_hi, start, n, p_task, p_cat, scale, kind, n_zero, offset, base,
+                ref, task, cat, noise, scales, noise_level, dup_noise):  # pragma: no cover - compiled
     """Filters of canonical rows [q0, q0 + len(out)) from one 64-bit draw each: two 16-bit bank indices, a
     16-bit component uniform and a 16-bit scale index."""
     q1 = q0 + out.shape[0]
@@ -539,7 +553,7 @@ def generate_block(plan: dict, banks, q0: int, q1: int, out: np.ndarray | None =
     rec_lo = int(np.searchsorted(ends, q0, side="right"))
     rec_hi = int(np.searchsorted(rec["start"], q1, side="left"))
     out = np.empty((q1 - q0, 9), dtype=np.float32) if out is None else out[: q1 - q0]
-    _fill(out, raw, q0, rec_lo, rec_hi, rec["start"], rec["n"], rec["p_task"], rec["p_category"], rec["scale"],
+    fill_kernel(out, raw, q0, rec_lo, rec_hi, rec["start"], rec["n"], rec["p_task"], rec["p_category"], rec["scale"],
           rec["kind"], rec["n_zero"], rec["offset"], rec["base"], *banks, np.float32(NOISE),
           np.float32(DUPLICATE_NOISE))
     return out

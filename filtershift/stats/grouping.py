@@ -98,7 +98,8 @@ def groups(meta: xr.Dataset, by, keep_empty: bool = False) -> Groups:
 
 
 @numba.njit(nogil=True, cache=True)
-def _group_add(codes, values, out):
+def group_add_kernel(codes, values, out):
+    """:func:`group_sum`'s loop: adds row ``r`` of ``values`` to row ``codes[r]`` of ``out`` (codes -1 skipped)."""
     for r in range(codes.size):
         g = codes[r]
         if g >= 0:
@@ -113,7 +114,7 @@ def group_sum(codes: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarra
     dtype = np.result_type(values, np.int64) if values.dtype.kind in "iub" else values.dtype
     out = np.zeros((n_groups,) + values.shape[1:], dtype=dtype)
     flat = np.ascontiguousarray(values, dtype=dtype).reshape(len(values), -1)
-    _group_add(np.ascontiguousarray(codes, np.int64), flat, out.reshape(n_groups, -1))
+    group_add_kernel(np.ascontiguousarray(codes, np.int64), flat, out.reshape(n_groups, -1))
     return out
 
 
