@@ -128,6 +128,16 @@ def test_schema2_writes_every_chunk_and_an_absent_one_is_an_error(source, tmp_pa
     assert not report.ok and any("chunk 1" in p and "missing" in p for p in report.problems)
 
 
+@pytest.mark.parametrize("table,column", [("models", "Task"), ("records", "conv_depth")])
+def test_an_absent_table_chunk_is_an_error_not_fill_values(source, table, column, tmp_path):
+    """A table column's chunk deleted: opening the store names the column (zarr alone reads '' or 0 there)."""
+    db = tmp_path / "db.zarr"
+    shutil.copytree(source[3], db)                                # the schema-2 store
+    shutil.rmtree(db / "tables" / "v1" / table / column / "c")
+    with pytest.raises(StoreError, match=rf"table tables/v1/{table}: column '{column}' has 1 chunk\(s\) missing"):
+        fs.open_store(db)
+
+
 def test_append_keeps_a_snapshot_for_plain_readers(tmp_path, monkeypatch):
     db = tmp_path / "db.zarr"
     create_empty(db, chunk_filters=100)

@@ -522,22 +522,31 @@ def _decode(attrs: dict, values: np.ndarray, basename: str) -> pd.Series:
     return pd.Series(values, name=name).astype(kind)
 
 
-def read_columns(group: zarr.Group) -> pd.DataFrame:
+def read_columns(group: zarr.Group, where: str = "") -> pd.DataFrame:
     """The DataFrame :func:`write_columns` stored in ``group``.
 
     The columns are read concurrently (two rounds of requests, not two per column): on object storage a table of 60
     columns otherwise costs 120 sequential round trips at every open."""
     columns = group.attrs.asdict().get("columns", [])
     read = zarr_sync(_read_arrays(group._async_group, [_array_key(c) for c in columns]))
-    data = {c: _decode(attrs, values, basename).rename(None) for c, (attrs, values, basename) in zip(columns, read)}
+    for c, (_, _, _, missing) in zip(columns, read):
+        if missing:
+            prefix = f"{where}: " if where else ""
+            raise StoreError(f"{prefix}table {group.path}: column {c!r} has {missing} chunk(s) missing (zarr would "
+                             "read them as fill values); the store is damaged. Run `filtershift verify` and restore "
+                             "the store from a copy or convert it again.")
+    data = {c: _decode(attrs, values, basename).rename(None) for c, (attrs, values, basename, _) in zip(columns, read)}
     return pd.DataFrame(data, columns=columns) if data else pd.DataFrame(columns=columns)
 
 
-async def _read_arrays(group, keys: list[str]) -> list[tuple[dict, np.ndarray, str]]:
-    """(attributes, values, basename) of the arrays ``keys`` of an async Zarr group, read concurrently."""
+async def _read_arrays(group, keys: list[str]) -> list[tuple[dict, np.ndarray, str, int]]:
+    """(attributes, values, basename, number of absent chunks) of the arrays ``keys`` of an async Zarr group, read
+    concurrently. Schema 2 writes every chunk of a table column, so an absent chunk is damage, not fill values."""
     arrays = await asyncio.gather(*(group.getitem(key) for key in keys))
     values = await asyncio.gather(*(array.getitem(slice(None)) for array in arrays))
-    return [(dict(array.attrs), value, array.basename) for array, value in zip(arrays, values)]
+    written = await asyncio.gather(*(array.nchunks_initialized() for array in arrays))
+    return [(dict(array.attrs), value, array.basename, array.nchunks - n)
+            for array, value, n in zip(arrays, values, written)]
 
 
 def _listed_table(loc: Location, path: str) -> zarr.Group | None:
@@ -571,7 +580,7 @@ def read_table(loc: Location, name: str, version: int, *, schema: int | None = N
                              f"(table versions present: {', '.join(found) or 'none'}); the store is damaged. Run "
                              "`filtershift verify` and restore the store from a copy or convert again.") from None
         with remote_errors(loc, "read"):
-            return read_columns(table)
+            return read_columns(table, loc.display)
     fs, _ = loc.fs()
     path = fsspec.core.url_to_fs(table_path(loc, name, version), **loc.storage_options)[1]
     try:
