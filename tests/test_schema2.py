@@ -136,6 +136,23 @@ def test_an_absent_table_chunk_is_an_error_not_fill_values(source, table, column
     shutil.rmtree(db / "tables" / "v1" / table / column / "c")
     with pytest.raises(StoreError, match=rf"table tables/v1/{table}: column '{column}' has 1 chunk\(s\) missing"):
         fs.open_store(db)
+    report = verify(db)
+    assert not report.ok and any(f"column '{column}' has 1 chunk(s) missing" in p for p in report.problems)
+
+
+@pytest.mark.parametrize("table,column", [("models", "Task"), ("records", "conv_depth")])
+def test_verify_names_an_absent_chunk_of_a_root_table_array(source, table, column, tmp_path):
+    """The root arrays plain xarray shows: a deleted chunk is reported as missing, not as a differing column."""
+    db = tmp_path / "db.zarr"
+    shutil.copytree(source[3], db)
+    key = fmt.view_name(table, column)
+    shutil.rmtree(db / key / "c")
+    report = verify(db)
+    assert not report.ok
+    assert [p for p in report.problems if key in p] == [
+        f"root array '{key}' (column '{column}' of the {table} table) has 1 chunk(s) missing: plain xarray reads "
+        "fill values there; run `filtershift upgrade` on the store to write it again"]
+    assert key in upgrade(db).message() and verify(db).ok                      # the remedy it names repairs it
 
 
 def test_append_keeps_a_snapshot_for_plain_readers(tmp_path, monkeypatch):
