@@ -31,12 +31,6 @@ class Metric:
     long_name: str = ""
 
 
-def _xlogy(p, q):
-    import numpy as np
-
-    return np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0) / np.where(q > 0, q, 1.0)), 0.0)
-
-
 def kl_sym(p, widths=None):
     """KL(p||q) + KL(q||p) per component, for every pair of groups (the reference metric)."""
     import numpy as np
@@ -56,13 +50,18 @@ def _blocked(p, metric, widths, budget: int = 1 << 24):
     step = max(1, budget // per_row)
     out = np.empty(p.shape[:-3] + (g, g, p.shape[-2]))
     cdf = np.cumsum(p, axis=-1) if metric == "w1" else None
+    if metric == "js":
+        from scipy.special import xlogy
+
+        # JS(p, q) = (sum p log p + sum q log q) / 2 - sum m log m with m = (p + q) / 2: one logarithm per pair and
+        # bin (of m) where the two KL terms took two and a division; rounding can leave -1e-17 for equal rows
+        neg_entropy = xlogy(p, p).sum(-1)
     for lo in range(0, g, step):
         hi = min(g, lo + step)
         if metric == "js":
-            a = p[..., lo:hi, None, :, :]
-            b = p[..., None, :, :, :]
-            mix = (a + b) / 2
-            out[..., lo:hi, :, :] = 0.5 * (_xlogy(a, mix).sum(-1) + _xlogy(b, mix).sum(-1))
+            mix = (p[..., lo:hi, None, :, :] + p[..., None, :, :, :]) * 0.5
+            own = 0.5 * (neg_entropy[..., lo:hi, None, :] + neg_entropy[..., None, :, :])
+            out[..., lo:hi, :, :] = np.maximum(own - xlogy(mix, mix).sum(-1), 0.0)
         else:
             diff = np.abs(cdf[..., lo:hi, None, :, :] - cdf[..., None, :, :, :])
             out[..., lo:hi, :, :] = diff @ np.asarray(widths, np.float64)
