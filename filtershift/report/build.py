@@ -180,6 +180,7 @@ def build_report(store=None, out=None, config=None, scheduler=None, *, force: bo
 def _build_run(spec: dict, identity: dict, name: str, staging: Path, default_scheduler: str,
                storage_options: dict | None = None) -> dict:
     from filtershift.cluster import scheduler_context
+    from filtershift.report import render
     from filtershift.report.analysis import analyse
     from filtershift.report.results import build_results, write_json
     from filtershift.store.dataset import models, open_store, records
@@ -196,6 +197,9 @@ def _build_run(spec: dict, identity: dict, name: str, staging: Path, default_sch
             bar.set_postfix_str(label)
             bar.update(1)
 
+        # the figure processes import matplotlib while the data is analysed (the basis figures and, per grouping,
+        # one per metric and the boxes are always drawn)
+        render.start(3 + len(spec["groupings"]) * (len(spec["metrics"]) + 1))
         with scheduler_context(spec["scheduler"], default=default_scheduler, quiet=True) as conn:
             log.info("computing on %s", conn.describe())
             ds = open_store(spec["store"], storage_options=storage_options)
@@ -232,16 +236,18 @@ def _run_json(results: dict) -> str:
 
 
 def draw(analysis, results: dict, spec: dict, directory: Path) -> dict:
-    """Draw every registered figure (:data:`filtershift.report.figures.FIGURES`) that applies into ``directory``;
-    returns the registry {key: {format: 'figures/<file>'}}."""
+    """Draw every registered figure (:data:`filtershift.report.figures.FIGURES`) that applies into ``directory``
+    (in parallel, :mod:`filtershift.report.render`); returns the registry {key: {format: 'figures/<file>'}}."""
+    from filtershift.report import render
+
     fig_spec = spec["figures"]
-    formats, dpi = fig_spec["formats"], fig_spec["dpi"]
-    reg = {}
+    formats, dpi = tuple(fig_spec["formats"]), fig_spec["dpi"]
     base = {"analysis": analysis, "results": results, "spec": spec, "fig_spec": fig_spec,
             "metrics": spec["metrics"], "metric0": spec["metrics"][0], "gr": {"display": None}}
     contexts = {"grouping": [dict(base, name=name, g=g, gr=results["groupings"][name],
                                   slug=results["groupings"][name]["slug"])
                              for name, g in analysis.groupings.items() if g.size]}
+    jobs = []
     for entry in figures.FIGURES:
         for ctx in contexts.get(entry.section, [base]):
             for key, c in figures.expand(entry, ctx):
@@ -249,10 +255,11 @@ def draw(analysis, results: dict, spec: dict, directory: Path) -> dict:
                 if kwargs is None:
                     continue
                 stem = entry.stem.format(slug=c.get("slug"), metric=c["metric"], metric0=c["metric0"])
-                files = figures.save(entry.plot(**kwargs), directory, publish.safe_name(stem), formats,
-                                     vector=entry.vector, dpi=dpi)
-                reg[key] = {k: f"figures/{v}" for k, v in files.items()}
-    return reg
+                jobs.append(render.FigureJob(key, entry.plot, kwargs, publish.safe_name(stem), formats,
+                                             entry.vector, dpi))
+    with progress.bar(total=len(jobs), desc="figures", unit="figure") as bar:
+        files = render.render(jobs, directory, on_done=lambda job: bar.update(1))
+    return {key: {fmt: f"figures/{name}" for fmt, name in names.items()} for key, names in files.items()}
 
 
 def write_history(target) -> None:

@@ -1,8 +1,9 @@
 """The report's figures, drawn with matplotlib's Agg backend from the labelled results (no data access), and
 :data:`FIGURES`, the registry that declares each figure of the page once (data, plot, section, caption).
 
-Each function returns a matplotlib Figure; :func:`save` writes it as PNG (and SVG for line and box figures, where
-a vector file is small and useful for papers) and closes it. :func:`filtershift.report.build.draw` draws every
+Each function returns a matplotlib Figure; :func:`encode` gives its PNG (and SVG for line and box figures, where
+a vector file is small and useful for papers) and closes it; :mod:`filtershift.report.render` draws them in
+parallel. :func:`filtershift.report.build.draw` draws every
 registered figure that applies; :func:`filtershift.report.html.run_page` shows each in its section.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import matplotlib
 
@@ -28,11 +28,13 @@ plt.rcParams.update({"font.size": 9, "axes.titlesize": 10, "axes.spines.top": Fa
                      "svg.hashsalt": "filtershift", "figure.max_open_warning": 0})
 
 
-def save(fig, directory: Path, stem: str, formats, *, vector: bool = True, dpi: int = 110) -> dict:
-    """Write ``fig`` as ``directory/stem.png`` (and ``.svg`` when asked and ``vector``); returns {format: name}.
+def encode(fig, formats, *, vector: bool = True, dpi: int = 110) -> dict:
+    """``fig`` as {format: file bytes}: PNG (and SVG when asked and ``vector``); closes the figure.
 
     The tight bounding box is measured once (one layout pass on the Agg renderer at the output dpi) and reused
     for every format: ``bbox_inches="tight"`` would lay the figure out again for each file."""
+    import io
+
     import matplotlib as mpl
 
     fig.set_dpi(dpi)
@@ -42,10 +44,10 @@ def save(fig, directory: Path, stem: str, formats, *, vector: bool = True, dpi: 
     for fmt in formats:
         if fmt == "svg" and not vector:
             continue
-        name = f"{stem}.{fmt}"
+        buf = io.BytesIO()
         kwargs = {"dpi": dpi} if fmt == "png" else {"metadata": {"Date": None}}
-        fig.savefig(Path(directory) / name, bbox_inches=bbox, **kwargs)
-        out[fmt] = name
+        fig.savefig(buf, format=fmt, bbox_inches=bbox, **kwargs)
+        out[fmt] = buf.getvalue()
     plt.close(fig)
     return out
 
