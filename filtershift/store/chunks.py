@@ -129,7 +129,7 @@ class ChunkReader:
     def _read_zarr(self, i: int) -> np.ndarray | None:
         try:
             return self.array[i * self.rows:min((i + 1) * self.rows, self.shape[0])]
-        except _Absent:
+        except fmt.AbsentChunk:
             return None
         except (ValueError, RuntimeError) as exc:     # crc32c mismatch, undecodable bytes
             raise self._error(i, f"is corrupted: {self.loc.scrub(str(exc))}") from None
@@ -237,31 +237,9 @@ def _sums(flat: np.ndarray) -> tuple[float, float]:
     return float(s), float(t)
 
 
-class _Absent(Exception):
-    """A chunk key with no stored object (zarr itself would fill it)."""
-
-
-class _StrictChunks(zarr.storage.WrapperStore):
-    """A read-only store wrapper that raises :class:`_Absent` for a missing key under ``prefix`` (an array's
-    chunks) instead of returning None, which zarr turns into the fill value."""
-
-    def __init__(self, store, prefix: str):
-        super().__init__(store)
-        self.prefix = prefix
-
-    def _with_store(self, store):
-        return type(self)(store, self.prefix)
-
-    async def get(self, key, prototype, byte_range=None):
-        value = await self._store.get(key, prototype, byte_range)
-        if value is None and key.startswith(self.prefix) and not key.endswith("zarr.json"):
-            raise _Absent(key)
-        return value
-
-
 def _strict_array(array, loc: fmt.Location):
-    """``array`` opened again through :class:`_StrictChunks` (one metadata read)."""
-    store = _StrictChunks(loc.zarr_store(read_only=True), f"{array.path}/")
+    """``array`` opened again through :class:`~filtershift.store.format.StrictChunks` (one metadata read)."""
+    store = fmt.StrictChunks(loc.zarr_store(read_only=True), f"{array.path}/")
     return zarr.open_array(store=store, path=array.path, mode="r", zarr_format=3)
 
 

@@ -522,45 +522,75 @@ def _decode(attrs: dict, values: np.ndarray, basename: str) -> pd.Series:
     return pd.Series(values, name=name).astype(kind)
 
 
-def read_columns(group: zarr.Group, where: str = "") -> pd.DataFrame:
-    """The DataFrame :func:`write_columns` stored in ``group``.
+class AbsentChunk(Exception):
+    """A chunk key with no stored object (zarr itself would read the fill value there)."""
 
-    The columns are read concurrently (two rounds of requests, not two per column): on object storage a table of 60
-    columns otherwise costs 120 sequential round trips at every open."""
+
+class StrictChunks(zarr.storage.WrapperStore):
+    """A read-only store wrapper that raises :class:`AbsentChunk` for a missing key under ``prefix`` (chunks of the
+    arrays there) instead of returning None, which zarr turns into the fill value. Absence is seen in the GET that
+    reads the chunk: no listing request."""
+
+    def __init__(self, store, prefix: str):
+        super().__init__(store)
+        self.prefix = prefix
+
+    def _with_store(self, store):
+        return type(self)(store, self.prefix)
+
+    async def get(self, key, prototype, byte_range=None):
+        value = await self._store.get(key, prototype, byte_range)
+        if value is None and key.startswith(self.prefix) and not key.endswith("zarr.json"):
+            raise AbsentChunk(key)
+        return value
+
+
+def read_columns(group: zarr.Group, where: str = "") -> pd.DataFrame:
+    """The DataFrame :func:`write_columns` stored in ``group`` (opened on a :class:`StrictChunks` store: schema 2
+    writes every chunk of a table column, so an absent one is damage, not fill values).
+
+    The columns are read concurrently (one round of requests, not one per column): on object storage a table of 60
+    columns otherwise costs 60 sequential round trips at every open."""
     columns = group.attrs.asdict().get("columns", [])
     read = zarr_sync(_read_arrays(group._async_group, [_array_key(c) for c in columns]))
     for c, (_, _, _, missing) in zip(columns, read):
         if missing:
             prefix = f"{where}: " if where else ""
-            raise StoreError(f"{prefix}table {group.path}: column {c!r} has {missing} chunk(s) missing (zarr would "
-                             "read them as fill values); the store is damaged. Run `filtershift verify` and restore "
+            raise StoreError(f"{prefix}table {group.path}: column {c!r} has a chunk missing ({missing}; zarr would "
+                             "read fill values there); the store is damaged. Run `filtershift verify` and restore "
                              "the store from a copy or convert it again.")
     data = {c: _decode(attrs, values, basename).rename(None) for c, (attrs, values, basename, _) in zip(columns, read)}
     return pd.DataFrame(data, columns=columns) if data else pd.DataFrame(columns=columns)
 
 
-async def _read_arrays(group, keys: list[str]) -> list[tuple[dict, np.ndarray, str, int]]:
-    """(attributes, values, basename, number of absent chunks) of the arrays ``keys`` of an async Zarr group, read
-    concurrently. Schema 2 writes every chunk of a table column, so an absent chunk is damage, not fill values."""
+async def _read_arrays(group, keys: list[str]) -> list[tuple[dict, np.ndarray | None, str, str | None]]:
+    """(attributes, values, basename, key of an absent chunk or None) of the arrays ``keys`` of an async Zarr
+    group, read concurrently."""
+    async def values(array):
+        try:
+            return await array.getitem(slice(None)), None
+        except AbsentChunk as exc:
+            return None, str(exc)
+
     arrays = await asyncio.gather(*(group.getitem(key) for key in keys))
-    values = await asyncio.gather(*(array.getitem(slice(None)) for array in arrays))
-    written = await asyncio.gather(*(array.nchunks_initialized() for array in arrays))
-    return [(dict(array.attrs), value, array.basename, array.nchunks - n)
-            for array, value, n in zip(arrays, values, written)]
+    read = await asyncio.gather(*(values(array) for array in arrays))
+    return [(dict(array.attrs), value, array.basename, absent) for array, (value, absent) in zip(arrays, read)]
 
 
-def _listed_table(loc: Location, path: str) -> zarr.Group | None:
-    """The table group ``path`` with its columns' metadata taken from the root's consolidated metadata, or None when
-    that does not list it. Schema 2 writes the consolidated metadata with each commit's manifest and never rewrites a
-    committed table, so the listing is exact and saves one request per column (on object storage, the cost of
-    opening a store)."""
+def _table_group(loc: Location, path: str) -> zarr.Group:
+    """The table group ``path`` on a :class:`StrictChunks` store, its columns' metadata taken from the root's
+    consolidated metadata when that lists it (schema 2 writes it with each commit's manifest and never rewrites a
+    committed table, so the listing is exact and saves one request per column); KeyError when it is missing."""
+    store = StrictChunks(loc.zarr_store(read_only=True), "tables/")
     with remote_errors(loc, "open"):
         try:
-            root = zarr.open_group(store=loc.zarr_store(read_only=True), mode="r", zarr_format=3,
-                                   use_consolidated=True)
-            return root[path]
+            return zarr.open_group(store=store, mode="r", zarr_format=3, use_consolidated=True)[path]
         except (KeyError, ValueError, FileNotFoundError, zarr.errors.GroupNotFoundError):
-            return None
+            pass
+        try:
+            return zarr.open_group(store=store, path=path, mode="r", zarr_format=3)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            raise KeyError(path) from None
 
 
 def read_table(loc: Location, name: str, version: int, *, schema: int | None = None,
@@ -570,12 +600,11 @@ def read_table(loc: Location, name: str, version: int, *, schema: int | None = N
     if schema is None:
         schema = schema_of(loc)
     if schema >= 2:
-        root = group if group is not None else open_group(loc, "r")
         path = table_group(name, version)
         try:
-            table = _listed_table(loc, path) or root[path]
+            table = _table_group(loc, path)
         except KeyError:
-            found = table_versions(root)
+            found = table_versions(group if group is not None else open_group(loc, "r"))
             raise StoreError(f"{loc.display}: table {path} of the manifest's version {version} is missing "
                              f"(table versions present: {', '.join(found) or 'none'}); the store is damaged. Run "
                              "`filtershift verify` and restore the store from a copy or convert again.") from None
