@@ -39,12 +39,14 @@ LAYOUTS = ["direct", "zstd", "s3"]
 
 
 class _Deny:
-    """WSGI middleware: answer 403 AccessDenied to a GET of the keys in ``keys`` (an unreadable object)."""
+    """WSGI middleware: answer 403 AccessDenied to a GET of the keys in ``keys`` (an unreadable object); records
+    every request in ``requests``."""
 
     def __init__(self, app):
-        self.app, self.keys = app, set()
+        self.app, self.keys, self.requests = app, set(), []
 
     def __call__(self, environ, start_response):
+        self.requests.append((environ.get("REQUEST_METHOD"), environ.get("PATH_INFO", "")))
         if environ.get("REQUEST_METHOD") == "GET" and environ.get("PATH_INFO", "").lstrip("/") in self.keys:
             start_response("403 Forbidden", [("Content-Type", "application/xml")])
             return [b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code>"
@@ -379,6 +381,25 @@ def test_permission_denied_names_the_chunk(stores, tmp_path_factory):
                                         "read (Permission denied)"), out[path]
     finally:
         shutil.rmtree(root)
+
+
+def test_s3_reads_are_one_get_per_object(stores):
+    """Opening the store and reading every chunk: one GET per object, no HEAD before each (s3fs >= 2025 asks an
+    object's size first unless max_concurrency=1) and no listing per table column (absence is seen in the GET)."""
+    target = stores["s3"]
+    requests = target.deny.requests
+    requests.clear()
+    ds = target.open()
+    values(ds)
+    methods = {m for m, _ in requests}
+    paths = [p for _, p in requests]
+    tables = [p for p in paths if "/tables/" in p and not p.endswith("zarr.json")]
+    chunks = [p for p in paths if "/weights/c/" in p]
+    n_columns = len(fs.records(ds).columns) + len(fs.models(ds).columns)
+    assert methods == {"GET"}, sorted(set(requests))
+    assert len(tables) == len(set(tables)) >= n_columns - 2        # record/model ids may be index columns
+    assert sorted(chunks) == sorted(set(chunks)) and len(chunks) == -(-N // C)
+    assert len(paths) <= len(tables) + len(chunks) + 10, paths     # a few metadata documents besides
 
 
 def test_direct_reader_stays_a_view(stores):

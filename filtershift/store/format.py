@@ -106,17 +106,37 @@ class Location:
         return credentials.url(self.url)
 
     def fs(self):
-        fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        fs, root = fsspec.core.url_to_fs(self.url, **_s3_reads(self.url, self.storage_options))
+        _one_retry_loop(fs, self.storage_options)
         return fs, root
 
     def zarr_store(self, read_only: bool):
         if self.is_local:
             return zarr.storage.LocalStore(self.local_path, read_only=read_only)
-        return zarr.storage.FsspecStore.from_url(self.url, storage_options=self.storage_options,
-                                                 read_only=read_only)
+        store = zarr.storage.FsspecStore.from_url(self.url, storage_options=_s3_reads(self.url, self.storage_options),
+                                                  read_only=read_only)
+        _one_retry_loop(store.fs, self.storage_options)
+        return store
 
     def join(self, *parts: str) -> str:
         return "/".join([self.url, *parts])
+
+
+def _s3_reads(url: str, options: dict) -> dict:
+    """s3fs options for reading a store: ``max_concurrency=1`` unless set (s3fs >= 2025 asks each object's size, a
+    HEAD, before every whole-object GET in order to split large ones; chunks and table columns are small, and the
+    HEADs doubled the requests of every read)."""
+    return {"max_concurrency": 1, **options} if url.startswith(("s3://", "s3a://")) else options
+
+
+def _one_retry_loop(fs, options: dict):
+    """When ``config_kwargs`` bounds botocore's attempts, s3fs's own retry loop around each request (5 rounds, on
+    timeouts too) is turned off on ``fs``: the user's bound is then the bound (a silent endpoint took 25 x it)."""
+    # botocore rewrites a given dict's max_attempts into total_max_attempts in place
+    bounded = {"max_attempts", "total_max_attempts"} & set((options.get("config_kwargs") or {}).get("retries") or {})
+    if bounded and hasattr(fs, "retries"):
+        fs.retries = 1
+    return fs
 
 
 def _with_endpoint(url: str, options: dict) -> dict:
