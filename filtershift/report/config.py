@@ -41,7 +41,7 @@ DEFAULTS: dict = {
         "max_groups": 40,
     },
     "figures": {
-        "formats": ["png", "svg"],
+        "formats": ["png"],
         "dpi": 110,
         "density_bins": 512,
         "ridge_components": 3,
