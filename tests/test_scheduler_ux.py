@@ -41,7 +41,7 @@ def store(tmp_path_factory):
 
 
 def test_default_local_cluster_exits_without_killing_workers(store, tmp_path):
-    """``filtershift pca`` on the default scheduler (a LocalCluster of worker processes) waits for its workers
+    """``filtershift pca --workers 2`` (a LocalCluster of worker processes) waits for its workers
     to exit: no "Worker process still alive after 4.0 seconds, killing" on stderr, exit 0, the threaded numbers."""
     (tmp_path / "sitecustomize.py").write_text(SLOW_EXIT)
     env = {**os.environ, "FILTERSHIFT_PROGRESS": "0",

@@ -14,7 +14,7 @@ def register(sub) -> None:
     cmds = p.add_subparsers(dest="cluster_command", metavar="ACTION")
     cmds.required = True
 
-    d = cmds.add_parser("defaults", help="the LocalCluster this machine gets by default")
+    d = cmds.add_parser("defaults", help="the default scheduler, and the local cluster --workers/--memory-limit get")
     d.add_argument("--workers", type=positive_int, default=None, metavar="N")
     d.add_argument("--memory-limit", type=size, default=None, metavar="SIZE")
     d.set_defaults(func=run_defaults)
@@ -36,8 +36,17 @@ def register(sub) -> None:
 
 
 def run_defaults(args) -> int:
-    from filtershift.cluster import MEMORY_FRACTION, machine_defaults
+    import textwrap
 
+    from filtershift.cli._scheduler import DEFAULT_REASON
+    from filtershift.cluster import MEMORY_FRACTION, machine_defaults, resolve_scheduler
+
+    choice = resolve_scheduler(None, default="threads")
+    if choice.source == "default":
+        print(textwrap.fill(f"default scheduler: {DEFAULT_REASON}", 100, subsequent_indent="  "))
+    else:
+        print(f"default scheduler: {choice.kind} ({choice.source})")
+    print("local cluster (--scheduler local, --workers N or --memory-limit SIZE):")
     d = machine_defaults(args.workers, args.memory_limit)
     print(f"cores            {d.cores}")
     print(f"memory           {d.memory_total / 2**30:.1f} GiB")

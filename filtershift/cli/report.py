@@ -24,7 +24,8 @@ def register(sub) -> None:
                    help="report spec: groupings, metrics, bins, thresholds, figures (see examples/report.yaml)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="tcp://HOST:PORT, a scheduler file, threads, processes, synchronous or local "
-                        "(default: 'scheduler' of --config, DASK_SCHEDULER_ADDRESS, dask config, else local)")
+                        "(default: 'scheduler' of --config, DASK_SCHEDULER_ADDRESS, dask config, else threads; see "
+                        "`filtershift cluster defaults`)")
     p.add_argument("--force", action="store_true", help="build a new run even if one covers this store and spec")
     p.add_argument("--json", action="store_true", help="print status, run, paths and spec hash as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
@@ -43,7 +44,7 @@ def run(args) -> int:
     logger.setLevel(logging.INFO)
     try:
         result = build_report(args.store, args.out, args.config, args.scheduler, force=args.force,
-                              default_scheduler="local", storage_options=storage_options(args))
+                              default_scheduler="threads", storage_options=storage_options(args))
     finally:
         logger.removeHandler(handler)
     summary = {"status": result.status, "run": result.run, "run_dir": str(result.run_dir),
