@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from _common import append_section  # noqa: E402
-from _s3 import moto_s3  # noqa: E402
+from _common import append_section
+from _s3 import moto_s3
 
 COMMANDS = (["pca"], ["drift", "--by", "task"], ["quality"])
 

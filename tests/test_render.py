@@ -135,3 +135,25 @@ def test_a_few_figures_are_drawn_without_workers(tmp_path, monkeypatch):
     assert len(render._workers) == 2
     for worker in render._workers:
         worker.close()
+
+
+def test_reports_in_two_threads_share_the_workers(tmp_path, monkeypatch):
+    """Two threads drawing at once (two reports of one process) take turns on each worker's pipes."""
+    import threading
+
+    monkeypatch.setenv("FILTERSHIFT_FIGURE_PROCESSES", "2")
+    results, dirs = {}, {}
+    for name in ("a", "b"):
+        dirs[name] = tmp_path / name
+        dirs[name].mkdir()
+
+    def run(name):
+        results[name] = render.render(_jobs(), dirs[name])
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in dirs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert results["a"] == results["b"] and len(results["a"]) == len(_jobs())
+    assert _files(dirs["a"]) == _files(dirs["b"])

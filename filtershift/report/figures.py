@@ -2,9 +2,9 @@
 :data:`FIGURES`, the registry that declares each figure of the page once (data, plot, section, caption).
 
 Each function returns a matplotlib Figure; :func:`encode` gives its PNG (and SVG for line and box figures, where
-a vector file is small and useful for papers) and closes it; :mod:`filtershift.report.render` draws them in
-parallel. :func:`filtershift.report.build.draw` draws every
-registered figure that applies; :func:`filtershift.report.html.run_page` shows each in its section.
+a vector file is small and useful for papers) and closes it. :func:`filtershift.report.build.draw` draws every
+registered figure that applies, in worker processes (:mod:`filtershift.report.render`);
+:func:`filtershift.report.html.run_page` shows each in its section.
 """
 
 from __future__ import annotations

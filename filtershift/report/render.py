@@ -105,7 +105,7 @@ def render(jobs: list[FigureJob], directory: Path, on_done: Callable[[FigureJob]
                 if on_done:
                     on_done(job)
 
-    threads = [threading.Thread(target=serve, args=(w,), name="filtershift-figures") for w in workers]
+    threads = [threading.Thread(target=serve, args=(w,), name="filtershift-figures", daemon=True) for w in workers]
     for t in threads:
         t.start()
     for t in threads:
@@ -141,14 +141,16 @@ class _Worker:
         self.proc = subprocess.Popen([sys.executable, "-m", "filtershift.report.render"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE,
                                      env={**os.environ, "PYTHONPATH": path, "FILTERSHIFT_PROGRESS": "0"})
+        self.lock = threading.Lock()        # one job at a time on the pipes (reports in several threads share it)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
     def draw(self, job: FigureJob) -> dict:
         try:
-            _send(self.proc.stdin, job)
-            ok, value = _receive(self.proc.stdout)
+            with self.lock:
+                _send(self.proc.stdin, job)
+                ok, value = _receive(self.proc.stdout)
         except (OSError, EOFError, pickle.UnpicklingError) as exc:
             self.proc.kill()
             raise RenderError(f"the process drawing figure {job.key!r} ended (exit code {self.proc.wait()}); "
