@@ -1,14 +1,35 @@
-"""The two depths of the suite. The default runs every case of the crash loops and the fault matrix, each at fewer
-points (kill points, commands per fault) chosen to still reach every phase and every command; ``FILTERSHIFT_TESTS=full``
-runs all of them (the nightly depth; pytest's summary says which ran)."""
+"""The three depths of the suite, chosen with ``FILTERSHIFT_TESTS``.
+
+- ``quick`` (the default, README's test command): every test except those marked ``extended``; every fault class
+  and every writer's crash safety is still met once (single-kill tests, the fault matrix on local stores and on S3
+  with the threaded scheduler).
+- ``extended`` (CI runs it after the quick run, with ``-m extended``): the ``extended`` tests too: the crash loops,
+  the fault matrix on S3 x process cluster, the fuzzing run, the compile-history determinism check, the second
+  memory-limit and the second worker-kill case. The crash loops and the fault matrix run at reduced depth.
+- ``full`` (nightly): everything, the crash loops and the fault matrix at full depth.
+
+pytest's summary says which depth ran and what the others add.
+"""
 
 import os
 
-FULL = os.environ.get("FILTERSHIFT_TESTS", "").strip().lower() == "full"
+TIERS = ("quick", "extended", "full")
+TIER = os.environ.get("FILTERSHIFT_TESTS", "").strip().lower() or "quick"
+if TIER not in TIERS:
+    raise SystemExit(f"FILTERSHIFT_TESTS={TIER!r}: choose one of {', '.join(TIERS)} (empty means quick)")
+FULL = TIER == "full"
+EXTENDED = TIER in ("extended", "full")
 
-#: file -> (what the default runs, what the full depth adds); conftest.py prints the line of each file that ran.
-REDUCED = {
-    "test_crash_loops.py": "crash loops: 7-10 kill points per writer covering every phase (full: >= 20 kills)",
-    "test_fault_matrix.py": "fault matrix: every fault x location x scheduler, two of the five commands each, every "
-                            "command meeting every fault and every location x scheduler (full: all five commands)",
+#: file -> tier -> what that depth runs of it; conftest.py prints the line of each file that ran.
+DEPTH = {
+    "test_crash_loops.py": {
+        "extended": "crash loops: 7-10 kill points per writer covering every phase (full: >= 20 kills)",
+        "full": "crash loops: >= 20 kill points per writer"},
+    "test_fault_matrix.py": {
+        "quick": "fault matrix: one of the five commands per case, rotating; a run over the whole suite leaves out "
+                 "S3 x cluster (extended: two commands per case, every command meeting every fault and every "
+                 "location x scheduler; full: all five commands)",
+        "extended": "fault matrix: every fault x location x scheduler, two of the five commands each, every "
+                    "command meeting every fault and every location x scheduler (full: all five commands)",
+        "full": "fault matrix: every fault x location x scheduler x command"},
 }

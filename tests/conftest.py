@@ -23,17 +23,29 @@ LONGEST_FIRST = ("test_crash_loops.py", "test_fault_matrix.py", "test_report.py"
                  "test_demo.py", "test_memory_limit.py")
 
 
-def pytest_collection_modifyitems(items):
-    """Longest files first (:data:`LONGEST_FIRST`), every other file after them in its usual order."""
+def pytest_collection_modifyitems(config, items):
+    """Longest files first (:data:`LONGEST_FIRST`), every other file after them in its usual order; at the quick
+    depth (tests/_tiers.py) the ``extended`` tests are left out of a run over the whole suite (a run naming files or
+    tests runs what it names)."""
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+    if _tiers.EXTENDED or config.args_source != pytest.Config.ArgsSource.TESTPATHS:
+        return
+    left_out = [item for item in items if item.get_closest_marker("extended")]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = [item for item in items if not item.get_closest_marker("extended")]
 
 
-def pytest_terminal_summary(terminalreporter):
-    """Say at which depth the crash loops and the fault matrix ran, and how to run the other (printed with -q too)."""
-    ran = {r.nodeid.split("::")[0].rsplit("/", 1)[-1] for reports in terminalreporter.stats.values() for r in reports
-           if hasattr(r, "nodeid")}
-    for name, line in _tiers.REDUCED.items():
-        if name in ran:
-            terminalreporter.write_line(f"{line}: ran at full depth" if _tiers.FULL else
-                                        f"{line}; FILTERSHIFT_TESTS=full python -m pytest runs the full depth")
+def pytest_terminal_summary(terminalreporter, config):
+    """Say which depth ran and how to run the others (printed with -q too)."""
+    ran = {r.nodeid.split("::")[0].rsplit("/", 1)[-1] for key in ("passed", "failed", "error", "skipped")
+           for r in terminalreporter.stats.get(key, ()) if hasattr(r, "nodeid")}
+    if not _tiers.EXTENDED and config.args_source == pytest.Config.ArgsSource.TESTPATHS:
+        terminalreporter.write_line("quick depth: the tests marked `extended` (crash loops, fuzzing, the S3 x cluster "
+                                    "fault cases, ...) were left out; FILTERSHIFT_TESTS=extended python -m pytest -q "
+                                    "-m extended runs them (CI does)")
+    for name, lines in _tiers.DEPTH.items():
+        if name in ran and _tiers.TIER in lines:
+            terminalreporter.write_line(lines[_tiers.TIER] if _tiers.FULL else
+                                        f"{lines[_tiers.TIER]}; FILTERSHIFT_TESTS=full runs the full depth")

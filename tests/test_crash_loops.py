@@ -54,6 +54,7 @@ ENV = {**os.environ, "FILTERSHIFT_PROGRESS": "0", "OPENBLAS_NUM_THREADS": "1",
 DENSE = _tiers.FULL
 N_KILLS = 20 if DENSE else 8
 TEMP_SUFFIXES = (".partial", ".tmp")
+pytestmark = pytest.mark.extended
 
 
 def digest(root: Path, *subdirs: str) -> dict:

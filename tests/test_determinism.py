@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 SCRIPT = """
 import sys, numpy as np
@@ -49,6 +50,7 @@ def _run(history: str, cache, out) -> dict:
         return {k: f[k] for k in f.files}
 
 
+@pytest.mark.extended
 def test_kernels_give_the_same_bits_whatever_the_compile_history(tmp_path):
     cache = tmp_path / "numba-cache"
     first = _run("others-first", cache, tmp_path / "a.npz")   # fresh compile, other kernels and layouts first

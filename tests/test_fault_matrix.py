@@ -5,8 +5,9 @@ compare, run through the command line as a user runs it.
 Expected everywhere: a non-zero exit code, one ``filtershift CMD: error: ...`` line naming the fault, no
 traceback, and no report run published. The same commands on the undamaged store exit 0 with the numbers of the
 local threaded run, so a failure here is the fault's doing. One small store (five chunks) serves the whole matrix.
-By default each fault case runs two of the five commands, rotating so that all five meet every fault and every
-location x scheduler; ``FILTERSHIFT_TESTS=full`` runs all five everywhere (tests/_tiers.py).
+At the extended depth each fault case runs two of the five commands, rotating so that all five meet every fault
+and every location x scheduler; ``FILTERSHIFT_TESTS=full`` runs all five everywhere. The quick default depth leaves
+out S3 x cluster (its two halves are met by the other places) and runs one command per case (tests/_tiers.py).
 """
 
 from __future__ import annotations
@@ -129,13 +130,22 @@ FAULTS = {
 CASES = [(f, loc, sch) for f in FAULTS for loc in ("local", "s3") for sch in ("threads", "cluster")]
 
 
-def commands_of(case_index: int) -> tuple[str, ...]:
-    """The commands a case runs: all five at the suite's full depth (tests/_tiers.py); by default two, rotating so
-    that the four cases of a fault run all five commands between them and every command meets every location x
-    scheduler (case i runs commands 2i and 2i + 1, modulo five). A test of fewer cases takes the commands of cases
-    0 and 1 (four of the five; ``report`` among them, the one that opens the store again)."""
-    if _tiers.FULL:
+def _extended_on_s3_cluster(cases):
+    """``cases`` as pytest parameters, the S3 x cluster ones marked ``extended`` (tests/_tiers.py)."""
+    return [pytest.param(*case, marks=pytest.mark.extended) if case[-2:] in {("s3", "cluster"), ("cluster", "s3")}
+            else case for case in cases]
+
+
+def commands_of(case_index: int, tier: str = _tiers.TIER) -> tuple[str, ...]:
+    """The commands a case runs (tests/_tiers.py): all five at the full depth; at the extended depth two, rotating
+    so that the four cases of a fault run all five commands between them and every command meets every location x
+    scheduler (case i runs commands 2i and 2i + 1, modulo five); at the quick depth one, command i modulo five. A
+    test of fewer cases takes the commands of cases 0 and 1 (``report``, the one that opens the store again, among
+    them)."""
+    if tier == "full":
         return COMMANDS
+    if tier == "quick":
+        return (COMMANDS[case_index % 5],)
     return COMMANDS[(2 * case_index) % 5], COMMANDS[(2 * case_index + 1) % 5]
 
 
@@ -209,8 +219,8 @@ def scheduler_of(name: str, request) -> str:
     return "threads" if name == "threads" else request.getfixturevalue("cluster")
 
 
-@pytest.mark.parametrize("location", ["local", "s3"])
-@pytest.mark.parametrize("scheduler", ["threads", "cluster"])
+@pytest.mark.parametrize("location,scheduler", _extended_on_s3_cluster(
+    [(loc, sch) for loc in ("local", "s3") for sch in ("threads", "cluster")]))
 def test_clean_store_gives_the_reference(location, scheduler, places, clean, reference, request, tmp_path):
     """The harness itself: the undamaged copies give the local threaded numbers, bit for bit (the report's
     publication is tests/test_report.py's and tests/test_outputs.py's)."""
@@ -221,16 +231,17 @@ def test_clean_store_gives_the_reference(location, scheduler, places, clean, ref
         assert comparable(stdout) == reference[command], command
 
 
-def test_the_default_commands_cover_every_fault_and_place():
-    """The default depth's rotation: every fault meets all five commands, every command every location x scheduler."""
-    runs = {(case, command) for i, case in enumerate(CASES) for command in commands_of(i)}
+def test_the_extended_commands_cover_every_fault_and_place():
+    """The extended depth's rotation: every fault meets all five commands, every command every location x
+    scheduler."""
+    runs = {(case, command) for i, case in enumerate(CASES) for command in commands_of(i, "extended")}
     for fault in FAULTS:
         assert {command for (f, _, _), command in runs if f == fault} == set(COMMANDS), fault
     for place in {(loc, sch) for _, loc, sch in CASES}:
         assert {command for (_, *p), command in runs if tuple(p) == place} == set(COMMANDS), place
 
 
-@pytest.mark.parametrize("fault,location,scheduler", CASES)
+@pytest.mark.parametrize("fault,location,scheduler", _extended_on_s3_cluster(CASES))
 def test_fault_fails_loudly(fault, location, scheduler, places, clean, request, tmp_path):
     damage, words = FAULTS[fault]
     store, fs, root = places.put(location, f"{fault} {location}")
@@ -241,8 +252,8 @@ def test_fault_fails_loudly(fault, location, scheduler, places, clean, request, 
         assert_refused(command, rc, stdout, stderr, words, out_dir)
 
 
-@pytest.mark.parametrize("location", ["local", "s3"])
-@pytest.mark.parametrize("scheduler", ["threads", "cluster"])
+@pytest.mark.parametrize("scheduler,location", _extended_on_s3_cluster(
+    [(sch, loc) for sch in ("threads", "cluster") for loc in ("local", "s3")]))
 def test_store_deleted_during_a_run(location, scheduler, places, clean, request, tmp_path, monkeypatch):
     """The store disappears after it was opened (deleted, moved, unmounted) and before its chunks are read: the
     error says where (this host, for a local store, on the threads and on the workers) and names the remedies
@@ -304,7 +315,8 @@ def test_unreadable_chunk(scheduler, places, clean, request, tmp_path):
     storage has no such case (a refused request is a remote error, tests/test_scale_out.py)."""
     store, _, root = places.put("local", f"unreadable {scheduler}")
     os.chmod(_chunk(root, 1), 0)
-    for command in commands_of({"threads": 2, "cluster": 1}[scheduler]):          # compare, pca; quality, report
+    # extended depth: compare, pca on threads; quality, report on the cluster (quick: quality; drift)
+    for command in commands_of({"threads": 2, "cluster": 1}[scheduler]):
         out_dir = tmp_path / f"rep-{command}"
         if scheduler == "threads":
             argv = argv_of(command, store, clean[1], out_dir, "threads")

@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.extended
 def test_mutated_h5_sources_give_a_store_or_a_clear_error(tmp_path):
     code = (f"import json, sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); from fuzz_h5 import fuzz; "
             f"print('OUTCOMES', json.dumps(fuzz(25, 7, 'table', {str(tmp_path)!r}, per_file_s=60)))")

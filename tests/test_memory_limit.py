@@ -17,6 +17,7 @@ import dask
 import numpy as np
 import pandas as pd
 import psutil
+import pytest
 
 from filtershift.stats import distributions, drift, fit_basis, record_stats
 from filtershift.stats.quality import layer_quality
@@ -80,6 +81,7 @@ def test_analysis_of_a_store_larger_than_worker_memory(tmp_path):
     pd.testing.assert_frame_equal(q1, q2, rtol=1e-10)
 
 
+@pytest.mark.extended
 def test_worker_over_its_memory_limit_is_reported_clearly(tmp_path):
     """One 4e6-filter chunk (144 MB, decoded twice over) cannot fit a 300 MiB worker: its nanny restarts it each
     time, dask gives up after the allowed failures, and `filtershift pca` ends with a message naming the remedies.

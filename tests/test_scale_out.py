@@ -165,6 +165,7 @@ def test_analysis_on_process_cluster_equals_threaded(where, local_cluster, local
     assert_no_secret(logs, *capfd.readouterr())
 
 
+@pytest.mark.extended
 def test_sigkill_one_worker_mid_analysis_still_completes(local_processes, s3, stores, reference, capfd):
     procs = local_processes(2, nthreads=1)
     ds = open_store(URL, **options(s3.slow_endpoint))
