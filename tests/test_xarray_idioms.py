@@ -282,7 +282,8 @@ def test_results_carry_long_name_units_description(store):
     units = {"kl_sym": "nats", "js": "nats", "w1": "coefficient units"}
     results = [dist, basis.to_dataset(), basis.eigenimages, fs.group_bases(basis, by="task"),
                fs.drift_ci(dist, metric="w1", n_boot=5), fs.kde(dist, points=16),
-               fs.quality_by(fs.layer_quality(basis.stats_, orthogonality=False), "task")]
+               fs.quality_by(fs.layer_quality(basis.stats_, orthogonality=False), "task"),
+               basis.stats_.moments(), basis.stats_.range_sparsity(), basis.stats_.histograms(bins=20, fine_bins=40)]
     for metric, unit in units.items():
         d = fs.drift(dist, metric=metric)
         assert d.attrs["units"] == unit

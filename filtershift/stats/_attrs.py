@@ -51,3 +51,33 @@ def describe_vars(ds, table: dict | None = None):
             keep = ds[name].attrs.get("description")
             describe(ds[name], long_name, units, keep or description)
     return ds
+
+
+#: The variables of :meth:`RecordStats.moments` (pass 1), :meth:`RecordStats.range_sparsity` (pass 2) and
+#: :meth:`RecordStats.histograms` (pass 3): per-record partial statistics, "scaled" meaning filter / max|filter|.
+PASS_ATTRS = {
+    "n": ("filters", "1", "filters in the record"),
+    "scaled_sum": ("sum of scaled filters", "1", "sum over the record's filters of filter / max|filter|, per k"),
+    "scaled_comoment": ("co-moment of scaled filters", "1",
+                        "centred sum of outer products of the scaled filters over the record (float64)"),
+    "raw_sum": ("sum of filters", "weight units", "sum of the record's filters as stored, per k"),
+    "raw_comoment": ("co-moment of filters", "weight units squared",
+                     "centred sum of outer products of the filters as stored over the record (float64)"),
+    "raw_absmax": ("largest |weight|", "weight units", "max |w| over the record's filters"),
+    "filter_absmax_min": ("smallest filter max|w|", "weight units", "min over the record's filters of max|w|"),
+    "raw_l1_sum": ("sum of L1 norms", "weight units", "sum over the record's filters of sum |w|"),
+    "raw_l2_sum": ("sum of L2 norms", "weight units", "sum over the record's filters of sqrt(sum w^2)"),
+    "model_id": ("model", "1", "model_id of the record"),
+    "conv_depth": ("conv depth", "1", "depth of the record's conv layer in its model (0 = first)"),
+    "conv_depth_norm": ("normalised conv depth", "1", "conv depth / deepest conv depth of the model"),
+    "coef_min": ("smallest coefficient", "coefficient units", "min of the record's coefficients per component"),
+    "coef_max": ("largest coefficient", "coefficient units", "max of the record's coefficients per component"),
+    "sparse_count": ("sparse filters", "1", "filters whose max|w| is below sparsity_eps x the record's max|w|"),
+    "nonsparse_n": ("non-sparse filters", "1", "filters of the record that are not sparse"),
+    "nonsparse_sum": ("sum of non-sparse filters", "weight units", "as raw_sum, over the non-sparse filters"),
+    "nonsparse_comoment": ("co-moment of non-sparse filters", "weight units squared",
+                           "as raw_comoment, over the non-sparse filters"),
+    "counts": ("coefficients per bin", "1", "count of the record's coefficients in each bin, per component"),
+    "fine_counts": ("coefficients per fine bin", "1", "count of the record's coefficients in each fine bin"),
+}
+

@@ -19,6 +19,7 @@ import xarray as xr
 
 from filtershift.errors import InputError
 from filtershift.stats import histograms, moments
+from filtershift.stats._attrs import PASS_ATTRS, describe, describe_vars
 from filtershift.stats.pca import pca_from_moments, scaled_totals
 from filtershift.stats.reduction import SPLIT_EVERY, reduce
 from filtershift.store.dataset import record_table
@@ -162,7 +163,10 @@ class RecordStats:
             dims = {1: ("record",), 2: ("record", "k"), 3: ("record", "k", "k2")}
             data = {k: (dims[np.ndim(v)], v) for k, v in part.items() if k != "record"}
             m = xr.Dataset(data, coords={"record": part["record"].astype(np.int64)})
+            describe(describe_vars(m, PASS_ATTRS), "per-record moments (pass 1)", "1",
+                     "counts, sums and co-moments of each record's filters, as stored and scaled")
             for name in codes:
+                describe(m[name], f"{name} code", "1", f"index of the record's {name} in the labels attr (-1: none)")
                 m[name].attrs.update(attrs[name])
             m.attrs.update({"pass": 1,
                             "comoment": "centred sum of outer products over the record's filters (float64)",
@@ -193,6 +197,8 @@ class RecordStats:
                     "sparse_count": ("record",), "nonsparse_n": ("record",), "nonsparse_sum": ("record", "k"),
                     "nonsparse_comoment": ("record", "k", "k2")}
             s = xr.Dataset({k: (dims[k], part[k]) for k in dims}, coords={"record": m["record"].values})
+            describe(describe_vars(s, PASS_ATTRS), "per-record coefficient range and sparsity (pass 2)", "1",
+                     f"coefficient range per component and sparse filters at sparsity_eps={float(sparsity_eps)}")
             s.attrs.update({"sparsity_eps": float(sparsity_eps), "basis": key[0], "pass": 2})
             self._range_sparsity[key] = s
         return self._range_sparsity[key]
@@ -241,6 +247,8 @@ class RecordStats:
             h = xr.Dataset(data, coords={"record": m["record"].values, "bin_edges": ("bin_edge", edges)})
             if fine_bins:
                 h = h.assign_coords(fine_edges=("fine_edge", fine))
+            describe(describe_vars(h, PASS_ATTRS), "per-record coefficient histograms (pass 3)", "1",
+                     f"{bins} bins over [{lo:.6g}, {up:.6g}] per component")
             h.attrs.update({"basis": key[0], "range": [lo, up], "bins": bins, "pass": 3})
             self._hist[key] = h
         return self._hist[key]
