@@ -15,6 +15,7 @@ _API = {
     "open_store": "filtershift.store.dataset",
     "from_arrays": "filtershift.store.dataset",
     "select": "filtershift.store.dataset",
+    "query": "filtershift.store.dataset",
     "records": "filtershift.store.dataset",
     "models": "filtershift.store.dataset",
     "groupers": "filtershift.store.dataset",

@@ -95,6 +95,14 @@ class DatasetAccessor(_Common):
         starts, lengths = record_index(self._obj).runs_matching(labels)
         return select_runs(self._obj, starts, lengths)
 
+    def query(self, where: str) -> xr.Dataset:
+        """The filters of the records that satisfy ``where``, an expression over meta columns (the ``--where`` of
+        the command line, :mod:`filtershift.store.query`), e.g. ``'task == "Classification" and conv_depth_norm
+        <= 0.3'``; a lazy selection like :meth:`sel`, O(records + runs). Nothing matching is an error."""
+        from filtershift.store.dataset import query
+
+        return query(self._obj, where)
+
     def isel(self, filter=None) -> xr.Dataset:
         """``ds.isel(filter=...)`` (a slice, integer positions or a boolean mask over ``filter``) as slices of
         blocks: the positions become runs (O(positions) in numpy, no dask fancy indexing), see :meth:`sel`."""

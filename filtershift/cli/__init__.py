@@ -45,11 +45,13 @@ def computing(parser: argparse.ArgumentParser, func, *, check=None) -> None:
 
 def open_checked(args):
     """The command's ``store`` opened as a lazy Dataset with every check of ``open_store`` (manifest, arrays,
-    tables) and its ``--storage-option`` values. No chunk is read, so this runs before a scheduler starts."""
+    tables) and its ``--storage-option`` values, narrowed to ``--where`` if given. No chunk is read, so this runs
+    before a scheduler starts."""
     from filtershift.cli._args import storage_options
-    from filtershift.store.dataset import open_store
+    from filtershift.store.dataset import open_store, query
 
-    return open_store(args.store, storage_options=storage_options(args))
+    ds = open_store(args.store, storage_options=storage_options(args))
+    return query(ds, args.where) if getattr(args, "where", None) else ds
 
 
 def _command_modules() -> list[str]:

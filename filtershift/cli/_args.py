@@ -118,3 +118,12 @@ def storage_options(args) -> dict | None:
     """The ``--storage-option`` values of ``args`` as a dict (None when none were given)."""
     pairs = getattr(args, "storage_options", None)
     return dict(pairs) if pairs else None
+
+
+def add_where(parser: argparse.ArgumentParser) -> None:
+    """``--where EXPR``: analyse only the records whose meta satisfies an expression (filtershift.store.query)."""
+    parser.add_argument("--where", metavar="EXPR",
+                        help="analyse only the records that satisfy EXPR, e.g. 'task == \"Classification\" and "
+                             "conv_depth_norm <= 0.3': comparisons of coordinates and table columns (`Name "
+                             "With-Dashes` in backticks) with \"labels\" or numbers, in [...], and/or/not, ()")
+

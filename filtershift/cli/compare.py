@@ -3,7 +3,7 @@
 import json
 
 from filtershift.cli import computing
-from filtershift.cli._args import add_storage_options, positive_int, storage_options
+from filtershift.cli._args import add_storage_options, add_where, positive_int, storage_options
 from filtershift.metrics import DEFAULT, METRICS, help_text
 
 
@@ -21,6 +21,7 @@ def register(sub) -> None:
     p.add_argument("--top", type=positive_int, default=10, help="nearest database models to list")
     p.add_argument("--figure", default=None, help="write the figure to this PNG/SVG path or URL (s3://...)")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    add_where(p)
     add_storage_options(p)
     computing(p, run, check=check)
 

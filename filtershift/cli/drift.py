@@ -4,7 +4,7 @@ import json
 import math
 
 from filtershift.cli import computing
-from filtershift.cli._args import add_storage_options, non_negative_int, positive_int
+from filtershift.cli._args import add_storage_options, add_where, non_negative_int, positive_int
 from filtershift.metrics import DEFAULT, METRICS, help_text
 
 
@@ -24,6 +24,7 @@ def register(sub) -> None:
     p.add_argument("--min-models", type=non_negative_int, default=2, help="flag groups with fewer models")
     p.add_argument("--json", action="store_true",
                    help="print JSON: labels, matrix, n_filters, n_models, small, metric, bins, by")
+    add_where(p)
     add_storage_options(p)
     computing(p, run)
 

@@ -3,7 +3,7 @@
 import json
 
 from filtershift.cli import computing
-from filtershift.cli._args import add_storage_options
+from filtershift.cli._args import add_storage_options, add_where
 
 
 def register(sub) -> None:
@@ -12,6 +12,7 @@ def register(sub) -> None:
     p.add_argument("store", help="store path or URL")
     p.add_argument("--json", action="store_true",
                    help="print JSON: mean, components, explained_variance, explained_variance_ratio, n_samples")
+    add_where(p)
     add_storage_options(p)
     computing(p, run)
 

@@ -5,7 +5,7 @@ import math
 import pathlib
 
 from filtershift.cli import computing
-from filtershift.cli._args import add_storage_options, integer, number, positive_int, storage_options
+from filtershift.cli._args import add_storage_options, add_where, integer, number, positive_int, storage_options
 
 COLUMNS = ["record", "model_id", "conv_depth", "layer", "n", "sparsity", "variance_entropy_norm",
            "variance_entropy_clean_norm", "orthogonality", "degeneration", "degenerated"]
@@ -38,6 +38,7 @@ def register(sub) -> None:
                    help="degenerated (random-like) when it is >= this (default %(default)s)")
     p.add_argument("--min-filters", type=integer(2), default=16,
                    help="entropy criteria need this many non-sparse filters (default %(default)s)")
+    add_where(p)
     add_storage_options(p)
     computing(p, run, check=check)
 

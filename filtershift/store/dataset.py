@@ -427,3 +427,50 @@ def select(ds: xr.Dataset, **criteria) -> xr.Dataset:
     out.attrs = dict(ds.attrs)
     out.attrs["selection"] = ", ".join(f"{k}={v!r}" for k, v in criteria.items())
     return out
+
+
+def query(ds: xr.Dataset, where: str) -> xr.Dataset:
+    """Lazily keep the records that satisfy an expression over their meta.
+
+    The expression language of the command line's ``--where`` (:mod:`filtershift.store.query`): comparisons of
+    coordinates, records-table and models-table columns with labels or numbers, ``in [...]``, ``and``/``or``/``not``
+    and parentheses; parsed, never evaluated as Python. Evaluated once per record (O(records)); the result is a
+    selection of slices of blocks, like :func:`select`.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A filtershift Dataset or a selection of one.
+    where : str
+        For example ``'task == "Classification" and conv_depth_norm <= 0.3'`` or
+        ``'`Training-Dataset` in ["ImageNet1k", "CIFAR-10"] and total_filters > 1e5'``.
+
+    Returns
+    -------
+    xarray.Dataset
+        The matching filters, lazy; its index (hence :func:`records`, :func:`models`) follows the selection and
+        ``attrs["selection"]`` holds the expression.
+
+    Raises
+    ------
+    filtershift.errors.InputError
+        If the expression does not parse (the message points at the place), names an unknown column or label (the
+        message lists the choices), compares text with a number, or matches no record.
+
+    Examples
+    --------
+    >>> import filtershift
+    >>> ds = filtershift.open_store("filters.zarr")
+    >>> early = filtershift.query(ds, "conv_depth_norm <= 0.3 and task == 'Classification'")
+    >>> bool((filtershift.records(early)["conv_depth_norm"] <= 0.3).all())
+    True
+    """
+    from filtershift.store.multislice import select_runs
+
+    starts, lengths = record_index(ds).runs_where(where)
+    if len(starts) == 0:
+        raise InputError(f"--where {where!r} matched no records.")
+    out = select_runs(ds, starts, lengths)
+    out.attrs = dict(ds.attrs)
+    out.attrs["selection"] = where
+    return out

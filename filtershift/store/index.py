@@ -194,6 +194,17 @@ class RecordIndex(Index):
             keep &= self.match(name, wanted)
         return self.start[keep], (self.stop - self.start)[keep]
 
+    def runs_where(self, query) -> tuple[np.ndarray, np.ndarray]:
+        """The runs (starts, lengths) whose record satisfies ``query``, a ``--where`` expression (text or a parsed
+        :class:`~filtershift.store.query.Query`); evaluated once per record of the tables, O(records)."""
+        from filtershift.store.query import parse, query_columns
+
+        query = parse(query) if isinstance(query, str) else query
+        t = self.tables
+        records = t.records.drop(columns=[c for c in ("start", "stop", "source_start") if c in t.records])
+        keep = query.mask(query_columns(records, t.models, t.values, t.grouping), t.labels)[self.row]
+        return self.start[keep], (self.stop - self.start)[keep]
+
     def match(self, name, wanted) -> np.ndarray:
         """Which runs match ``wanted`` for coordinate ``name``: a value, a list of values, a slice (inclusive,
         like pandas label slices), or for ``record``/``model_id`` a boolean condition with one value per row of
