@@ -30,6 +30,7 @@ _API = {
     "distributions": "filtershift.stats",
     "drift": "filtershift.stats",
     "drift_ci": "filtershift.stats",
+    "drift_test": "filtershift.stats",
     "group_bases": "filtershift.stats",
     "kde": "filtershift.stats",
     "density2d": "filtershift.stats",

@@ -4,7 +4,7 @@ import json
 import math
 
 from filtershift.cli import computing
-from filtershift.cli._args import add_storage_options, add_where, non_negative_int, positive_int
+from filtershift.cli._args import add_storage_options, add_where, non_negative_int, number, positive_int
 from filtershift.metrics import DEFAULT, METRICS, help_text
 
 
@@ -22,8 +22,15 @@ def register(sub) -> None:
                    help="histogram bins per component (default %(default)s)")
     p.add_argument("--min-filters", type=non_negative_int, default=1000, help="flag groups with fewer filters")
     p.add_argument("--min-models", type=non_negative_int, default=2, help="flag groups with fewer models")
+    p.add_argument("--permutations", type=non_negative_int, default=999, metavar="N",
+                   help="permutation test of every pair: N random splits of the two groups' models (all splits when "
+                        "fewer exist), Benjamini-Hochberg adjusted; 0 skips it (default %(default)s)")
+    p.add_argument("--alpha", type=number(0, 1, lo_open=True, hi_open=True), default=0.05,
+                   help="false discovery rate for 'not significant' (default %(default)s)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the permutations (default 0)")
     p.add_argument("--json", action="store_true",
-                   help="print JSON: labels, matrix, n_filters, n_models, small, metric, bins, by")
+                   help="print JSON: labels, matrix, n_filters, n_models, small, metric, bins, by; with "
+                        "--permutations, p_value and p_adjusted matrices (null: no test), permutations, alpha")
     add_where(p)
     add_storage_options(p)
     computing(p, run)
@@ -33,8 +40,16 @@ def _num(v):
     return float(v) if math.isfinite(v) else None
 
 
+#: the pairs listed as not significant in the text output (the least significant first)
+SHOWN = 10
+
+
+def _matrix(values):
+    return [[_num(v) for v in row] for row in values]
+
+
 def run(args) -> int:
-    from filtershift.stats import distributions, drift, fit_basis
+    from filtershift.stats import distributions, drift, drift_test, fit_basis
 
     ds = args.dataset
     basis = fit_basis(ds)
@@ -42,12 +57,18 @@ def run(args) -> int:
     dist = distributions(ds, basis, by=by, bins=args.bins, min_filters=args.min_filters,
                          min_models=args.min_models)
     d = drift(dist, args.metric)
+    test = drift_test(dist, args.metric, n_perm=args.permutations, seed=args.seed, alpha=args.alpha) \
+        if args.permutations else None
     labels = [str(g) for g in d["group_a"].values]
     if args.json:
-        print(json.dumps({"labels": labels, "matrix": [[_num(v) for v in row] for row in d.values],
-                          "n_filters": dist["n_filters"].values.tolist(), "n_models": dist["n_models"].values.tolist(),
-                          "small": dist["small"].values.tolist(), "metric": args.metric, "bins": args.bins,
-                          "by": dist.attrs["by"]}, indent=1))
+        out = {"labels": labels, "matrix": _matrix(d.values),
+               "n_filters": dist["n_filters"].values.tolist(), "n_models": dist["n_models"].values.tolist(),
+               "small": dist["small"].values.tolist(), "metric": args.metric, "bins": args.bins,
+               "by": dist.attrs["by"]}
+        if test is not None:
+            out.update({"p_value": _matrix(test["p_value"].values), "p_adjusted": _matrix(test["p_adjusted"].values),
+                        "permutations": args.permutations, "alpha": args.alpha, "seed": args.seed})
+        print(json.dumps(out, indent=1))
         return 0
     width = max([len(x) for x in labels] + [8])
     print(f"{args.metric} drift by {' x '.join(dist.attrs['by'])} ({args.bins} bins; * = fewer than "
@@ -57,4 +78,26 @@ def run(args) -> int:
         flag = "*" if dist["small"].values[i] else " "
         cells = " ".join(f"{v:>9.4g}" for v in row)
         print(f"{i:>3} {lab:<{width}}{flag} {int(dist['n_models'][i]):>5} {int(dist['n_filters'][i]):>11,} {cells}")
+    if test is not None:
+        _print_test(test, labels, args)
     return 0
+
+
+def _print_test(test, labels, args) -> None:
+    """The pairs the permutation test cannot separate from the spread between models, and the untestable ones."""
+    import numpy as np
+
+    upper = list(zip(*np.triu_indices(len(labels), 1)))
+    adjusted = test["p_adjusted"].values
+    weak = [(a, b) for a, b in upper if np.isfinite(adjusted[a, b]) and adjusted[a, b] > args.alpha]
+    untested = [(a, b) for a, b in upper if not np.isfinite(adjusted[a, b])]
+    print(f"permutation test: {args.permutations} splits of the models per pair at most (seed {args.seed}), "
+          f"Benjamini-Hochberg at {args.alpha:g}: {len(upper) - len(weak) - len(untested)} of {len(upper)} pairs "
+          "significant")
+    if weak:
+        shown = sorted(weak, key=lambda ab: -adjusted[ab])[:SHOWN]
+        more = f"; and {len(weak) - SHOWN} more (--json has every p-value)" if len(weak) > SHOWN else ""
+        print("not significant: " + "; ".join(f"{a}-{b} ({labels[a]} vs {labels[b]}, p_adj={adjusted[a, b]:.3g})"
+                                              for a, b in shown) + more)
+    if untested:
+        print(f"not testable (one model on each side, or an empty group): {len(untested)} pairs")
