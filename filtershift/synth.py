@@ -29,6 +29,7 @@ layout: ``shuffle_records=True`` writes the same records at permuted positions.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -36,6 +37,7 @@ import pathlib
 import re
 import shutil
 import warnings
+from dataclasses import dataclass, field
 
 import h5py
 import numba
@@ -44,6 +46,7 @@ import pandas as pd
 
 from filtershift import progress
 from filtershift.errors import InputError
+from filtershift.ingest.h5 import Source, parse_meta
 from filtershift.outputs import local_path
 
 #: Filters generated and written per step; bounds memory whatever N is.
@@ -176,7 +179,7 @@ def read_truth(out) -> dict:
 
 def synthesize(out, n_filters: int = 1_000_000, n_models: int = 40, seed: int = 0, format: str = "h5",
                style: str = "v1.0", meta_format: str = "table", layout: str = "flat", dtype: str = "float32",
-               shuffle_records: bool = False, overwrite: bool = False) -> pathlib.Path:
+               shuffle_records: bool = False, overwrite: bool = False, resume: bool = False) -> pathlib.Path:
     """Write a synthetic CNN-Filter-DB data set and its planted truth.
 
     The data set goes to ``out`` (a ``dataset.h5``, or a store when ``format="zarr"``) and its planted truth to
@@ -194,7 +197,8 @@ def synthesize(out, n_filters: int = 1_000_000, n_models: int = 40, seed: int = 
     seed : int, default 0
         Non-negative seed; everything written depends only on the arguments.
     format : {"h5", "zarr"}, default "h5"
-        Write the ``dataset.h5`` source, or convert it to a store at ``out``.
+        Write the ``dataset.h5`` source, or a store at ``out``: the store ``filtershift convert`` would make of that
+        file (same weights, tables and manifest; provenance kind ``synth``), written directly chunk by chunk.
     style : {"v1.0", "v0.1"}, default "v1.0"
         Layout of the release imitated: v1.0 meta rows hold filter id ranges, v0.1 list every filter id (needs
         ``meta_format="fixed"``).
@@ -208,6 +212,9 @@ def synthesize(out, n_filters: int = 1_000_000, n_models: int = 40, seed: int = 
         Write the same records at permuted positions.
     overwrite : bool, default False
         Replace an existing ``out``.
+    resume : bool, default False
+        ``format="zarr"`` only: finish a store whose writing was interrupted, with the same arguments (as
+        ``filtershift convert --resume``); excludes ``overwrite``.
 
     Returns
     -------
@@ -220,24 +227,26 @@ def synthesize(out, n_filters: int = 1_000_000, n_models: int = 40, seed: int = 
         If an argument is invalid or out of range, ``out`` exists without ``overwrite``, or its directory is missing.
     """
     out = local_path(out, "OUT")
-    _validate(out, n_filters, n_models, seed, format, style, meta_format, layout, dtype, overwrite)
+    _validate(out, n_filters, n_models, seed, format, style, meta_format, layout, dtype, overwrite, resume)
     plan = _plan(int(n_filters), int(n_models), int(seed), style, bool(shuffle_records))
     truth = _truth(plan, seed=int(seed), style=style, meta_format=meta_format, layout=layout, dtype=dtype,
                    shuffle_records=bool(shuffle_records), format=format)
-    tmp = out.with_name(f".{out.name}.synth-{os.getpid()}.h5" if format == "h5" else f"{out.name}.synth.h5")
+    text = json.dumps(truth, indent=1, sort_keys=True) + "\n"
+    tmp = out.with_name(f".{out.name}.synth-{os.getpid()}.h5")
     truth_tmp = out.with_name(f".{truth_path(out).name}.{os.getpid()}.tmp")
     try:
-        _write_h5(tmp, plan, style=style, meta_format=meta_format, layout=layout, dtype=dtype)
-        truth_tmp.write_text(json.dumps(truth, indent=1, sort_keys=True) + "\n")
-        truth_path(out).unlink(missing_ok=True)
         if format == "h5":
+            _write_h5(tmp, plan, style=style, meta_format=meta_format, layout=layout, dtype=dtype)
+            truth_tmp.write_text(text)
+            truth_path(out).unlink(missing_ok=True)
             if out.is_dir():
                 shutil.rmtree(out)
             os.replace(tmp, out)
         else:
-            from filtershift.store.convert import convert
-
-            convert(tmp, out, overwrite=overwrite, trust_pickle=meta_format == "fixed", provenance_kind="synth")
+            truth_path(out).unlink(missing_ok=True)
+            _write_store(out, plan, text, style=style, meta_format=meta_format, layout=layout, dtype=dtype,
+                         overwrite=overwrite, resume=resume)
+            truth_tmp.write_text(text)
         os.replace(truth_tmp, truth_path(out))
     finally:
         tmp.unlink(missing_ok=True)
@@ -245,7 +254,7 @@ def synthesize(out, n_filters: int = 1_000_000, n_models: int = 40, seed: int = 
     return out
 
 
-def _validate(out, n_filters, n_models, seed, format, style, meta_format, layout, dtype, overwrite) -> None:
+def _validate(out, n_filters, n_models, seed, format, style, meta_format, layout, dtype, overwrite, resume) -> None:
     def choice(name, value, allowed):
         if value not in allowed:
             raise InputError(f"{name}={value!r} is not one of {list(allowed)}.")
@@ -271,9 +280,16 @@ def _validate(out, n_filters, n_models, seed, format, style, meta_format, layout
     if style == "v0.1" and n_filters > MAX_V01_FILTERS:
         raise InputError(f"style='v0.1' keeps every filter id in memory as a Python list; at most "
                          f"{MAX_V01_FILTERS:,} filters. Use style='v1.0' (ranges) for larger data sets.")
-    if out.exists() and not overwrite:
-        raise InputError(f"{out}: already exists. Pass overwrite=True (--overwrite) to replace it, or choose "
-                         "another path.")
+    if resume and format != "zarr":
+        raise InputError("resume=True (--resume) needs format='zarr': a dataset.h5 is written whole to a temporary "
+                         "file and renamed, so there is nothing to resume. Pass overwrite=True (--overwrite).")
+    if resume and overwrite:
+        raise InputError("overwrite=True (--overwrite) and resume=True (--resume) exclude each other: resume keeps "
+                         "the work done so far.")
+    if out.exists() and not (overwrite or resume):
+        resumable = " or resume=True (--resume) to finish an interrupted store," if format == "zarr" else ""
+        raise InputError(f"{out}: already exists. Pass overwrite=True (--overwrite) to replace it,{resumable} or "
+                         "choose another path.")
     if not out.parent.exists():
         raise InputError(f"{out.parent}: no such directory for {out.name}; create it first.")
 
@@ -706,3 +722,98 @@ def _truth(plan: dict, **settings) -> dict:
                   "order": "filter magnitude decreases with conv_depth_norm"},
         "degenerate": plan["degenerate"],
     }
+
+
+# ---- writing a store directly --------------------------------------------------------------------------------
+
+
+def _write_store(out: pathlib.Path, plan: dict, truth_text: str, *, style, meta_format, layout, dtype, overwrite,
+                 resume) -> None:
+    """The store ``convert`` makes of the ``dataset.h5`` that :func:`_write_h5` writes, without that file: the same
+    writer (:func:`filtershift.store.convert.write_store`) reads rows generated on demand in the file's order and
+    dtype. The source is named by the truth sidecar, which holds every argument (same truth, same data): its name,
+    size and SHA-256 go into the provenance and decide whether ``resume`` continues a store."""
+    from filtershift.store.convert import write_store
+
+    meta = _meta_as_read(plan, style, meta_format)
+    models, records, runs, reordered = parse_meta(meta, plan["n_filters"], str(out))
+    source = _Generated(path=str(out), filters_key="filters" if style == "v1.0" else "filter",
+                        n_filters=plan["n_filters"], dtype=np.dtype(dtype),
+                        row_shape=(3, 3) if layout == "3x3" else (9,), models=models, records=records,
+                        reordered=reordered, runs=runs, plan=plan)
+    data = truth_text.encode()
+    sha256 = hashlib.sha256(data).hexdigest()
+    identity = {"source": truth_path(out).name, "size": len(data), "sha256": sha256}
+    write_store(source, out, identity=identity, sha256=sha256, overwrite=overwrite, resume=resume,
+                provenance_kind="synth", desc="synth")
+
+
+def _meta_as_read(plan: dict, style: str, meta_format: str) -> pd.DataFrame:
+    """The meta table as ``convert`` reads it from the ``dataset.h5``: written to and read back from an HDF5 file
+    held in memory (never on disk), so that whatever pandas' HDF5 formats change on the way (types, missing
+    values, pickled lists) the store's tables are those of a conversion. The table is one row per record."""
+    meta = _meta(plan, style)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pd.HDFStore("meta.h5", mode="w", driver="H5FD_CORE", driver_core_backing_store=0) as h5:
+            h5.put("meta", meta, format=meta_format)
+            return h5["meta"]
+
+
+@dataclass
+class _Generated(Source):
+    """The ``dataset.h5`` source that :func:`_write_h5` would write, its rows generated when read."""
+
+    plan: dict = field(repr=False, default_factory=dict)
+
+    def open(self) -> _FileRows:
+        return _FileRows(self.plan)
+
+    def read(self, start: int, stop: int, h5=None) -> np.ndarray:
+        """File rows [start, stop) as (n, 9) in the file's dtype (float16 rounds as the file would)."""
+        return (h5 or self.open()).read(start, stop).astype(self.dtype, copy=False)
+
+
+class _FileRows:
+    """Rows in file order, generated one canonical block at a time; the last block is kept, since a writer reads
+    the file in order and consecutive reads mostly fall in it. Memory: one block, whatever N is."""
+
+    def __init__(self, plan: dict):
+        self.plan, self.banks = plan, _banks(plan["seed"])
+        seg = plan["segments"]
+        order = np.argsort(seg["file_start"], kind="stable")
+        self.file_start, self.canon_start = seg["file_start"][order], seg["canon_start"][order]
+        self.length = seg["length"][order]
+        self.buffer = np.empty((min(BLOCK, plan["n_filters"]), 9), dtype=np.float32)
+        self.block, self.rows = -1, self.buffer
+
+    def __enter__(self) -> _FileRows:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.block = -1
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        out = np.empty((stop - start, 9), dtype=np.float32)
+        i = int(np.searchsorted(self.file_start, start, side="right")) - 1
+        f = start
+        while f < stop:
+            take = min(stop, int(self.file_start[i] + self.length[i])) - f
+            self._canonical(int(self.canon_start[i]) + f - int(self.file_start[i]), out[f - start:f - start + take])
+            f += take
+            i += 1
+        return out
+
+    def _canonical(self, q0: int, dest: np.ndarray) -> None:
+        """Canonical rows [q0, q0 + len(dest)) into ``dest``."""
+        done = 0
+        while done < len(dest):
+            q = q0 + done
+            b = q // BLOCK
+            if b != self.block:
+                self.rows = generate_block(self.plan, self.banks, b * BLOCK,
+                                           min((b + 1) * BLOCK, self.plan["n_filters"]), self.buffer)
+                self.block = b
+            take = min(len(dest) - done, (b + 1) * BLOCK - q)
+            dest[done:done + take] = self.rows[q - b * BLOCK:q - b * BLOCK + take]
+            done += take

@@ -20,7 +20,8 @@ def register(sub) -> None:
     p.add_argument("--filters", type=positive_int, default=1_000_000, help="number of filters (default %(default)s)")
     p.add_argument("--models", type=positive_int, default=40, help="number of models (default %(default)s)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default %(default)s)")
-    p.add_argument("--format", choices=FORMATS, default="h5", help="h5 source or converted zarr store")
+    p.add_argument("--format", choices=FORMATS, default="h5",
+                   help="h5 source, or the store convert would make of it (written directly, no temporary h5)")
     p.add_argument("--style", choices=STYLES, default="v1.0",
                    help="release layout: v1.0 ('start:end' ids, 'filters') or v0.1 (id lists, 'filter')")
     p.add_argument("--meta-format", choices=META_FORMATS, default=None,
@@ -30,6 +31,8 @@ def register(sub) -> None:
     p.add_argument("--shuffle-records", action="store_true",
                    help="write the records' filters in a permuted order (v0.1: non-contiguous id lists)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--resume", action="store_true",
+                   help="--format zarr: finish a store whose writing was interrupted (same arguments)")
     p.set_defaults(func=run)
 
 
@@ -39,7 +42,8 @@ def run(args) -> int:
     meta_format = args.meta_format or ("fixed" if args.style == "v0.1" else "table")
     out = synth.synthesize(args.out, n_filters=args.filters, n_models=args.models, seed=args.seed,
                            format=args.format, style=args.style, meta_format=meta_format, layout=args.layout,
-                           dtype=args.dtype, shuffle_records=args.shuffle_records, overwrite=args.overwrite)
+                           dtype=args.dtype, shuffle_records=args.shuffle_records, overwrite=args.overwrite,
+                           resume=args.resume)
     truth = synth.read_truth(out)
     print(f"{out}: {truth['n_filters']:,} filters, {truth['n_records']:,} records, {truth['n_models']:,} models; "
           f"truth in {synth.truth_path(out)}")

@@ -12,10 +12,14 @@ destination (state ``converting``) and its first progress record are written in 
 is validated, before the source hash and the first chunk. Nothing done before that point could be kept anyway:
 the validation is rerun by every run. The source's SHA-256 is computed in a thread alongside the copy and
 recorded in the progress file once done, so a resume after that point does not read the source again for it.
+
+:func:`write_store` is the same writer for a source that is not a file (``synth --format zarr`` generates the rows
+chunk by chunk): the caller names the source and gives its checksum.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -98,6 +102,58 @@ def convert(src, dst, *, chunk_filters: int | None = None, codec: str = fmt.DEFA
         If ``dst`` already exists (without ``overwrite``/``resume``), is not a filtershift store, holds an
         interrupted conversion of another source or settings, or cannot be written.
     """
+    chunk = _check_options(chunk_filters, overwrite, resume, nonfinite, schema)
+    source = open_source(src, trust_pickle=trust_pickle)
+    return _write(source, dst, _source_identity(source.path), None, chunk, codec, overwrite, resume, nonfinite,
+                  storage_options, provenance_kind, schema, "convert")
+
+
+def write_store(source: Source, dst, *, identity: dict, sha256: str, chunk_filters: int | None = None,
+                codec: str = fmt.DEFAULT_CODEC, overwrite: bool = False, resume: bool = False,
+                nonfinite: str = "error", storage_options: dict | None = None, provenance_kind: str = "h5",
+                schema: int = fmt.SCHEMA_VERSION, desc: str = "convert") -> str:
+    """Write a store from any :class:`~filtershift.ingest.h5.Source` whose ``read`` yields its rows (e.g. rows
+    generated on demand), the way :func:`convert` writes one from a ``dataset.h5``; returns the store's URL.
+
+    The same streaming, resumable, validated writer as :func:`convert`, whose options it takes; the source is
+    named by ``identity`` instead of a file: ``source`` (its name in the provenance), ``size`` and any further
+    keys that must match for ``resume`` (a complete store is left alone only when ``source``, ``size`` and
+    ``sha256`` match). ``sha256`` is recorded in the provenance as the source's checksum.
+
+    Parameters
+    ----------
+    source : filtershift.ingest.h5.Source
+        Rows (``read``, ``open``), tables, runs and the source's dtype, layout and filter key.
+    dst : str or os.PathLike
+        Store path or fsspec URL to write.
+    identity : dict
+        ``source`` and ``size`` (and optionally ``sha256`` and more) identifying what is written.
+    sha256 : str
+        Checksum of the source recorded in the provenance entry.
+    chunk_filters, codec, overwrite, resume, nonfinite, storage_options, provenance_kind, schema
+        As in :func:`convert`.
+    desc : str, default "convert"
+        Label of the progress bar.
+
+    Returns
+    -------
+    str
+        The store's URL, as :func:`convert` returns it.
+
+    Raises
+    ------
+    filtershift.errors.InputError
+        If an option is invalid, or (policy ``error``) a row holds NaN/Inf.
+    filtershift.errors.StoreError
+        If ``dst`` cannot be written or holds something else, as for :func:`convert`.
+    """
+    chunk = _check_options(chunk_filters, overwrite, resume, nonfinite, schema)
+    return _write(source, dst, identity, sha256, chunk, codec, overwrite, resume, nonfinite, storage_options,
+                  provenance_kind, schema, desc)
+
+
+def _check_options(chunk_filters, overwrite: bool, resume: bool, nonfinite: str, schema: int) -> int:
+    """Validate the writer's options before the source is read; returns the chunk size."""
     if nonfinite not in NONFINITE_POLICIES:
         raise InputError(f"nonfinite={nonfinite!r}; choose one of {list(NONFINITE_POLICIES)}.")
     if overwrite and resume:
@@ -107,17 +163,20 @@ def convert(src, dst, *, chunk_filters: int | None = None, codec: str = fmt.DEFA
         raise InputError(f"chunk_filters must be positive, got {chunk}.")
     if schema not in fmt.READABLE_SCHEMAS:
         raise InputError(f"schema {schema!r} is not one of {list(fmt.READABLE_SCHEMAS)}.")
-    source = open_source(src, trust_pickle=trust_pickle)
+    return chunk
+
+
+def _write(source: Source, dst, identity: dict, sha256: str | None, chunk: int, codec: str, overwrite: bool,
+           resume: bool, nonfinite: str, storage_options: dict | None, kind: str, schema: int, desc: str) -> str:
     loc = fmt.Location.of(dst, storage_options, write=True)
-    identity = _source_identity(source.path)
     settings = {"chunk_filters": chunk, "codec": codec, "nonfinite": nonfinite}
     with fmt.remote_errors(loc, "write"):
-        state = _prepare_destination(loc, identity, settings, overwrite=overwrite, resume=resume)
+        state = _prepare_destination(loc, identity, settings, overwrite=overwrite, resume=resume, sha256=sha256)
         if state is None:
             return loc.url
         if state["done"] == 0:
             _create_destination(loc, state, schema)
-    writer = _Writer(loc, source, settings, state, provenance_kind)
+    writer = _Writer(loc, source, settings, state, kind, desc)
     writer.run()
     return loc.url
 
@@ -127,20 +186,22 @@ def _source_identity(path: str) -> dict:
     return {"source": os.path.basename(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _fresh_state(identity: dict, settings: dict) -> dict:
+def _fresh_state(identity: dict, settings: dict, sha256: str | None = None) -> dict:
     return {"identity": identity, "settings": settings, "done": 0, "chunk_sums": [], "n_nonfinite": 0,
-            "sha256": None}
+            "sha256": sha256}
 
 
 def _prepare_destination(loc: fmt.Location, identity: dict, settings: dict, *, overwrite: bool,
-                         resume: bool) -> dict | None:
+                         resume: bool, sha256: str | None = None) -> dict | None:
     """Check what is at ``dst``; return the progress state to continue from (None: nothing to do).
 
-    A state with ``done == 0`` means: (re)create the destination from scratch.
+    A state with ``done == 0`` means: (re)create the destination from scratch. ``sha256``: the source's checksum
+    when known before writing (it is then not computed from a file).
     """
+    fresh = functools.partial(_fresh_state, identity, settings, sha256)
     fs, root = loc.fs()
     if not fs.exists(root):
-        return _fresh_state(identity, settings)  # with --resume too: a kill came before the destination existed
+        return fresh()  # with --resume too: a kill came before the destination existed
     is_store = fs.exists(f"{root}/zarr.json")
     manifest = None
     if is_store:
@@ -150,7 +211,7 @@ def _prepare_destination(loc: fmt.Location, identity: dict, settings: dict, *, o
         _GROUP_WRITE_LEFTOVER.fullmatch(p.rstrip("/").rsplit("/", 1)[-1]) for p in fs.ls(root, detail=False))
     if resume:
         if empty:
-            return _fresh_state(identity, settings)
+            return fresh()
         if manifest is None:
             raise StoreError(f"{loc.display}: nothing to resume here (not a filtershift store). Choose another "
                              "destination.")
@@ -160,7 +221,7 @@ def _prepare_destination(loc: fmt.Location, identity: dict, settings: dict, *, o
             return None
         saved = _read_progress(loc)
         if saved is None:  # killed before the first progress record: nothing to keep, start from chunk 0
-            return _fresh_state(identity, settings)
+            return fresh()
         if saved.get("identity") != identity or saved.get("settings") != settings:
             raise StoreError(f"{loc.display}: the interrupted conversion was of another source file or "
                              "with other settings (chunk size, codec, nonfinite policy); resume needs the "
@@ -174,7 +235,7 @@ def _prepare_destination(loc: fmt.Location, identity: dict, settings: dict, *, o
     elif not empty:
         raise StoreError(f"{loc.display}: already exists. Pass --overwrite to replace it, or --resume to "
                          "finish an interrupted conversion.")
-    return _fresh_state(identity, settings)
+    return fresh()
 
 
 def _check_complete_matches(loc: fmt.Location, manifest: dict, identity: dict, settings: dict) -> None:
@@ -185,8 +246,10 @@ def _check_complete_matches(loc: fmt.Location, manifest: dict, identity: dict, s
            "chunk_filters": manifest.get("chunk_filters"), "codec": manifest.get("codec"),
            "nonfinite": (manifest.get("integrity") or {}).get("nonfinite_policy")}
     want = {"source": identity["source"], "size": identity["size"], **settings}
+    if "sha256" in identity:
+        got["sha256"], want["sha256"] = first.get("sha256"), identity["sha256"]
     differ = [f"{k} {got[k]!r} (asked: {want[k]!r})" for k in want
-              if got[k] != want[k] and (got[k] is not None or k in ("source", "size"))]
+              if got[k] != want[k] and (got[k] is not None or k in ("source", "size", "sha256"))]
     if differ:
         raise StoreError(f"{loc.display}: a complete store, but not the conversion this command asks for: "
                          f"{', '.join(differ)}. Use --overwrite to convert again, or choose another destination.")
@@ -252,8 +315,10 @@ class _Segments:
 
 
 class _Writer:
-    def __init__(self, loc: fmt.Location, source: Source, settings: dict, state: dict, kind: str = "h5"):
+    def __init__(self, loc: fmt.Location, source: Source, settings: dict, state: dict, kind: str = "h5",
+                 desc: str = "convert"):
         self.loc, self.source, self.settings, self.state, self.kind = loc, source, settings, state, kind
+        self.desc = desc
         self.chunk = settings["chunk_filters"]
         self.n = source.n_filters
         self.n_chunks = -(-self.n // self.chunk)
@@ -330,7 +395,7 @@ class _Writer:
         first_bad: list[int] = []
         writing = True
         done = self.state["done"]
-        with self.source.open() as h5, progress.bar(total=self.n, desc="convert", unit="filter",
+        with self.source.open() as h5, progress.bar(total=self.n, desc=self.desc, unit="filter",
                                                     initial=min(done * self.chunk, self.n),
                                                     unit_scale=True) as pbar:
             for i in range(done, self.n_chunks):
@@ -399,7 +464,7 @@ class _Writer:
                           "weights_sum": float(np.sum(sums, dtype=np.float64)), "chunk_sums": sums},
         })
         manifest["provenance"].append({
-            "kind": self.kind, "source": os.path.basename(source.path), "size": self.state["identity"]["size"],
+            "kind": self.kind, "source": self.state["identity"]["source"], "size": self.state["identity"]["size"],
             "sha256": self._sha, "converter": f"filtershift {__version__}", "time": fmt.utc_now(),
             "source_dtype": str(source.dtype), "source_layout": list(source.row_shape),
             "filters_key": source.filters_key,
