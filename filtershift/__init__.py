@@ -31,6 +31,7 @@ _API = {
     "drift": "filtershift.stats",
     "drift_ci": "filtershift.stats",
     "drift_test": "filtershift.stats",
+    "correlate": "filtershift.stats.correlate",
     "group_bases": "filtershift.stats",
     "kde": "filtershift.stats",
     "density2d": "filtershift.stats",

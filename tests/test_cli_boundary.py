@@ -28,8 +28,8 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHON
 CLASS_NAME = re.compile(r"\b[A-Z][A-Za-z]*(Error|Exception|NotFound\w*)\b")
 F_SETPIPE_SZ = 1031  # Linux fcntl: set a pipe's capacity
 SIGPIPE_EXIT = 128 + 13  # what a shell reports for a tool ended by SIGPIPE
-COMMANDS = ["compare", "convert", "demo", "drift", "extract", "info", "pca", "quality", "report", "synth", "upgrade",
-            "verify"]
+COMMANDS = ["compare", "convert", "correlate", "demo", "drift", "extract", "info", "pca", "quality", "report", "synth",
+            "upgrade", "verify"]
 
 
 def run(*args, env=None, stdout=subprocess.PIPE, timeout=120):
@@ -118,6 +118,10 @@ BAD = [
     ("cluster check", "--timeout", "0"), ("cluster check", "--timeout", "-1"),
     ("cluster local", "--workers", "0"), ("cluster local", "--threads", "0"), ("cluster local", "--port", "65536"),
     ("cluster local", "--port", "-1"), ("cluster local", "--memory-limit", "x"),
+    ("drift STORE --by task", "--permutations", "-1"), ("drift STORE --by task", "--alpha", "0"),
+    ("drift STORE --by task", "--alpha", "1"), ("drift STORE --by task", "--seed", "-3"),
+    ("correlate STORE --with n", "--boot", "1"), ("correlate STORE --with n", "--level", "1"),
+    ("correlate STORE --with n", "--eps", "0"), ("correlate STORE --with n", "--seed", "-1"),
 ]
 
 
