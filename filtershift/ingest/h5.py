@@ -327,13 +327,14 @@ def _csv_text(path: str) -> str:
 def _read_csv_meta(path: str) -> pd.DataFrame:
     """The meta table from CSV text under ``/meta`` (some v0.1 files), indexed as pandas' HDF table is.
 
-    Read as ``pandas.read_csv`` reads it (empty fields and pandas' NA strings are missing), except that floats are
-    parsed to the exact double their text names (:data:`CSV_FLOATS`; pandas 2's default parser can be one unit in
-    the last place off). A leading column with an empty header (a ``to_csv`` row number) is dropped.
+    Read as ``pandas.read_csv`` reads it (empty fields and pandas' NA strings are missing; each column's type is
+    inferred from all its rows at once), except that floats are parsed to the exact double their text names
+    (:data:`CSV_FLOATS`; pandas 2's default parser can be one unit in the last place off). A leading column with
+    an empty header (a ``to_csv`` row number) is dropped.
     """
     text = _csv_text(path)
     try:
-        meta = pd.read_csv(io.StringIO(text), **CSV_FLOATS)
+        meta = pd.read_csv(io.StringIO(text), low_memory=False, **CSV_FLOATS)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
         raise _not_meta(path, f"text that does not parse as CSV ({reason(exc)})") from None
     if len(meta.columns) and str(meta.columns[0]) == "Unnamed: 0":
