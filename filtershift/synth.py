@@ -46,7 +46,7 @@ import pandas as pd
 
 from filtershift import progress
 from filtershift.errors import InputError
-from filtershift.ingest.h5 import Source, parse_meta
+from filtershift.ingest.h5 import V01_LABELS, Source, parse_csv_meta, parse_meta, visual_category
 from filtershift.outputs import local_path
 
 #: Filters generated and written per step; bounds memory whatever N is.
@@ -69,7 +69,9 @@ TRUTH_SCHEMA = 1
 
 FORMATS = ("h5", "zarr")
 STYLES = ("v1.0", "v0.1")
-META_FORMATS = ("table", "fixed")
+META_FORMATS = ("table", "fixed", "csv")
+#: Visual-category labels as the v0.1 release spells them (v1.0 label -> v0.1 label).
+V01_CATEGORY_LABELS = {new: old for old, new in V01_LABELS.items()}
 LAYOUTS = ("flat", "3x3")
 DTYPES = ("float32", "float16", "float64")
 
@@ -201,9 +203,9 @@ def synthesize(out, n_filters: int = 1_000_000, n_models: int = 40, seed: int = 
         file (same weights, tables and manifest; provenance kind ``synth``), written directly chunk by chunk.
     style : {"v1.0", "v0.1"}, default "v1.0"
         Layout of the release imitated: v1.0 meta rows hold filter id ranges, v0.1 list every filter id (needs
-        ``meta_format="fixed"``).
-    meta_format : {"table", "fixed"}, default "table"
-        pandas HDF5 format of the meta table.
+        ``meta_format="fixed"`` or ``"csv"``), name the visual category ``Datatype`` and label fractals ``formula``.
+    meta_format : {"table", "fixed", "csv"}, default "table"
+        pandas HDF5 format of the meta table, or ``"csv"``: its CSV text as one bytes dataset (some v0.1 files).
     layout : {"flat", "3x3"}, default "flat"
         Filter array shape: (N, 9) or (N, 3, 3).
     dtype : {"float32", "float16", "float64"}, default "float32"
@@ -274,9 +276,9 @@ def _validate(out, n_filters, n_models, seed, format, style, meta_format, layout
                          f"{MIN_MODEL} filters, so ask for n_filters >= {n_models * MIN_MODEL:,} or fewer models.")
     if seed < 0:
         raise InputError(f"seed must be non-negative, got {seed}.")
-    if style == "v0.1" and meta_format != "fixed":
+    if style == "v0.1" and meta_format == "table":
         raise InputError("style='v0.1' lists every filter id in the meta table; pandas stores list columns only "
-                         "in its fixed format: pass meta_format='fixed'.")
+                         "in its fixed format: pass meta_format='fixed' (or 'csv', the lists as text).")
     if style == "v0.1" and n_filters > MAX_V01_FILTERS:
         raise InputError(f"style='v0.1' keeps every filter id in memory as a Python list; at most "
                          f"{MAX_V01_FILTERS:,} filters. Use style='v1.0' (ranges) for larger data sets.")
@@ -579,8 +581,14 @@ def generate_block(plan: dict, banks, q0: int, q1: int, out: np.ndarray | None =
 
 
 def _write_h5(path: pathlib.Path, plan: dict, *, style, meta_format, layout, dtype) -> None:
+    """The filters, then the meta table: a pandas HDF table ("table"/"fixed"), or its ``to_csv`` text as one
+    bytes scalar ("csv", as some v0.1 files hold it)."""
     _write_filters(path, plan, key="filters" if style == "v1.0" else "filter", layout=layout, dtype=dtype)
     meta = _meta(plan, style)
+    if meta_format == "csv":
+        with h5py.File(path, "a") as h5:
+            h5.create_dataset("meta", data=meta.to_csv().encode())
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         meta.to_hdf(path, key="meta", format=meta_format, mode="a")
@@ -627,7 +635,10 @@ def _slug(text: str) -> str:
 
 
 def _meta(plan: dict, style: str) -> pd.DataFrame:
-    """The meta table: one row per record, model-level columns repeated on each of the model's rows."""
+    """The meta table: one row per record, model-level columns repeated on each of the model's rows.
+
+    v0.1 names the visual-category column ``Datatype`` and spells some labels as that release did
+    (:data:`V01_CATEGORY_LABELS`: ``formula`` for ``fractals``); everything else is the same as in v1.0."""
     rng = np.random.default_rng([plan["seed"], 4])
     rec, seg = plan["records"], plan["segments"]
     model_rows = {}
@@ -658,7 +669,8 @@ def _meta(plan: dict, style: str) -> pd.DataFrame:
             "depth": 3 * mod["n_depths"] + int(rng.integers(3, 20)), "Name": arch,
             "Paper": None if rng.random() < 0.3 else paper,
             "Pretraining-Dataset": pretrain, "Training-Dataset": train,
-            ("Visual Category" if style == "v1.0" else "Datatype"): cat,
+            ("Visual Category" if style == "v1.0" else "Datatype"):
+                cat if style == "v1.0" else V01_CATEGORY_LABELS.get(cat, cat),
             "Task": labels[int(rng.integers(len(labels)))],
             "Accessible": f"https://github.com/example-{_slug(arch)}/{model}",
             "Dataset URL": None if cat == REFERENCE_CATEGORY else f"https://data.example.org/{_slug(train)}",
@@ -712,6 +724,8 @@ def _truth(plan: dict, **settings) -> dict:
                      "family": "isotropic noise kernels",
                      "label_rule": "a Task containing 'Segmentation' is 'Segmentation'"},
             "visual_category": {"column": "Visual Category" if settings["style"] == "v1.0" else "Datatype",
+                                **({} if settings["style"] == "v1.0" else {"labels_in_file": {
+                                    k: v for k, v in V01_CATEGORY_LABELS.items() if k in groups["visual_category"]}}),
                                 "reference": REFERENCE_CATEGORY, "order": plan["category_order"],
                                 "mixing_weight": plan["category_weight"], "groups": groups["visual_category"],
                                 "family": "constant and wide-blob kernels"},
@@ -735,12 +749,14 @@ def _write_store(out: pathlib.Path, plan: dict, truth_text: str, *, style, meta_
     size and SHA-256 go into the provenance and decide whether ``resume`` continues a store."""
     from filtershift.store.convert import write_store
 
-    meta = _meta_as_read(plan, style, meta_format)
+    meta = _meta_as_read(plan, style, meta_format, str(out))
     models, records, runs, reordered = parse_meta(meta, plan["n_filters"], str(out))
+    column, relabelled = visual_category(models, str(out))
     source = _Generated(path=str(out), filters_key="filters" if style == "v1.0" else "filter",
                         n_filters=plan["n_filters"], dtype=np.dtype(dtype),
                         row_shape=(3, 3) if layout == "3x3" else (9,), models=models, records=records,
-                        reordered=reordered, runs=runs, plan=plan)
+                        reordered=reordered, runs=runs, meta_format=meta_format, category_column=column,
+                        relabelled=relabelled, plan=plan)
     data = truth_text.encode()
     sha256 = hashlib.sha256(data).hexdigest()
     identity = {"source": truth_path(out).name, "size": len(data), "sha256": sha256}
@@ -748,11 +764,14 @@ def _write_store(out: pathlib.Path, plan: dict, truth_text: str, *, style, meta_
                 provenance_kind="synth", desc="synth")
 
 
-def _meta_as_read(plan: dict, style: str, meta_format: str) -> pd.DataFrame:
+def _meta_as_read(plan: dict, style: str, meta_format: str, path: str) -> pd.DataFrame:
     """The meta table as ``convert`` reads it from the ``dataset.h5``: written to and read back from an HDF5 file
-    held in memory (never on disk), so that whatever pandas' HDF5 formats change on the way (types, missing
-    values, pickled lists) the store's tables are those of a conversion. The table is one row per record."""
+    held in memory (never on disk), or as CSV text parsed by convert's CSV reader, so that whatever the format
+    changes on the way (types, missing values, pickled lists) the store's tables are those of a conversion. The
+    table is one row per record."""
     meta = _meta(plan, style)
+    if meta_format == "csv":
+        return parse_csv_meta(meta.to_csv(), path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pd.HDFStore("meta.h5", mode="w", driver="H5FD_CORE", driver_core_backing_store=0) as h5:

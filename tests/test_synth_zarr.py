@@ -39,6 +39,7 @@ COMBOS = {
     "v0.1-shuffled-3x3-float16": {"style": "v0.1", "meta_format": "fixed", "shuffle_records": True,
                                   "layout": "3x3", "dtype": "float16"},
     "v1.0-shuffled-fixed-float64": {"shuffle_records": True, "meta_format": "fixed", "dtype": "float64"},
+    "v0.1-csv": {"style": "v0.1", "meta_format": "csv"},
 }
 ROOT = Path(__file__).resolve().parents[1]
 

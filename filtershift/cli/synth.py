@@ -6,7 +6,7 @@ from filtershift.cli._args import non_negative_int, positive_int
 #: building the parser imports no numpy or h5py; tests/test_cli_boundary.py checks that they agree.
 FORMATS = ("h5", "zarr")
 STYLES = ("v1.0", "v0.1")
-META_FORMATS = ("table", "fixed")
+META_FORMATS = ("table", "fixed", "csv")
 LAYOUTS = ("flat", "3x3")
 DTYPES = ("float32", "float16", "float64")
 
@@ -25,7 +25,8 @@ def register(sub) -> None:
     p.add_argument("--style", choices=STYLES, default="v1.0",
                    help="release layout: v1.0 ('start:end' ids, 'filters') or v0.1 (id lists, 'filter')")
     p.add_argument("--meta-format", choices=META_FORMATS, default=None,
-                   help="pandas HDF format of the meta table (default: table for v1.0, fixed for v0.1)")
+                   help="pandas HDF format of the meta table, or csv: its CSV text as one bytes dataset "
+                        "(default: table for v1.0, fixed for v0.1)")
     p.add_argument("--layout", choices=LAYOUTS, default="flat", help="filters as (N, 9) or (N, 3, 3)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="filter dtype (default %(default)s)")
     p.add_argument("--shuffle-records", action="store_true",

@@ -1,5 +1,10 @@
 """Reader of the CNN-Filter-DB ``dataset.h5``: the filter array and the meta table, validated and safe.
 
+The meta table under ``/meta`` is a pandas HDFStore table ("table" or "fixed" format), or, in some v0.1 files, CSV
+text in a string or bytes dataset. The visual category is the column ``Visual Category`` (v1.0) or ``Datatype``
+(v0.1); v0.1 labels that v1.0 renamed (:data:`V01_LABELS`) are reported in ``Source.relabelled`` so that the store
+groups them under the v1.0 name while its models table keeps the source's value (docs/ingest.md).
+
 Pandas' "fixed" format stores object columns as pickles, and PyTables stores list-valued attributes as pickles
 too; unpickling runs code. Before pandas touches the file, every node and attribute under ``/meta`` is inspected
 with h5py: attribute pickles that hold only plain data (lists, tuples, dicts of strings and numbers, which is all
@@ -24,6 +29,14 @@ from filtershift.errors import InputError, reason
 FILTER_KEYS = ("filters", "filter")
 META_KEY = "meta"
 INDEX_LEVELS = ("model_id", "conv_depth", "conv_depth_norm")
+#: How ``/meta`` can be stored: pandas' two HDF formats, or CSV text in a string/bytes dataset.
+META_FORMATS = ("table", "fixed", "csv")
+#: The visual-category column: its v1.0 name first, then the v0.1 name.
+CATEGORY_COLUMNS = ("Visual Category", "Datatype")
+#: Visual-category labels of v0.1 that v1.0 renamed: v0.1 label -> v1.0 label.
+V01_LABELS = {"formula": "fractals"}
+#: read_csv parses floats exactly by default from pandas 3 on (which deprecates the option); pandas 2 needs it.
+CSV_FLOATS = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
 
 
 @dataclass
@@ -39,6 +52,12 @@ class Source:
     records: pd.DataFrame
     reordered: bool
     runs: list = field(repr=False, default_factory=list)
+    #: How ``/meta`` was stored, one of :data:`META_FORMATS`.
+    meta_format: str = "table"
+    #: The visual-category column of the models table (None: the source has none).
+    category_column: str | None = None
+    #: v0.1 labels to group under their v1.0 name: ``{"column", "label", "grouped_as", "models"}`` each.
+    relabelled: list = field(default_factory=list)
 
     def read(self, start: int, stop: int, h5: h5py.File | None = None) -> np.ndarray:
         """Source rows [start, stop) as (n, 9), in the source dtype."""
@@ -139,7 +158,7 @@ def _open_in_process(path: str, trust_pickle: bool) -> Source:
         raise _corrupt(path, exc) from None
     try:
         with h5:
-            key, n, dtype, row_shape, unsafe = _inspect(h5, path)
+            key, n, dtype, row_shape, meta_format, unsafe = _inspect(h5, path)
     except InputError:
         raise
     except Exception as exc:
@@ -151,9 +170,10 @@ def _open_in_process(path: str, trust_pickle: bool) -> Source:
             "can run arbitrary code. If you trust this file (e.g. the official CNN-Filter-DB release), pass "
             "--trust-pickle (trust_pickle=True); otherwise re-save the meta with "
             "DataFrame.to_hdf(..., format='table').")
-    meta = _read_meta(path)
+    meta = _read_csv_meta(path) if meta_format == "csv" else _read_meta(path)
     models, records, runs, reordered = parse_meta(meta, n, path)
-    return Source(path, key, n, dtype, row_shape, models, records, reordered, runs)
+    column, relabelled = visual_category(models, path)
+    return Source(path, key, n, dtype, row_shape, models, records, reordered, runs, meta_format, column, relabelled)
 
 
 def _inspect(h5: h5py.File, path: str):
@@ -168,9 +188,40 @@ def _inspect(h5: h5py.File, path: str):
     if ds.dtype.kind != "f" or ds.dtype.itemsize not in (2, 4, 8):
         raise InputError(f"{path}: filter array '{key}' has dtype {ds.dtype}; expected float16/32/64.")
     if META_KEY not in h5:
-        raise InputError(f"{path}: no meta table (the pandas DataFrame under key '{META_KEY}'). "
+        raise InputError(f"{path}: no meta table (the pandas DataFrame, or its CSV text, under key '{META_KEY}'). "
                          "filtershift needs it to know which model and depth each filter comes from.")
-    return key, int(ds.shape[0]), ds.dtype, tuple(ds.shape[1:]), find_pickles(h5)
+    meta_format = _meta_format(h5[META_KEY], path)
+    unsafe = find_pickles(h5) if meta_format != "csv" else []
+    return key, int(ds.shape[0]), ds.dtype, tuple(ds.shape[1:]), meta_format, unsafe
+
+
+def _not_meta(path: str, what: str) -> InputError:
+    return InputError(f"{path}: '/{META_KEY}' is {what}: neither a pandas table nor CSV text. filtershift reads the "
+                      f"meta table as written by DataFrame.to_hdf(path, key='{META_KEY}', format='table') or as CSV "
+                      "text (DataFrame.to_csv()) in a string or bytes dataset; re-save the meta table in one of "
+                      "these forms.")
+
+
+def _meta_format(node, path: str) -> str:
+    """How ``/meta`` is stored (one of :data:`META_FORMATS`); an error naming what it is otherwise."""
+    if isinstance(node, h5py.Group):
+        kind = node.attrs.get("pandas_type")
+        kind = kind.decode() if isinstance(kind, (bytes, np.bytes_)) else kind
+        if not isinstance(kind, str):
+            raise _not_meta(path, f"a group without pandas' attributes (members {sorted(node.keys())[:6]})")
+        return "table" if kind.endswith("_table") else "fixed"
+    if not isinstance(node, h5py.Dataset):
+        raise _not_meta(path, f"a {type(node).__name__}")
+    if _is_text(node):
+        return "csv"
+    raise _not_meta(path, f"a {node.dtype} dataset of shape {node.shape}")
+
+
+def _is_text(ds: h5py.Dataset) -> bool:
+    """A string scalar, a 1-D byte array or an opaque scalar: the ways a text can be stored in one dataset."""
+    if ds.shape == ():
+        return h5py.check_string_dtype(ds.dtype) is not None or ds.dtype.kind == "V"
+    return ds.ndim == 1 and ds.dtype in (np.uint8, np.int8)
 
 
 def _memory_limit() -> int:
@@ -210,7 +261,8 @@ def _open_isolated(path: str, trust_pickle: bool) -> Source:
     flat, offsets = arrays["runs"], arrays["offsets"]
     runs = [[(int(a), int(b)) for a, b in flat[offsets[i]:offsets[i + 1]]] for i in range(len(offsets) - 1)]
     return Source(path, summary["filters_key"], summary["n_filters"], np.dtype(summary["dtype"]),
-                  tuple(summary["row_shape"]), models, records, summary["reordered"], runs)
+                  tuple(summary["row_shape"]), models, records, summary["reordered"], runs, summary["meta_format"],
+                  summary["category_column"], summary["relabelled"])
 
 
 def _probe_main(argv: list[str]) -> int:
@@ -239,7 +291,8 @@ def _probe_main(argv: list[str]) -> int:
         offsets = np.concatenate([[0], np.cumsum([len(r) for r in src.runs])]).astype(np.int64)
         np.savez(os.path.join(out, "runs.npz"), runs=flat, offsets=offsets)
         summary = {"filters_key": src.filters_key, "n_filters": src.n_filters, "dtype": src.dtype.str,
-                   "row_shape": list(src.row_shape), "reordered": src.reordered}
+                   "row_shape": list(src.row_shape), "reordered": src.reordered, "meta_format": src.meta_format,
+                   "category_column": src.category_column, "relabelled": src.relabelled}
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f)
     return 0
@@ -257,10 +310,68 @@ def _read_meta(path: str) -> pd.DataFrame:
     return meta
 
 
+def _csv_text(path: str) -> str:
+    with h5py.File(path, "r") as h5:
+        raw = h5[META_KEY][()]
+    if isinstance(raw, (np.ndarray, np.void)):
+        raw = raw.tobytes()
+    if isinstance(raw, str):
+        return raw
+    try:
+        return bytes(raw).decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _not_meta(path, f"a dataset of bytes that are not UTF-8 text ({exc.reason} at byte {exc.start})") \
+            from None
+
+
+def _read_csv_meta(path: str) -> pd.DataFrame:
+    """The meta table from CSV text under ``/meta`` (some v0.1 files), indexed as pandas' HDF table is.
+
+    Read as ``pandas.read_csv`` reads it (empty fields and pandas' NA strings are missing; each column's type is
+    inferred from all its rows at once), except that floats are parsed to the exact double their text names
+    (:data:`CSV_FLOATS`; pandas 2's default parser can be one unit in the last place off). A leading column with
+    an empty header (a ``to_csv`` row number) is dropped.
+    """
+    return parse_csv_meta(_csv_text(path), path)
+
+
+def parse_csv_meta(text: str, path: str) -> pd.DataFrame:
+    """The meta table from its CSV ``text`` (see :func:`_read_csv_meta`); ``path`` names the source in errors."""
+    try:
+        meta = pd.read_csv(io.StringIO(text), low_memory=False, **CSV_FLOATS)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
+        raise _not_meta(path, f"text that does not parse as CSV ({reason(exc)})") from None
+    if len(meta.columns) and str(meta.columns[0]) == "Unnamed: 0":
+        meta = meta.drop(columns=meta.columns[0])
+    missing = [c for c in (*INDEX_LEVELS, "filter_ids") if c not in meta.columns]
+    if missing:
+        shown = [str(c) for c in meta.columns[:8]] + (["..."] if len(meta.columns) > 8 else [])
+        raise InputError(f"{path}: the CSV meta table under '/{META_KEY}' lacks the column(s) {missing} (it has "
+                         f"{shown}); filtershift needs model_id, conv_depth, conv_depth_norm and filter_ids to know "
+                         "which model and depth each filter comes from. Store the complete CNN-Filter-DB meta "
+                         "table: DataFrame.to_csv() with its index, or DataFrame.to_hdf(path, key='meta', "
+                         "format='table').")
+    for column, check, kind in (("model_id", pd.api.types.is_integer_dtype, "integers"),
+                                ("conv_depth", pd.api.types.is_integer_dtype, "integers"),
+                                ("conv_depth_norm", pd.api.types.is_numeric_dtype, "numbers")):
+        if not check(meta[column]):
+            raise InputError(f"{path}: the CSV meta table's column {column} holds values that are not {kind} "
+                             f"(e.g. {meta[column].iloc[0]!r}); fix the meta table.")
+    return meta.set_index(list(INDEX_LEVELS))
+
+
 def _parse_ids(value, row: int, path: str) -> list[tuple[int, int]]:
-    """Runs [a, b) of one record's filter ids: "start:end" (inclusive end, v1.0) or a list of ids (v0.1)."""
+    """Runs [a, b) of one record's filter ids: "start:end" (inclusive end, v1.0), a list of ids (v0.1), or the
+    text of such a list ("[0, 1, 2]", as ``to_csv`` writes a list)."""
     if isinstance(value, (bytes, np.bytes_)):
         value = value.decode()
+    if isinstance(value, str) and value.startswith("[") and value.endswith("]"):
+        body = value[1:-1].strip()
+        try:
+            value = np.array(body.split(",") if body else [], dtype=object).astype(np.int64)
+        except ValueError:
+            shown = value if len(value) <= 40 else value[:37] + "..."
+            raise InputError(f"{path}: meta row {row}: filter_ids {shown!r} is not a list of integer ids.") from None
     if isinstance(value, str):
         try:
             a, b = (int(x) for x in value.split(":"))
@@ -341,6 +452,55 @@ def parse_meta(meta: pd.DataFrame, n_filters: int, path: str = "dataset.h5"):
         "source_start": [r[0][0] for r in runs],
     })
     return _typed(models), records, runs, reordered
+
+
+def _label(value):
+    """A visual-category label as grouped: None when missing, the v1.0 name of a renamed v0.1 label."""
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return V01_LABELS.get(str(value), str(value))
+
+
+def visual_category(models: pd.DataFrame, path: str = "dataset.h5") -> tuple[str | None, list[dict]]:
+    """The visual-category column of the models table and the v0.1 labels in it that v1.0 renamed.
+
+    Parameters
+    ----------
+    models : pandas.DataFrame
+        The models table (one row per model, with ``model_id``).
+    path : str, default "dataset.h5"
+        The source, named in errors.
+
+    Returns
+    -------
+    tuple
+        The column (``Visual Category``, else ``Datatype``, else None) and one
+        ``{"column", "label", "grouped_as", "models"}`` per column and renamed label present.
+
+    Raises
+    ------
+    filtershift.errors.InputError
+        If both ``Visual Category`` and ``Datatype`` are present and disagree for a model (a missing value counts
+        as disagreeing with a present one; v0.1 labels are compared under their v1.0 name).
+    """
+    present = [c for c in CATEGORY_COLUMNS if c in models.columns]
+    if len(present) == 2:
+        pairs = zip(models["model_id"].tolist(), *(models[c].tolist() for c in present))
+        differ = [(m, a, b) for m, a, b in pairs if _label(a) != _label(b)]
+        if differ:
+            m, a, b = differ[0]
+            raise InputError(f"{path}: the meta table has both '{present[0]}' (v1.0) and '{present[1]}' (v0.1) "
+                             f"visual-category columns and they disagree for {len(differ)} model(s) (first: "
+                             f"model_id {m}: {a!r} vs {b!r}), so the visual category is ambiguous. Keep one of "
+                             f"them (e.g. meta.drop(columns='{present[1]}')) and convert again.")
+    relabelled = []
+    for column in present:
+        values = [None if _label(v) is None else str(v) for v in models[column].tolist()]
+        for old, new in V01_LABELS.items():
+            count = values.count(old)
+            if count:
+                relabelled.append({"column": column, "label": old, "grouped_as": new, "models": count})
+    return (present[0] if present else None), relabelled
 
 
 def _typed(models: pd.DataFrame) -> pd.DataFrame:

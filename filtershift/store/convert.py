@@ -451,6 +451,8 @@ class _Writer:
         manifest = fmt.read_manifest(group, self.loc, require_complete=False)
         version = int(manifest.get("version", 0)) + 1
         sums = self.state["chunk_sums"]
+        rules = [{"column": r["column"], "contains": r["label"], "value": r["grouped_as"]} for r in source.relabelled]
+        manifest["label_rules"] += [r for r in rules if r not in manifest["label_rules"]]
         manifest.update({
             "state": "complete",
             "version": version,
@@ -467,9 +469,14 @@ class _Writer:
             "kind": self.kind, "source": self.state["identity"]["source"], "size": self.state["identity"]["size"],
             "sha256": self._sha, "converter": f"filtershift {__version__}", "time": fmt.utc_now(),
             "source_dtype": str(source.dtype), "source_layout": list(source.row_shape),
-            "filters_key": source.filters_key,
+            "filters_key": source.filters_key, "meta_format": source.meta_format,
+            **({"relabelled": source.relabelled} if source.relabelled else {}),
         })
         fmt.commit_tables(self.loc, group, manifest, records, models)
+        for r in source.relabelled:
+            print(f"{os.path.basename(source.path)}: {r['models']} model(s) with the v0.1 label {r['label']!r} in "
+                  f"'{r['column']}' group as {r['grouped_as']!r} (the v1.0 name); the models table keeps "
+                  f"{r['label']!r} (a label rule in the manifest).")
         fs, _ = self.loc.fs()
         path = fmt.fsspec.core.url_to_fs(_progress_path(self.loc), **self.loc.storage_options)[1]
         if fs.exists(path):
