@@ -31,6 +31,8 @@ _API = {
     "drift": "filtershift.stats",
     "drift_ci": "filtershift.stats",
     "drift_test": "filtershift.stats",
+    "drift_components": "filtershift.stats",
+    "top_bins": "filtershift.stats",
     "correlate": "filtershift.stats.correlate",
     "group_bases": "filtershift.stats",
     "kde": "filtershift.stats",

@@ -18,14 +18,17 @@ class Metric:
     """A divergence between per-component histograms, summed over components with the explained-variance weights.
 
     ``divergence(p, widths)`` takes ``p`` (..., group, component, bin) and the bin widths and returns
-    (..., group, group, component). ``smoothed``: ``p`` is the reference normalisation (density, empty bins set to
-    float32 eps, sum 1); otherwise the plain shares of the counts.
+    (..., group, group, component). ``per_bin(p, q, widths)`` splits the divergence of two histograms (..., bin)
+    into one non-negative term per bin that sums to it (which bins drive a drift; None: no attribution).
+    ``smoothed``: ``p`` is the reference normalisation (density, empty bins set to float32 eps, sum 1); otherwise
+    the plain shares of the counts.
     """
 
     name: str
     label: str
     units: str
     divergence: Callable
+    per_bin: Callable | None = None
     smoothed: bool = True
     description: str = ""
     long_name: str = ""
@@ -80,13 +83,38 @@ def w1(p, widths=None):
     return _blocked(p, "w1", widths)
 
 
+def kl_sym_bins(p, q, widths=None):
+    """Per bin: (p - q)(log p - log q), the terms of KL(p||q) + KL(q||p)."""
+    import numpy as np
+
+    return (p - q) * (np.log(p) - np.log(q))
+
+
+def js_bins(p, q, widths=None):
+    """Per bin: (p log p + q log q) / 2 - m log m with m = (p + q) / 2, the terms of JS(p, q)."""
+    from scipy.special import xlogy
+
+    m = (p + q) * 0.5
+    return 0.5 * (xlogy(p, p) + xlogy(q, q)) - xlogy(m, m)
+
+
+def w1_bins(p, q, widths=None):
+    """Per bin: |CDF_p - CDF_q| at the bin's upper edge times the bin width, the terms of W1 (masses at centres)."""
+    import numpy as np
+
+    if widths is None:
+        raise ValueError("w1 needs the bin widths")
+    return np.abs(np.cumsum(p, -1) - np.cumsum(q, -1)) * np.asarray(widths, np.float64)
+
+
 #: The registry: name -> Metric, in the order the report and the CLI list them (the first is the default).
 METRICS = {m.name: m for m in (
-    Metric("kl_sym", "symmetric KL", "nats", kl_sym, description="symmetric Kullback-Leibler divergence (the "
-           "reference)", long_name="symmetric Kullback-Leibler divergence"),
-    Metric("js", "Jensen-Shannon", "nats", js, description="Jensen-Shannon divergence, natural log",
+    Metric("kl_sym", "symmetric KL", "nats", kl_sym, kl_sym_bins,
+           description="symmetric Kullback-Leibler divergence (the reference)",
+           long_name="symmetric Kullback-Leibler divergence"),
+    Metric("js", "Jensen-Shannon", "nats", js, js_bins, description="Jensen-Shannon divergence, natural log",
            long_name="Jensen-Shannon divergence"),
-    Metric("w1", "Wasserstein", "coefficient units", w1, smoothed=False,
+    Metric("w1", "Wasserstein", "coefficient units", w1, w1_bins, smoothed=False,
            description="Wasserstein-1 distance between the histograms", long_name="Wasserstein-1 distance"),
 )}
 #: The default metric.

@@ -28,6 +28,9 @@ def register(sub) -> None:
     p.add_argument("--alpha", type=number(0, 1, lo_open=True, hi_open=True), default=0.05,
                    help="false discovery rate for 'not significant' (default %(default)s)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the permutations (default 0)")
+    p.add_argument("--explain", type=non_negative_int, default=3, metavar="K",
+                   help="for the K most drifted pairs, each component's share of the drift and the bins that "
+                        "drive it (default %(default)s; --json always carries every pair's per-component terms)")
     p.add_argument("--json", action="store_true",
                    help="print JSON: labels, matrix, n_filters, n_models, small, metric, bins, by; with "
                         "--permutations, p_value and p_adjusted matrices (null: no test), permutations, alpha")
@@ -48,8 +51,12 @@ def _matrix(values):
     return [[_num(v) for v in row] for row in values]
 
 
+def _row(values):
+    return [_num(v) for v in values]
+
+
 def run(args) -> int:
-    from filtershift.stats import distributions, drift, drift_test, fit_basis
+    from filtershift.stats import distributions, drift, drift_components, drift_test, fit_basis
 
     ds = args.dataset
     basis = fit_basis(ds)
@@ -65,6 +72,7 @@ def run(args) -> int:
                "n_filters": dist["n_filters"].values.tolist(), "n_models": dist["n_models"].values.tolist(),
                "small": dist["small"].values.tolist(), "metric": args.metric, "bins": args.bins,
                "by": dist.attrs["by"]}
+        out["contributions"] = [[_row(v) for v in row] for row in drift_components(dist, args.metric).values]
         if test is not None:
             out.update({"p_value": _matrix(test["p_value"].values), "p_adjusted": _matrix(test["p_adjusted"].values),
                         "permutations": args.permutations, "alpha": args.alpha, "seed": args.seed})
@@ -80,7 +88,29 @@ def run(args) -> int:
         print(f"{i:>3} {lab:<{width}}{flag} {int(dist['n_models'][i]):>5} {int(dist['n_filters'][i]):>11,} {cells}")
     if test is not None:
         _print_test(test, labels, args)
+    if args.explain:
+        _print_explain(dist, d, labels, args)
     return 0
+
+
+def _print_explain(dist, d, labels, args) -> None:
+    """Which components and bins drive the most drifted pairs."""
+    import numpy as np
+
+    from filtershift.stats import drift_components, top_bins
+
+    parts = drift_components(dist, args.metric).values
+    values = np.where(np.isfinite(d.values), d.values, -np.inf)
+    upper = [(a, b) for a, b in zip(*np.triu_indices(len(labels), 1)) if np.isfinite(d.values[a, b])]
+    for a, b in sorted(upper, key=lambda ab: -values[ab])[:args.explain]:
+        total = d.values[a, b]
+        shares = parts[a, b] / total if total > 0 else parts[a, b] * np.nan
+        lead = np.argsort(shares)[::-1][:3]
+        bins = top_bins(dist, labels[a], labels[b], args.metric, top=3)
+        print(f"{labels[a]} vs {labels[b]} ({total:.4g}): "
+              + ", ".join(f"component {k} {shares[k]:.0%}" for k in lead)
+              + "; bins " + ", ".join(f"c{r.component} [{r.lo:+.2f}, {r.hi:+.2f}) {r.p_a:.3g} vs {r.p_b:.3g}"
+                                      for r in bins.itertuples()))
 
 
 def _print_test(test, labels, args) -> None:

@@ -48,7 +48,7 @@ def _column(table: pd.DataFrame, mods: pd.DataFrame, name: str, role: str) -> np
 def correlate(ds: xr.Dataset, metric: str = "variance_entropy_norm", covariate: str = "total_filters", *,
               n_boot: int = 1000, seed: int = 0, level: float = 0.95, quality: pd.DataFrame | None = None,
               sparsity_eps: float = 0.01) -> xr.Dataset:
-    """Spearman's rho between a layer quality metric and a covariate, with a bootstrap interval over models.
+    """Rank-correlate a layer quality metric with a covariate: Spearman's rho and a bootstrap interval over models.
 
     Parameters
     ----------
