@@ -265,16 +265,16 @@ def intervals(pairs, metrics, *, level: float, title: str) -> plt.Figure:
 def density(counts, edges, components=(0, 1), vmin: float = 1e-5, dpi: int = 110) -> plt.Figure:
     """2D histogram of two components' coefficients as the CNN-Filter-DB notebook draws it: ``counts`` (x bin,
     y bin; x = ``components[0]``), divided by their maximum, on a log colour scale from ``vmin`` to 1; empty bins
-    and bins under ``vmin`` in the colour of the lowest value. The axes get at least one pixel per bin (up to
-    8 inches)."""
+    and bins under ``vmin`` in the colour of the lowest value. The axes get about one pixel per bin at ``dpi`` (the
+    figure between 4.4 and 10 inches high), so that no bin is lost to resampling."""
     c = np.asarray(counts, np.float64)
     peak = c.max()
     h = (c / peak if peak > 0 else c).T
     cmap = plt.get_cmap("inferno").copy()
     cmap.set_under(cmap(0.0))
     cmap.set_bad(cmap(0.0))
-    side = min(8.0, max(4.0, 1.05 * c.shape[0] / dpi))
-    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    need = c.shape[0] / dpi                    # inches of axes for one pixel per bin
+    fig, ax = plt.subplots(figsize=(min(11.0, max(5.0, need / 0.68)), min(10.0, max(4.4, need / 0.75))))
     im = ax.imshow(h, origin="lower", extent=(edges[0], edges[-1], edges[0], edges[-1]), cmap=cmap,
                    norm=LogNorm(vmin=vmin, vmax=1.0), interpolation="nearest", aspect="equal")
     ax.set_xlabel(f"coefficient of component {components[0]}")
