@@ -114,10 +114,11 @@ def test_results_equal_the_engine(store, built):
         mean0 = np.nanmean(np.where(np.eye(len(g["labels"]), dtype=bool), np.nan, drift(dist, "kl_sym").values), 1)
         assert np.all(np.diff(mean0[g["order"]]) >= 0), "matrices are sorted by increasing mean drift"
         assert sorted(g["order"]) == list(range(len(g["labels"])))
-    d = density2d(ds, basis, components=(0, 1), bins=64)
+    d = density2d(ds, basis, components=(0, 1), bins=64, range=(-3.3, 3.3), min_count=10)
     t = pd.read_parquet(run / r["density2d"]["table"])
-    dense = np.zeros((64, 64), np.int64)
-    dense[t["y_bin"], t["x_bin"]] = t["count"]
+    bins = r["density2d"]["bins"]
+    dense = np.zeros((bins, bins), np.int64)
+    dense[t["x_bin"], t["y_bin"]] = t["count"]
     np.testing.assert_array_equal(dense, d.values)
     assert r["density2d"]["total"] == ds.sizes["filter"]
 

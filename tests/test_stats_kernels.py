@@ -115,7 +115,8 @@ def test_hist_kernel_equals_np_histogram(bins):
     fine = np.linspace(lo, hi, 301)
     counts = np.zeros((len(starts) - 1, 5, bins), np.int64)
     fcounts = np.zeros((len(starts) - 1, 5, 300), np.int64)
-    histograms.hist_kernel(w, starts, mean, comps, edges, fine, counts, fcounts)
+    histograms.hist_kernel(w, starts, mean, comps, edges, fine, counts, fcounts, np.zeros(2, np.int64), np.zeros(0),
+                           np.zeros(len(starts) - 1, np.int64), np.zeros((1, 1, 1), np.int64))
     for i, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
         for j in range(5):
             np.testing.assert_array_equal(counts[i, j], np.histogram(coef[a:b, j], bins=bins, range=(lo, hi))[0])

@@ -1,5 +1,5 @@
-"""The numbers of a report: one set of per-record statistics (three passes plus the optional 2D density pass)
-serves the basis, every grouping, every metric, the intervals and the quality tables.
+"""The numbers of a report: one set of per-record statistics (three passes; the third also counts the 2D density)
+serves the basis, every grouping, every metric, the intervals, the 2D density and the quality tables.
 
 Nothing here draws or writes; :mod:`filtershift.report.figures` and :mod:`filtershift.report.build` consume
 :class:`Analysis`.
@@ -112,8 +112,10 @@ def covariance(basis) -> np.ndarray:
 def analyse(ds: xr.Dataset, info: dict, spec: dict, *, step=lambda name: None) -> Analysis:
     """Run the whole analysis of ``ds`` for ``spec``; ``step(name)`` is called as each stage starts."""
     from filtershift.stats import density2d, distributions, drift, drift_ci, fit_basis, group_bases, kde, record_stats
+    from filtershift.stats.histograms import Density2D
 
     th, boot, fig = spec["thresholds"], spec["bootstrap"], spec["figures"]
+    pair = Density2D((0, 1), fig["density_bins"], fig["density_range"]) if fig["density_bins"] else None
     stats = record_stats(ds)
     step("basis")
     basis = fit_basis(stats)
@@ -124,6 +126,7 @@ def analyse(ds: xr.Dataset, info: dict, spec: dict, *, step=lambda name: None) -
     for by in spec["groupings"]:
         name = grouping_name(by)
         step(f"grouping {name}")
+        stats.histograms(basis, spec["bins"], density=pair)   # pass 3 (the first time) counts the 2D density too
         dist = distributions(stats, basis, by=by, bins=spec["bins"], min_filters=th["min_filters"],
                              min_models=th["min_models"])
         g = GroupingResult(name, by, dist, {m: drift(dist, m) for m in spec["metrics"]})
@@ -145,9 +148,10 @@ def analyse(ds: xr.Dataset, info: dict, spec: dict, *, step=lambda name: None) -
         groupings[name] = g
         log.info("grouping %s: %d groups (%d small)", name, g.size, int(dist["small"].values.sum()))
     density = None
-    if fig["density_bins"]:
+    if pair is not None:
         step("2D density")
-        density = density2d(stats, basis, components=(0, 1), bins=fig["density_bins"])
+        density = density2d(stats, basis, pair.components, pair.bins, range=pair.range,
+                            min_count=fig["density_min_count"])
     step("quality")
     layer_q, model_q = quality_tables(stats, th["sparsity_eps"])
     return Analysis(info, basis, stats.moments(), covariance(basis), groupings, density, layer_q, model_q,

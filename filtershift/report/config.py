@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import yaml
@@ -44,6 +45,9 @@ DEFAULTS: dict = {
         "formats": ["png"],
         "dpi": 110,
         "density_bins": 512,
+        "density_range": [-3.3, 3.3],
+        "density_vmin": 1e-5,
+        "density_min_count": 10,
         "ridge_components": 3,
         "eigenimage_components": 9,
         "max_groups": 40,
@@ -64,6 +68,8 @@ _NUMBERS = [
     (("bootstrap", "max_groups"), int, 2, 1000),
     (("figures", "dpi"), int, 30, 600),
     (("figures", "density_bins"), int, 0, 2048),
+    (("figures", "density_vmin"), float, 1e-12, 0.5),
+    (("figures", "density_min_count"), float, 0.0, 1e6),
     (("figures", "ridge_components"), int, 1, 9),
     (("figures", "eigenimage_components"), int, 1, 9),
     (("figures", "max_groups"), int, 2, 200),
@@ -180,6 +186,7 @@ def validate(spec: dict, where: str = "report config") -> dict:
         raise InputError(f"{where}: 'figures.formats' must be a list of {list(FORMATS)} that includes 'png'; "
                          f"got {spec['figures']['formats']!r}.")
     spec["figures"]["formats"] = list(dict.fromkeys(formats))
+    spec["figures"]["density_range"] = _density_range(spec["figures"]["density_range"], where)
     for path, kind, lo, hi in _NUMBERS:
         value = _get(spec, path)
         name = ".".join(path)
@@ -197,6 +204,16 @@ def validate(spec: dict, where: str = "report config") -> dict:
     if spec["bootstrap"]["n_boot"] == 1:
         raise InputError(f"{where}: 'bootstrap.n_boot' must be 0 (no intervals) or at least 2; got 1.")
     return spec
+
+
+def _density_range(value, where: str) -> list:
+    """``figures.density_range``: [lower, upper], finite, lower < upper (both axes of the 2D density)."""
+    ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    if not ok or value[0] >= value[1]:
+        raise InputError(f"{where}: 'figures.density_range' must be [lower, upper], two finite numbers with lower < "
+                         f"upper (the coefficient range of both axes, default [-3.3, 3.3]); got {value!r}.")
+    return [float(value[0]), float(value[1])]
 
 
 def grouping_name(grouping) -> str:

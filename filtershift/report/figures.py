@@ -262,17 +262,24 @@ def intervals(pairs, metrics, *, level: float, title: str) -> plt.Figure:
     return fig
 
 
-def density(counts, edges, components=(0, 1)) -> plt.Figure:
-    """2D histogram of two components' coefficients on a log colour scale (empty bins blank)."""
+def density(counts, edges, components=(0, 1), vmin: float = 1e-5, dpi: int = 110) -> plt.Figure:
+    """2D histogram of two components' coefficients as the CNN-Filter-DB notebook draws it: ``counts`` (x bin,
+    y bin; x = ``components[0]``), divided by their maximum, on a log colour scale from ``vmin`` to 1; empty bins
+    and bins under ``vmin`` in the colour of the lowest value. The axes get about one pixel per bin at ``dpi`` (the
+    figure between 4.4 and 10 inches high), so that no bin is lost to resampling."""
     c = np.asarray(counts, np.float64)
-    fig, ax = plt.subplots(figsize=(5.0, 4.4))
-    masked = np.ma.masked_less_equal(c, 0)
-    vmax = c.max() if c.max() > 0 else 1.0
-    im = ax.imshow(masked, origin="lower", extent=(edges[0], edges[-1], edges[0], edges[-1]), cmap="inferno",
-                   norm=LogNorm(vmin=1, vmax=max(vmax, 1.0)), interpolation="nearest", aspect="equal")
-    ax.set_xlabel(f"coefficient of component {components[1]}")
-    ax.set_ylabel(f"coefficient of component {components[0]}")
-    fig.colorbar(im, ax=ax, fraction=0.046, label="filters per bin (log)")
+    peak = c.max()
+    h = (c / peak if peak > 0 else c).T
+    cmap = plt.get_cmap("inferno").copy()
+    cmap.set_under(cmap(0.0))
+    cmap.set_bad(cmap(0.0))
+    need = c.shape[0] / dpi                    # inches of axes for one pixel per bin
+    fig, ax = plt.subplots(figsize=(min(11.0, max(5.0, need / 0.68)), min(10.0, max(4.4, need / 0.75))))
+    im = ax.imshow(h, origin="lower", extent=(edges[0], edges[-1], edges[0], edges[-1]), cmap=cmap,
+                   norm=LogNorm(vmin=vmin, vmax=1.0), interpolation="nearest", aspect="equal")
+    ax.set_xlabel(f"coefficient of component {components[0]}")
+    ax.set_ylabel(f"coefficient of component {components[1]}")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="filters per bin / most in one bin (log)")
     return fig
 
 
@@ -413,7 +420,19 @@ def _density(c):
     d = c["analysis"].density
     if d is None:
         return None
-    return {"counts": d.values, "edges": d.attrs["bin_edges"], "components": d.attrs["components"]}
+    return {"counts": d.values, "edges": d.attrs["bin_edges"], "components": d.attrs["components"],
+            "vmin": c["fig_spec"]["density_vmin"], "dpi": c["fig_spec"]["dpi"]}
+
+
+def _density_caption(c) -> str:
+    d = c["results"]["density2d"]
+    n, lo, hi = d["bins"], *d["range"]
+    fewer = (f" ({d['bins_requested']} asked for, halved while the filters averaged fewer than {d['min_count']:g} "
+             "per occupied bin)" if n != d["bins_requested"] else "")
+    outside = f"; {_count(d['outside'])} outside the range are not shown" if d.get("outside") else ""
+    return (f"{n} x {n} bins{fewer} over [{lo:g}, {hi:g}] on both axes: component {d['components'][0]} (x) against "
+            f"component {d['components'][1]} (y) of {_count(d['total'])} filters{outside}. Counts divided by the "
+            f"largest, log colour scale from {d['vmin']:g}; empty bins take the lowest colour.")
 
 
 def _quality(c):
@@ -496,10 +515,8 @@ FIGURES = (
                  lambda c: "Gaussian KDE of the coefficients per group (rows, sorted by mean drift) and component "
                            "(columns), each panel scaled to its highest peak.",
                  lambda c: f"{c['name']} ridge plot", heading=lambda c: "Coefficient distributions"),
-    ReportFigure("density2d", "density", _density, density, "density2d",
-                 lambda c: f"{c['results']['density2d']['bins']} x {c['results']['density2d']['bins']} histogram "
-                           f"of the coefficients of {_count(c['results']['density2d']['total'])} filters, log "
-                           "colour scale.", lambda c: "2D density", vector=False),
+    ReportFigure("density2d", "density", _density, density, "density2d", _density_caption,
+                 lambda c: "2D density", vector=False),
     ReportFigure("quality", "quality", _quality, quality_panels, "quality",
                  lambda c: "Per-layer sparsity and normalised variance entropy.", lambda c: "quality"),
 )

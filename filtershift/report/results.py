@@ -204,13 +204,16 @@ def build_results(analysis, spec: dict, run: dict, tables: Path, models: pd.Data
     if analysis.density is not None:
         d = analysis.density
         counts = d.values
-        ys, xs = np.nonzero(counts)
-        table_index["density2d"] = write_table(pd.DataFrame({"y_bin": ys, "x_bin": xs, "count": counts[ys, xs]}),
+        xs, ys = np.nonzero(counts)
+        table_index["density2d"] = write_table(pd.DataFrame({"x_bin": xs, "y_bin": ys, "count": counts[xs, ys]}),
                                                tables, "density2d")
         results["density2d"] = {"components": d.attrs["components"], "bins": d.attrs["bins"],
+                                "bins_requested": d.attrs["bins_requested"], "min_count": d.attrs["min_count"],
                                 "range": d.attrs["range"], "edges": d.attrs["bin_edges"],
-                                "total": int(counts.sum()), "table": "tables/density2d.parquet",
-                                "layout": "y_bin indexes the first component, x_bin the second"}
+                                "vmin": spec["figures"]["density_vmin"], "total": int(counts.sum()),
+                                "outside": d.attrs["n_filters"] - int(counts.sum()),
+                                "table": "tables/density2d.parquet",
+                                "layout": "x_bin indexes the first component, y_bin the second"}
     results["quality"] = None
     if analysis.layer_quality is not None:
         layer, model = analysis.layer_quality, analysis.model_quality

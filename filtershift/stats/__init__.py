@@ -1,8 +1,9 @@
 """Shift analysis: out-of-core PCA basis, per-group distributions, drift and per-record statistics.
 
 Three passes over the filters serve the whole analysis however many groupings are asked: (1) per-record moments,
-(2) per-record coefficient range and sparsity, (3) per-record histograms. Everything else (bases per group,
-distributions, drift matrices, bootstrap intervals, KDE) is computed from the small per-record results.
+(2) per-record coefficient range and sparsity, (3) per-record histograms (and, when asked, the 2D histogram of two
+components from the same coefficients). Everything else (bases per group, distributions, drift matrices, bootstrap
+intervals, KDE) is computed from the small per-record results.
 """
 
 from filtershift.stats.basis import Basis, fit_basis, group_bases

@@ -2,8 +2,9 @@
 the small per-record results.
 
 Pass 1 moments (:data:`filtershift.stats.moments.MOMENTS`), pass 2 coefficient range and sparsity
-(:data:`filtershift.stats.moments.RANGE_SPARSITY`), pass 3 histograms (:data:`filtershift.stats.histograms.HISTOGRAMS`).
-The full analysis (basis, any number of groupings, drift, intervals, per-group bases) makes exactly 3 passes;
+(:data:`filtershift.stats.moments.RANGE_SPARSITY`), pass 3 histograms (:data:`filtershift.stats.histograms.HISTOGRAMS`,
+which also counts a 2D histogram when asked for with it). The full analysis (basis, any number of groupings, drift,
+intervals, per-group bases, the 2D density) makes exactly 3 passes;
 :meth:`RecordStats.run` runs any other :class:`~filtershift.stats.reduction.Statistic` and counts it in
 :attr:`RecordStats.passes`.
 """
@@ -64,7 +65,8 @@ class RecordStats:
     - :meth:`range_sparsity` (pass 2, for a basis and a sparsity eps): ``coef_min``, ``coef_max``, ``sparse_count``,
       ``nonsparse_n``, ``nonsparse_sum``, ``nonsparse_comoment``; :meth:`sparsity` runs it with the default basis
       when none was asked for yet.
-    - :meth:`histograms` (pass 3, for a basis and bins): ``counts`` (record, component, bin).
+    - :meth:`histograms` (pass 3, for a basis and bins): ``counts`` (record, component, bin); given a
+      :class:`~filtershift.stats.histograms.Density2D`, the same pass counts it too (:meth:`density`).
 
     A basis is anything with ``mean_`` and ``components_`` (a fitted :class:`~filtershift.stats.basis.Basis`);
     without one, passes 2 and 3 use :attr:`default_basis`, or else the full PCA of pass 1 (the same numbers).
@@ -108,6 +110,7 @@ class RecordStats:
         self._pca = None
         self._range_sparsity = {}
         self._hist = {}
+        self._density = {}
 
     def __repr__(self) -> str:
         return f"<RecordStats of {self.ds.sizes['filter']:,} filters, {self.passes} pass(es) run>"
@@ -226,12 +229,16 @@ class RecordStats:
             lo, hi = lo - 0.5, hi + 0.5
         return lo, hi
 
-    def histograms(self, basis=None, bins: int = 70, fine_bins: int = 0, range=None) -> xr.Dataset:
-        """Pass 3 (once per basis, bins and range): per record x component x bin counts over one range."""
+    def histograms(self, basis=None, bins: int = 70, fine_bins: int = 0, range=None,
+                   density: histograms.Density2D | None = None) -> xr.Dataset:
+        """Pass 3 (once per basis, bins and range): per record x component x bin counts over one range. With
+        ``density`` the same pass also counts that 2D histogram (kept for :meth:`density`); if pass 3 ran
+        already without it, :meth:`density` counts it in a pass of its own."""
         basis = self._basis(basis)
         bins, fine_bins = check_bins(bins, "bins"), check_bins(fine_bins, "fine_bins", allow_zero=True)
         lo, up = self.coef_range(basis) if range is None else (float(range[0]), float(range[1]))
         key = (basis_key(basis.mean_, basis.components_), bins, fine_bins, lo, up)
+        dkey = None if density is None else (key[0], density)
         if key not in self._hist:
             m = self.moments()
             edges = np.linspace(lo, up, bins + 1)
@@ -239,8 +246,12 @@ class RecordStats:
             params = {"mean": np.asarray(basis.mean_, np.float64),
                       "components": np.ascontiguousarray(basis.components_, np.float64),
                       "edges": edges, "fine_edges": fine}
+            if dkey is not None and dkey not in self._density:
+                params.update(density.params())
             part = self.run(histograms.HISTOGRAMS, params=params, desc="histograms (pass 3/3)",
                             records=m["record"].values)
+            if "density" in part:
+                self._density[dkey] = part["density"][0]
             data = {"counts": (("record", "component", "bin"), part["counts"])}
             if fine_bins:
                 data["fine_counts"] = (("record", "component", "fine_bin"), part["fine_counts"])
@@ -251,7 +262,22 @@ class RecordStats:
                      f"{bins} bins over [{lo:.6g}, {up:.6g}] per component")
             h.attrs.update({"basis": key[0], "range": [lo, up], "bins": bins, "pass": 3})
             self._hist[key] = h
+        elif dkey is not None:
+            self.density(basis, density)
         return self._hist[key]
+
+    def density(self, basis=None, density: histograms.Density2D | None = None) -> np.ndarray:
+        """The 2D counts (x bin, y bin) of ``density`` (default :class:`~filtershift.stats.histograms.Density2D`)
+        over all filters: the ones pass 3 counted when :meth:`histograms` was asked for them, else counted now in
+        a pass of its own (:data:`~filtershift.stats.histograms.HIST2D`), once per basis and density."""
+        basis = self._basis(basis)
+        density = histograms.Density2D() if density is None else density
+        dkey = (basis_key(basis.mean_, basis.components_), density)
+        if dkey not in self._density:
+            params = {"mean": np.asarray(basis.mean_, np.float64),
+                      "components": np.ascontiguousarray(basis.components_, np.float64), **density.params()}
+            self._density[dkey] = self.run(histograms.HIST2D, params=params, desc="2D density")["density"][0]
+        return self._density[dkey]
 
     def compute(self, basis=None, bins: int = 70, sparsity_eps: float = 0.01) -> RecordStats:
         """Run the three passes now (moments, range and sparsity, histograms); returns self."""

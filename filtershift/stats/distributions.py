@@ -1,7 +1,8 @@
 """Per-group coefficient distributions and 2D densities, from the cached per-record passes.
 
 :func:`distributions` sums pass 3's per-record histograms into groups (no new pass, however many groupings);
-:func:`density2d` runs the optional 2D-density pass (:data:`filtershift.stats.histograms.HIST2D`).
+:func:`density2d` takes the 2D histogram pass 3 counted when it was asked for with it
+(:meth:`RecordStats.histograms`), else counts it in a pass of its own (:data:`filtershift.stats.histograms.HIST2D`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from filtershift.stats._attrs import describe, describe_vars
 from filtershift.stats.basis import default_basis
 from filtershift.stats.cache import RecordStats, as_stats, check_bins
 from filtershift.stats.grouping import group_comoments, group_sum, groups
-from filtershift.stats.histograms import HIST2D, normalise
+from filtershift.stats.histograms import HIST2D, Density2D, coarsen2d, normalise
 
 
 def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: int = 1000, min_models: int = 2,
@@ -158,10 +159,13 @@ def _stats_for(data, basis):
 
 
 def density2d(data, basis=None, components=(0, 1), bins: int = 512, by=None, keep_empty: bool = False,
-              range=None) -> xr.DataArray:
-    """2D histogram (counts) of two components over the global coefficient range: one extra pass.
+              range=None, min_count: float = 0) -> xr.DataArray:
+    """2D histogram (counts) of two components, numpy.histogram2d's layout: x is the first component, y the second.
 
-    With ``by``, one histogram per group (group, y, x); y is the first component, x the second.
+    Without ``by``, the counts pass 3 made when it was asked for this histogram (:meth:`RecordStats.histograms`
+    with a :class:`~filtershift.stats.histograms.Density2D`), else one extra pass; with ``by``, one histogram per
+    group (group, x, y), one extra pass. Bins follow numpy.histogram2d: closed on the left, the last one on both
+    sides; filters whose coefficients fall outside the range (or are not finite) are not counted.
 
     Parameters
     ----------
@@ -171,27 +175,31 @@ def density2d(data, basis=None, components=(0, 1), bins: int = 512, by=None, kee
         The fitted basis whose coefficients are histogrammed; default the full-rank basis of the data's statistics
         (fitted from pass 1 if not yet).
     components : tuple of int, default (0, 1)
-        The two component indices (y, x), each in [0, n_components).
+        The two component indices (x, y), each in [0, n_components).
     bins : int, default 512
-        Number of bins along each axis (a positive integer).
+        Number of bins along each axis (a positive integer); fewer with ``min_count``.
     by : str or list of str, optional
         Grouping key or keys, as for :func:`distributions`; default None, one histogram over all filters.
     keep_empty : bool, default False
         With ``by``, keep every combination of the keys' labels as a group, even those without filters.
     range : tuple of float, optional
         (lower, upper) of both axes; default the global coefficient range of the data.
+    min_count : float, default 0
+        Halve the bins per axis (2 x 2 bins summed) while the counted filters average fewer than ``min_count`` per
+        occupied bin, down to 16 bins per axis (:func:`~filtershift.stats.histograms.coarsen2d`); 0 keeps ``bins``.
 
     Returns
     -------
     xarray.DataArray
-        ``density2d``: counts with dims (y, x), or (group, y, x) with ``by``; coords ``y``, ``x`` (bin centres)
-        and ``group``; attrs ``components``, ``range``, ``bins``, ``bin_edges``.
+        ``density2d``: counts with dims (x, y), or (group, x, y) with ``by``; coords ``x``, ``y`` (bin centres)
+        and ``group``; attrs ``components``, ``range``, ``bins`` (used), ``bins_requested``, ``min_count``,
+        ``bin_edges`` and, without ``by``, ``n_filters`` (all filters, counted or not).
 
     Raises
     ------
     filtershift.errors.InputError
-        If ``components`` are not two valid indices, ``bins`` is not a positive integer, or a grouping key is
-        unknown.
+        If ``components`` are not two valid indices, ``bins`` is not a positive integer, the range is not two
+        finite increasing numbers, or a grouping key is unknown.
     """
     stats = _stats_for(data, basis)
     basis = basis if basis is not None else default_basis(stats)
@@ -201,24 +209,29 @@ def density2d(data, basis=None, components=(0, 1), bins: int = 512, by=None, kee
     if not (0 <= j0 < nc and 0 <= j1 < nc):
         raise InputError(f"components must be two indices in [0, {nc}); got {components!r}.")
     lo, hi = stats.coef_range(basis) if range is None else (float(range[0]), float(range[1]))
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise InputError(f"range must be two finite numbers, lower < upper; got {range!r}.")
+    if not (isinstance(min_count, (int, float)) and min_count >= 0):
+        raise InputError(f"min_count must be a number >= 0; got {min_count!r}.")
+    spec = Density2D((j0, j1), bins, (lo, hi))
     m = stats.moments()
+    attrs = {}
     if by is None:
-        codes, labels = np.zeros(m.sizes["record"], np.int64), ["all"]
+        counts, labels = stats.density(basis, spec)[None].copy(), ["all"]
+        attrs["n_filters"] = int(m["n"].values.sum())
     else:
         g = groups(m, by, keep_empty=keep_empty)
-        codes, labels = g.codes, g.labels
-    edges = np.linspace(lo, hi, bins + 1)
-    params = {"record": m["record"].values, "group": codes, "n_groups": len(labels),
-              "mean": np.asarray(basis.mean_, np.float64),
-              "components": np.ascontiguousarray(basis.components_, np.float64), "j0": j0, "j1": j1,
-              "edges": edges}
-    part = stats.run(HIST2D, params=params, desc="2D density")
-    counts = part["counts"]
+        params = {"mean": np.asarray(basis.mean_, np.float64),
+                  "components": np.ascontiguousarray(basis.components_, np.float64), **spec.params(),
+                  "pair_record": m["record"].values, "pair_group": g.codes, "n_groups": len(g.labels)}
+        counts, labels = stats.run(HIST2D, params=params, desc="2D density")["density"], g.labels
+    counts, edges = coarsen2d(counts, spec.edges, min_count)
     centers = (edges[:-1] + edges[1:]) / 2
-    da = xr.DataArray(counts, dims=("group", "y", "x"),
-                      coords={"group": np.array(labels, dtype=object), "y": centers, "x": centers},
-                      name="density2d",
-                      attrs={"components": [j0, j1], "range": [lo, hi], "bins": bins, "bin_edges": edges,
-                             "description": f"counts of (component {j0}, component {j1}) coefficients",
-                             "long_name": "2D coefficient histogram", "units": "1"})
+    attrs.update({"components": [j0, j1], "range": [lo, hi], "bins": len(edges) - 1, "bins_requested": bins,
+                  "min_count": min_count, "bin_edges": edges,
+                  "description": f"counts of (component {j0}, component {j1}) coefficients",
+                  "long_name": "2D coefficient histogram", "units": "1"})
+    da = xr.DataArray(counts, dims=("group", "x", "y"),
+                      coords={"group": np.array(labels, dtype=object), "x": centers, "y": centers},
+                      name="density2d", attrs=attrs)
     return da if by is not None else da.isel(group=0, drop=True)

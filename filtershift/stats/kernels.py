@@ -25,9 +25,8 @@ def array(dtype: str, ndim: int, readonly: bool = False):
 
 
 def analysis_kernels() -> list:
-    """(kernel, signature) of the three passes and the 2D density, in the order a report first calls them."""
-    from numba import types
-
+    """(kernel, signature) of the three passes (the third with its 2D density), in the order a report first
+    calls them."""
     from filtershift.stats import grouping, histograms, moments
 
     w, idx = array("float32", 2, readonly=True), array("int64", 1)
@@ -39,8 +38,7 @@ def analysis_kernels() -> list:
         (grouping.group_add_kernel, (idx, f2, f2)),
         (moments.range_kernel, (w, idx, f1, f2, f2, f2)),
         (moments.sparsity_kernel, (w, idx, f2, f1, b1, b1, idx, idx, f2, f3)),
-        (histograms.hist_kernel, (w, idx, f1, f2, f1, f1, i3, i3)),
-        (histograms.hist2d_kernel, (w, idx, f1, f2, types.int64, types.int64, f1, i3)),
+        (histograms.hist_kernel, (w, idx, f1, f2, f1, f1, i3, i3, idx, f1, idx, i3)),
     ]
 
 

@@ -41,14 +41,17 @@ class Statistic:
     """A per-record reduction declared by its steps: ``chunk`` (one block to a partial), ``combine(*partials)``
     (any number of partials, in block order), ``finalize(partial, **context)`` (the merged partial to the result;
     ``context`` holds what the caller knows, e.g. results of earlier passes). ``fill`` gives, per field, the value
-    of records absent from every block when the result is laid out on a list of records (default 0). ``name``
-    names the pass's graph keys."""
+    of records absent from every block when the result is laid out on a list of records (default 0). ``totals``
+    names the fields that are totals over the whole data rather than per record (merged by ``"total"``, see
+    :func:`merge`; left as they are when the result is laid out on records). ``name`` names the pass's graph
+    keys."""
 
     name: str
     chunk: Callable
     combine: Callable
     finalize: Callable = unchanged
     fill: dict = field(default_factory=dict)
+    totals: tuple = ()
 
 
 def runs(record: np.ndarray):
@@ -72,11 +75,18 @@ def runs(record: np.ndarray):
 def merge(parts, how: dict) -> dict:
     """Merge partials keyed by ``record`` (a sequence, in block order). ``how`` maps each field to ``"sum"``,
     ``"max"``, ``"min"``, ``"first"`` or ``("chan", n_field, sum_field)`` (co-moments, Chan et al.'s pairwise
-    update); ``("chan_sum", n_field)`` is a plain sum that a co-moment refers to.
+    update); ``("chan_sum", n_field)`` is a plain sum that a co-moment refers to; ``"total"`` is a field that is
+    not keyed by record (a total over the block, such as a 2D histogram of all its filters), summed over all
+    partials.
 
     Blocks of the store's layout hold increasing records and share at most the one record a block edge cuts: those
     are joined with one concatenation per field, merging only the shared rows. Any other order is merged pairwise.
     """
+    totals = [k for k, rule in how.items() if rule == "total"]
+    if totals:
+        keyed = merge([{k: v for k, v in p.items() if k not in totals} for p in parts],
+                      {k: rule for k, rule in how.items() if k not in totals})
+        return dict(keyed, **{k: functools.reduce(np.add, (p[k] for p in parts)) for k in totals})
     full = [p for p in parts if len(p["record"])]
     if len(full) <= 1:
         return full[0] if full else parts[0]
@@ -202,12 +212,13 @@ def reduce(ds: xr.Dataset, stat: Statistic, coords=("record",), params=None, nam
     with progress.dask_progress(desc or stat.name):
         (out,) = dask.compute(graph(ds, stat, coords, params, names, split_every))
     if records is not None:
-        out = reindex(out, records, stat.fill)
+        out = reindex(out, records, stat.fill, stat.totals)
     return stat.finalize(out, **(context or {}))
 
 
-def reindex(part: dict, records: np.ndarray, fill=None) -> dict:
-    """A partial laid out on ``records`` (records absent from the partial get ``fill[field]``, default 0)."""
+def reindex(part: dict, records: np.ndarray, fill=None, totals=()) -> dict:
+    """A partial laid out on ``records`` (records absent from the partial get ``fill[field]``, default 0; the
+    fields named in ``totals`` are not per record and stay as they are)."""
     ids = part["record"]
     if len(ids) == len(records) and np.array_equal(ids, records):
         return part
@@ -216,6 +227,9 @@ def reindex(part: dict, records: np.ndarray, fill=None) -> dict:
     out = {"record": records}
     for k, v in part.items():
         if k == "record":
+            continue
+        if k in totals:
+            out[k] = v
             continue
         full = np.full((len(records),) + v.shape[1:], fill.get(k, 0), dtype=v.dtype)
         full[pos] = v
