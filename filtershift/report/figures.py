@@ -178,8 +178,9 @@ def ridges(kde, order, small, components) -> plt.Figure:
 
 
 def heatmap(matrix, labels, n_models, n_filters, small, order, *, title: str, metric: str,
-            annotate: bool = True) -> plt.Figure:
-    """A drift matrix in ``order`` with group sizes in the tick labels (small groups '*' and red)."""
+            annotate: bool = True, weak=None) -> plt.Figure:
+    """A drift matrix in ``order`` with group sizes in the tick labels (small groups '*' and red); ``weak`` (bool,
+    same shape) hatches the pairs the permutation test does not call significant."""
     m = np.asarray(matrix, np.float64)[np.ix_(order, order)]
     n = len(order)
     ticks = [group_label(labels[g], n_models[g], n_filters[g], small[g]) for g in order]
@@ -200,6 +201,13 @@ def heatmap(matrix, labels, n_models, n_filters, small, order, *, title: str, me
                 if np.isfinite(m[i, j]):
                     ax.text(j, i, f"{m[i, j]:.2g}", ha="center", va="center", fontsize=6,
                             color="white" if m[i, j] > mid else "black")
+    if weak is not None:
+        from matplotlib.patches import Rectangle
+
+        w = np.asarray(weak, bool)[np.ix_(order, order)]
+        for i, j in zip(*np.nonzero(w)):
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="////", edgecolor="0.55",
+                                   linewidth=0))
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, label=metric)
     return fig
@@ -363,7 +371,25 @@ def _group_sizes(c):
 def _heatmap(c, order, title):
     labels, nm, nf, small = _group_sizes(c)
     return {"matrix": c["g"].drift[c["metric"]].values, "labels": labels, "n_models": nm, "n_filters": nf,
-            "small": small, "order": order, "title": title, "metric": c["metric"]}
+            "small": small, "order": order, "title": title, "metric": c["metric"], "weak": _weak(c)}
+
+
+def _weak(c):
+    """The pairs of the grouping's permutation test (of this figure's metric) that are not significant, or None."""
+    test = getattr(c["g"], "test", None)
+    if test is None or test.attrs["metric"] != c["metric"]:
+        return None
+    adjusted = test["p_adjusted"].values
+    return np.isfinite(adjusted) & (adjusted > test.attrs["alpha"])
+
+
+def _drift_caption(c, text: str) -> str:
+    """``text`` plus what hatching means when the figure shows the permutation test."""
+    test = getattr(c["g"], "test", None)
+    if test is None or test.attrs["metric"] != c["metric"]:
+        return text
+    return (f"{text} Hatched: not significant (permutation test of the models, {test.attrs['n_perm']} splits per "
+            f"pair at most, Benjamini-Hochberg at {test.attrs['alpha']:g}).")
 
 
 def _unsorted(c):
@@ -472,7 +498,8 @@ FIGURES = (
                            "blue negative.", lambda c: "eigenimages"),
     ReportFigure("grouping.{name}.drift.{metric}", "grouping",
                  lambda c: _heatmap(c, c["g"].order, f"{c['metric']} drift by {c['name']}"), heatmap,
-                 "drift-{slug}-{metric}", lambda c: f"{c['metric']} drift, groups sorted by mean drift.",
+                 "drift-{slug}-{metric}", lambda c: _drift_caption(c, f"{c['metric']} drift, groups sorted by mean "
+                                                                  "drift."),
                  lambda c: f"{c['name']} drift", vector=False, metrics="first", display="matrix", row="main",
                  beside="order"),
     ReportFigure("grouping.{name}.drift.{metric}.unsorted", "grouping", _unsorted, heatmap,
