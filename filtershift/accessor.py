@@ -145,14 +145,17 @@ class DatasetAccessor(_Common):
 
     def distributions(self, by="task", basis=None, **kw) -> xr.Dataset:
         """Per-group coefficient distributions (:func:`filtershift.distributions`), with this Dataset's basis
-        unless ``basis`` is given."""
+        unless ``basis`` is given; filters whose label is missing are left out (attrs ``n_filters_dropped``,
+        ``n_models_dropped``) unless ``keep_missing=True``."""
         from filtershift.stats import distributions
 
         return distributions(self.stats, basis, by=by, **kw)
 
     def drift(self, by="task", metric: str = "kl_sym", basis=None, **kw) -> xr.DataArray:
         """The drift matrix (group_a, group_b) of a grouping (:func:`filtershift.drift` of
-        :func:`filtershift.distributions`); ``kw`` go to ``distributions`` (bins, min_filters, min_models, ...)."""
+        :func:`filtershift.distributions`); ``kw`` go to ``distributions`` (bins, min_filters, min_models,
+        keep_missing, ...). Filters whose label is missing are left out, as in a pandas ``groupby`` (attrs
+        ``n_filters_dropped``, ``n_models_dropped``), unless ``keep_missing=True`` keeps them as a group."""
         from filtershift.stats import drift
 
         return drift(self.distributions(by=by, basis=basis, **kw), metric=metric)

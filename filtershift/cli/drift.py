@@ -31,9 +31,13 @@ def register(sub) -> None:
     p.add_argument("--explain", type=non_negative_int, default=3, metavar="K",
                    help="for the K most drifted pairs, each component's share of the drift and the bins that "
                         "drive it (default %(default)s; --json always carries every pair's per-component terms)")
+    p.add_argument("--keep-missing", action="store_true",
+                   help="keep the models whose label is missing as a group of their own ('unknown'); by default "
+                        "they are left out, as in a pandas groupby, and the output says how many")
     p.add_argument("--json", action="store_true",
-                   help="print JSON: labels, matrix, n_filters, n_models, small, metric, bins, by; with "
-                        "--permutations, p_value and p_adjusted matrices (null: no test), permutations, alpha")
+                   help="print JSON: labels, matrix, n_filters, n_models, small, metric, bins, by, "
+                        "n_filters_dropped, n_models_dropped, missing_labels; with --permutations, p_value and "
+                        "p_adjusted matrices (null: no test), permutations, alpha")
     add_where(p)
     add_storage_options(p)
     computing(p, run)
@@ -57,12 +61,13 @@ def _row(values):
 
 def run(args) -> int:
     from filtershift.stats import distributions, drift, drift_components, drift_test, fit_basis
+    from filtershift.stats.divergence import DROPPED
 
     ds = args.dataset
     basis = fit_basis(ds)
     by = args.by[0] if len(args.by) == 1 else args.by
     dist = distributions(ds, basis, by=by, bins=args.bins, min_filters=args.min_filters,
-                         min_models=args.min_models)
+                         min_models=args.min_models, keep_missing=args.keep_missing)
     d = drift(dist, args.metric)
     test = drift_test(dist, args.metric, n_perm=args.permutations, seed=args.seed, alpha=args.alpha) \
         if args.permutations else None
@@ -71,7 +76,7 @@ def run(args) -> int:
         out = {"labels": labels, "matrix": _matrix(d.values),
                "n_filters": dist["n_filters"].values.tolist(), "n_models": dist["n_models"].values.tolist(),
                "small": dist["small"].values.tolist(), "metric": args.metric, "bins": args.bins,
-               "by": dist.attrs["by"]}
+               "by": dist.attrs["by"], **{k: dist.attrs[k] for k in DROPPED}}
         out["contributions"] = [[_row(v) for v in row] for row in drift_components(dist, args.metric).values]
         if test is not None:
             out.update({"p_value": _matrix(test["p_value"].values), "p_adjusted": _matrix(test["p_adjusted"].values),
@@ -86,6 +91,7 @@ def run(args) -> int:
         flag = "*" if dist["small"].values[i] else " "
         cells = " ".join(f"{v:>9.4g}" for v in row)
         print(f"{i:>3} {lab:<{width}}{flag} {int(dist['n_models'][i]):>5} {int(dist['n_filters'][i]):>11,} {cells}")
+    print(dropped_note(dist.attrs))
     if test is not None:
         _print_test(test, labels, args)
     if args.explain:
@@ -111,6 +117,16 @@ def _print_explain(dist, d, labels, args) -> None:
               + ", ".join(f"component {k} {shares[k]:.0%}" for k in lead)
               + "; bins " + ", ".join(f"c{r.component} [{r.lo:+.2f}, {r.hi:+.2f}) {r.p_a:.3g} vs {r.p_b:.3g}"
                                       for r in bins.itertuples()))
+
+
+def dropped_note(attrs: dict) -> str:
+    """What a grouping left out for a missing label, in words."""
+    if attrs["missing_labels"] == "kept":
+        return "missing labels: kept as a group of their own (--keep-missing)"
+    if not attrs["n_filters_dropped"] and not attrs["n_models_dropped"]:
+        return "missing labels: none left out"
+    return (f"missing labels: left out {attrs['n_models_dropped']} model(s), {attrs['n_filters_dropped']:,} filters "
+            f"without a {' or '.join(attrs['by'])} label (--keep-missing keeps them as a group)")
 
 
 def _print_test(test, labels, args) -> None:

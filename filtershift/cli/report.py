@@ -4,6 +4,7 @@ Exit codes: 0 built, reused or skipped; 2 bad input or config; 3 store incomplet
 into DIR; 1 unexpected failure (the traceback is in the failed run's run.log).
 """
 
+import argparse
 import json
 import logging
 import sys
@@ -26,6 +27,10 @@ def register(sub) -> None:
                    help="tcp://HOST:PORT, a scheduler file, threads, processes, synchronous or local "
                         "(default: 'scheduler' of --config, DASK_SCHEDULER_ADDRESS, dask config, else threads; see "
                         "`filtershift cluster defaults`)")
+    p.add_argument("--keep-missing", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the models whose label is missing as a group of their own ('unknown') in every "
+                        "grouping; by default they are left out and the page says how many (default: "
+                        "'keep_missing' of --config, else false)")
     p.add_argument("--force", action="store_true", help="build a new run even if one covers this store and spec")
     p.add_argument("--json", action="store_true", help="print status, run, paths and spec hash as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
@@ -44,7 +49,8 @@ def run(args) -> int:
     logger.setLevel(logging.INFO)
     try:
         result = build_report(args.store, args.out, args.config, args.scheduler, force=args.force,
-                              default_scheduler="threads", storage_options=storage_options(args))
+                              default_scheduler="threads", storage_options=storage_options(args),
+                              keep_missing=args.keep_missing)
     finally:
         logger.removeHandler(handler)
     summary = {"status": result.status, "run": result.run, "run_dir": str(result.run_dir),

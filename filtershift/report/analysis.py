@@ -128,7 +128,7 @@ def analyse(ds: xr.Dataset, info: dict, spec: dict, *, step=lambda name: None) -
         step(f"grouping {name}")
         stats.histograms(basis, spec["bins"], density=pair)   # pass 3 (the first time) counts the 2D density too
         dist = distributions(stats, basis, by=by, bins=spec["bins"], min_filters=th["min_filters"],
-                             min_models=th["min_models"])
+                             min_models=th["min_models"], keep_missing=spec["keep_missing"])
         g = GroupingResult(name, by, dist, {m: drift(dist, m) for m in spec["metrics"]})
         first = g.drift[spec["metrics"][0]].values
         g.order = order_by_mean_drift(first)
@@ -143,7 +143,8 @@ def analyse(ds: xr.Dataset, info: dict, spec: dict, *, step=lambda name: None) -
             notes.append(f"{name}: no bootstrap intervals ({g.size} groups > bootstrap.max_groups "
                          f"{boot['max_groups']})")
         if 1 <= g.size <= fig["max_groups"]:
-            g.bases = group_bases(stats, by, min_filters=th["min_filters"], min_models=th["min_models"])
+            g.bases = group_bases(stats, by, min_filters=th["min_filters"], min_models=th["min_models"],
+                                  keep_missing=spec["keep_missing"])
             g.kde = kde(dist, points=256, components=list(range(fig["ridge_components"])))
         groupings[name] = g
         log.info("grouping %s: %d groups (%d small)", name, g.size, int(dist["small"].values.sum()))

@@ -75,7 +75,8 @@ def store_identity(store: str, shash: str, storage_options: dict | None = None) 
 
 
 def build_report(store=None, out=None, config=None, scheduler=None, *, force: bool = False,
-                 default_scheduler: str = "threads", storage_options: dict | None = None) -> ReportResult:
+                 default_scheduler: str = "threads", storage_options: dict | None = None,
+                 keep_missing: bool | None = None) -> ReportResult:
     """Build (or reuse) the report of ``store`` into ``out``.
 
     ``config`` is a report.yaml path or a spec dict (see :mod:`filtershift.report.config`); ``store``, ``out`` and
@@ -83,6 +84,7 @@ def build_report(store=None, out=None, config=None, scheduler=None, *, force: bo
     ``out`` may be a URL (``s3://bucket/reports``): the run is built locally, then uploaded and published by
     single-object writes (:class:`filtershift.report.publish.RemoteOutput`); the result's paths are then URLs.
     ``storage_options`` (fsspec) serve the store and the output URLs; they are not part of the spec or its hash.
+    ``keep_missing`` overrides ``keep_missing`` of the config (part of the spec and its hash).
 
     Parameters
     ----------
@@ -100,6 +102,9 @@ def build_report(store=None, out=None, config=None, scheduler=None, *, force: bo
         Scheduler used when neither the arguments, the config nor the environment choose one.
     storage_options : dict, optional
         fsspec options of the store and output URLs.
+    keep_missing : bool, optional
+        Keep the models whose label is missing as a group of their own in every grouping; overrides
+        ``keep_missing`` of the config (default there: False, they are left out and counted).
 
     Returns
     -------
@@ -124,7 +129,7 @@ def build_report(store=None, out=None, config=None, scheduler=None, *, force: bo
     >>> result.index_html  # doctest: +SKIP
     """
     overrides = {"store": None if store is None else str(store), "output": None if out is None else str(out),
-                 "scheduler": scheduler}
+                 "scheduler": scheduler, "keep_missing": keep_missing}
     spec = load_config(config, overrides)
     if not spec["store"]:
         raise InputError("no store given: pass STORE on the command line or set 'store' in report.yaml.")

@@ -30,6 +30,7 @@ DEFAULTS: dict = {
     "groupings": ["task", "visual_category", "training_dataset", "depth", "model"],
     "metrics": list(METRICS),
     "bins": 70,
+    "keep_missing": False,
     "thresholds": {
         "min_filters": 1000,
         "min_models": 2,
@@ -201,6 +202,8 @@ def validate(spec: dict, where: str = "report config") -> dict:
             raise InputError(f"{where}: {name!r} must be {'an integer' if kind is int else 'a number'} {bounds}; "
                              f"got {_get(spec, path)!r}.")
         _set(spec, path, value)
+    if not isinstance(spec["keep_missing"], bool):
+        raise InputError(f"{where}: 'keep_missing' must be true or false; got {spec['keep_missing']!r}.")
     if spec["bootstrap"]["n_boot"] == 1:
         raise InputError(f"{where}: 'bootstrap.n_boot' must be 0 (no intervals) or at least 2; got 1.")
     return spec

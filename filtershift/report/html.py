@@ -164,7 +164,9 @@ def overview_section(r: dict) -> str:
                                                prov))
     p = r["parameters"]
     params = [["store", s["store"]], ["groupings", ", ".join(r["groupings"])], ["metrics", ", ".join(p["metrics"])],
-              ["bins", p["bins"]], ["min filters / min models (small groups)",
+              ["bins", p["bins"]],
+              ["models without a label", "kept as a group" if p.get("keep_missing") else "left out"],
+              ["min filters / min models (small groups)",
                                      f"{p['thresholds']['min_filters']} / {p['thresholds']['min_models']}"],
               ["sparsity eps", p["thresholds"]["sparsity_eps"]],
               ["bootstrap", f"{p['bootstrap']['n_boot']} replicates, seed {p['bootstrap']['seed']}, "
@@ -195,7 +197,7 @@ def grouping_section(name: str, g: dict, figs: dict, r: dict) -> str:
                   f'{r["parameters"]["thresholds"]["min_models"]} models; their drift is noisy.</p>')
     parts = [f'<section id="{esc("g-" + g["slug"])}"><h2>Grouping: {esc(name)}</h2>',
              f'<p class="note">{g["size"]} groups; drift weights are the global explained variance ratios; '
-             f"{r['parameters']['bins']} bins per component.</p>", small_note]
+             f"{r['parameters']['bins']} bins per component.</p>", small_note, missing_note(g)]
     if g["display"] != "matrix":
         parts.append(f'<p class="note">Too many groups for a readable matrix: the full matrix is shown clustered '
                      f'(average linkage, optimal leaf order) without labels, then the {len(g["top"])} most shifted '
@@ -204,6 +206,16 @@ def grouping_section(name: str, g: dict, figs: dict, r: dict) -> str:
     parts.append(registered("grouping", figs, _context(r, name=name, gr=g)))
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def missing_note(g: dict) -> str:
+    """How many models and filters the grouping left out because a label is missing (results ``dropped``)."""
+    dropped = g.get("dropped") or {}
+    if g.get("missing_labels") == "kept" or not dropped.get("models"):
+        return ""
+    return (f'<p class="note">Left out: {dropped["models"]:,} models ({dropped["filters"]:,} filters) whose '
+            f'{esc(" or ".join(g["by"]))} label is missing, as a pandas groupby does; <code>keep_missing: '
+            "true</code> (or <code>--keep-missing</code>) keeps them as a group of their own.</p>")
 
 
 def density_section(r: dict, figs: dict) -> str:

@@ -66,13 +66,14 @@ def matrix_table(da) -> pd.DataFrame:
     return pd.DataFrame({"group_a": labels[a.ravel()], "group_b": labels[b.ravel()], "value": da.values.ravel()})
 
 
-def model_labels(moments, key: str) -> pd.Series | None:
-    """Label of every model under grouping ``key`` (None when the store has no such grouping)."""
+def model_labels(moments, key: str, keep_missing: bool = False) -> pd.Series | None:
+    """Label of every model under grouping ``key`` (None when the store has no such grouping); a missing label is
+    None (left out of a pandas groupby) unless ``keep_missing``."""
     try:
-        g = groups(moments, key)
+        g = groups(moments, key, keep_missing=keep_missing)
     except Exception:  # noqa: BLE001 - the store lacks this grouping column
         return None
-    lab = np.array(g.labels + ["unknown"], dtype=object)
+    lab = np.array(g.labels + [None], dtype=object)
     per_record = pd.Series(lab[np.where(g.codes >= 0, g.codes, len(g.labels))],
                            index=moments["model_id"].values)
     return per_record[~per_record.index.duplicated()]
@@ -92,7 +93,7 @@ def share_3x3(models: pd.DataFrame, task_labels: pd.Series | None) -> dict | Non
             out = {"method": "sum of '(3, 3) filters' / sum of total_filters over models",
                    "overall": float(num[ok].sum() / den[ok].sum())}
     if task_labels is not None:
-        task = models["model_id"].map(task_labels).fillna("unknown").to_numpy()
+        task = models["model_id"].map(task_labels).to_numpy()
         out["by_task"] = {str(k): float(v) for k, v in share.groupby(task).mean().items()}
     return out
 
@@ -154,7 +155,9 @@ def grouping_results(g, spec: dict, tables: Path, table_index: dict) -> dict:
     out = {"by": list(dist.attrs["by"]), "slug": slug, "size": g.size, "labels": g.labels,
            "n_filters": dist["n_filters"].values, "n_models": dist["n_models"].values,
            "small": dist["small"].values, "order": g.order, "display": "matrix" if inline else "clustered",
-           "cluster_order": g.cluster_order, "top": g.top, "metrics": {}, "mean_drift": {}, "bootstrap": None}
+           "cluster_order": g.cluster_order, "top": g.top, "metrics": {}, "mean_drift": {}, "bootstrap": None,
+           "dropped": {"filters": dist.attrs["n_filters_dropped"], "models": dist.attrs["n_models_dropped"]},
+           "missing_labels": dist.attrs["missing_labels"]}
     from filtershift.report.analysis import mean_drift
 
     for metric, da in g.drift.items():
@@ -200,7 +203,8 @@ def build_results(analysis, spec: dict, run: dict, tables: Path, models: pd.Data
                       for name, g in analysis.groupings.items()},
         "notes": list(analysis.notes),
     }
-    results["overview"] = {"share_3x3": share_3x3(models, model_labels(analysis.moments, "task"))}
+    results["overview"] = {"share_3x3": share_3x3(models, model_labels(analysis.moments, "task",
+                                                                        spec["keep_missing"]))}
     if analysis.density is not None:
         d = analysis.density
         counts = d.values

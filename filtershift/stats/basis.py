@@ -227,7 +227,7 @@ def fit_basis(data, n_components: int = K) -> Basis:
 
 
 def group_bases(data, by="task", *, min_filters: int = 1000, min_models: int = 2,
-                keep_empty: bool = False) -> xr.Dataset:
+                keep_empty: bool = False, keep_missing: bool = False) -> xr.Dataset:
     """The same PCA fitted on each group's filters, from per-record co-moments (no new pass).
 
     The result has dims (group, component, k) with ``mean``, ``components``, ``eigenimages`` (group, component, y,
@@ -248,6 +248,9 @@ def group_bases(data, by="task", *, min_filters: int = 1000, min_models: int = 2
     keep_empty : bool, default False
         Keep every combination of the keys' labels as a group, even those without filters (then ``valid`` is
         False and the values NaN).
+    keep_missing : bool, default False
+        Keep the filters whose label is missing as a group of their own, as for :func:`distributions`; by
+        default they are left out.
 
     Returns
     -------
@@ -255,7 +258,8 @@ def group_bases(data, by="task", *, min_filters: int = 1000, min_models: int = 2
         Dims (group, component, k, y, x): ``mean`` (group, k), ``components`` (group, component, k),
         ``eigenimages`` (group, component, y, x), ``explained_variance`` and ``explained_variance_ratio``
         (group, component), ``n_filters``, ``n_models``, ``small``, ``valid`` (group). With several keys, one
-        coordinate per key along ``group``; attrs ``by``, ``min_filters``, ``min_models``.
+        coordinate per key along ``group``; attrs ``by``, ``min_filters``, ``min_models`` and those of
+        :func:`distributions` on the filters left out for a missing label.
 
     Raises
     ------
@@ -264,7 +268,7 @@ def group_bases(data, by="task", *, min_filters: int = 1000, min_models: int = 2
     """
     stats = as_stats(data)
     m = stats.moments()
-    g = groups(m, by, keep_empty=keep_empty)
+    g = groups(m, by, keep_empty=keep_empty, keep_missing=keep_missing)
     gn, gs, gc = group_comoments(g.codes, m["n"].values, m["scaled_sum"].values,
                                  m["scaled_comoment"].values, g.size)
     fits = [pca_from_moments(gn[i], gs[i], gc[i]) for i in range(g.size)]
@@ -287,6 +291,7 @@ def group_bases(data, by="task", *, min_filters: int = 1000, min_models: int = 2
          "n_filters": ("group", gn.astype(np.int64)), "n_models": ("group", n_models.astype(np.int64)),
          "small": ("group", (gn < min_filters) | (n_models < min_models)), "valid": ("group", gn >= 2)},
         coords=coords)
-    out.attrs.update({"by": list(g.by), "min_filters": int(min_filters), "min_models": int(min_models)})
+    out.attrs.update({"by": list(g.by), "min_filters": int(min_filters), "min_models": int(min_models),
+                      **g.dropped(m)})
     describe(out, "PCA basis per group", "1", f"the PCA of scaled filters fitted on each {' x '.join(g.by)} group")
     return describe_vars(out)

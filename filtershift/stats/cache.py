@@ -159,8 +159,7 @@ class RecordStats:
                 rows = record_table(self.ds).loc[part["record"]]
                 part.update({n: rows[n].cat.codes.to_numpy(np.int32) if n in codes else rows[n].to_numpy()
                              for n in own})
-            attrs = {n: ({"labels": list(index.tables.labels[n]), "column": index.tables.grouping[n]} if n in own
-                         else dict(self.ds[n].attrs)) for n in codes}
+            attrs = {n: index.label_attrs(n) if n in own else dict(self.ds[n].attrs) for n in codes}
             for n in codes:
                 part[n] = _as_codes(part[n], attrs[n]["labels"])
             dims = {1: ("record",), 2: ("record", "k"), 3: ("record", "k", "k2")}

@@ -20,14 +20,17 @@ from filtershift.stats.histograms import HIST2D, Density2D, coarsen2d, normalise
 
 
 def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: int = 1000, min_models: int = 2,
-                  keep_empty: bool = False, fine_bins: int = 0, range=None) -> xr.Dataset:
+                  keep_empty: bool = False, fine_bins: int = 0, range=None,
+                  keep_missing: bool = False) -> xr.Dataset:
     """Per-group coefficient distributions: a 70-bin histogram per component over one global range.
 
     ``data`` is a Dataset, a :class:`RecordStats` or a fitted basis (then its statistics are reused, so asking
     for more groupings costs no pass). The result has dims (group, component, bin) with ``p`` (normalised
     histograms, NaN for empty groups), ``counts``, ``n_filters``, ``n_models``, ``small`` (under ``min_filters``
     or ``min_models``), the basis' ``explained_variance_ratio`` (drift weights), and the per-(group, model)
-    ``member_counts`` used by :func:`drift_ci`. ``fine_bins`` > 0 adds ``fine_counts`` for :func:`kde`.
+    ``member_counts`` used by :func:`drift_ci`. ``fine_bins`` > 0 adds ``fine_counts`` for :func:`kde`. Filters
+    whose label is missing are left out of the groups, as in a pandas ``groupby`` (attrs ``n_filters_dropped``,
+    ``n_models_dropped``), unless ``keep_missing``. The basis and the histogram range stay those of all filters.
 
     Parameters
     ----------
@@ -52,6 +55,9 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
         :func:`kde`); a non-negative integer.
     range : tuple of float, optional
         (lower, upper) of the histogram range; default the global coefficient range of the data.
+    keep_missing : bool, default False
+        Keep the filters of models whose label of a key is missing as a group of their own (labelled as the
+        coordinate's ``missing`` attr says, ``"unknown"``); by default they are left out.
 
     Returns
     -------
@@ -63,7 +69,8 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
         component; exact per-group coefficient variance, ddof=1), ``member_counts`` (member, component, bin),
         ``member_group`` and ``member_model`` (member); with ``fine_bins``, ``fine_counts`` (group, component,
         fine_bin) and ``fine_edges`` (fine_edge). attrs ``by``, ``bins``, ``range``, ``min_filters``,
-        ``min_models``, ``n_filters_total``, ``normalisation``.
+        ``min_models``, ``n_filters_total``, ``normalisation``, ``n_filters_dropped`` and ``n_models_dropped``
+        (left out for a missing label; 0 with ``keep_missing``), ``missing_labels`` (``"dropped"`` or ``"kept"``).
 
     Raises
     ------
@@ -88,7 +95,7 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
     basis = basis if basis is not None else default_basis(stats)
     m = stats.moments()
     h = stats.histograms(basis, bins, fine_bins, range=range)
-    g = groups(m, by, keep_empty=keep_empty)
+    g = groups(m, by, keep_empty=keep_empty, keep_missing=keep_missing)
     counts = group_sum(g.codes, h["counts"].values, g.size)
     n_filters = group_sum(g.codes, m["n"].values, g.size)
     model_ids = m["model_id"].values
@@ -138,7 +145,7 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
     out.attrs.update({"by": list(g.by), "bins": int(bins), "range": list(h.attrs["range"]),
                       "min_filters": int(min_filters), "min_models": int(min_models),
                       "n_filters_total": int(m["n"].values.sum()),
-                      "normalisation": "density, empty bins = float32 eps, then sum 1"})
+                      "normalisation": "density, empty bins = float32 eps, then sum 1", **g.dropped(m)})
     out["explained_variance_ratio"].attrs["description"] = ("share of the total variance per component (the drift "
                                                             "weights)")
     out["small"].attrs["description"] = f"n_filters < {min_filters} or n_models < {min_models}"
@@ -159,7 +166,7 @@ def _stats_for(data, basis):
 
 
 def density2d(data, basis=None, components=(0, 1), bins: int = 512, by=None, keep_empty: bool = False,
-              range=None, min_count: float = 0) -> xr.DataArray:
+              range=None, min_count: float = 0, keep_missing: bool = False) -> xr.DataArray:
     """2D histogram (counts) of two components, numpy.histogram2d's layout: x is the first component, y the second.
 
     Without ``by``, the counts pass 3 made when it was asked for this histogram (:meth:`RecordStats.histograms`
@@ -187,13 +194,17 @@ def density2d(data, basis=None, components=(0, 1), bins: int = 512, by=None, kee
     min_count : float, default 0
         Halve the bins per axis (2 x 2 bins summed) while the counted filters average fewer than ``min_count`` per
         occupied bin, down to 16 bins per axis (:func:`~filtershift.stats.histograms.coarsen2d`); 0 keeps ``bins``.
+    keep_missing : bool, default False
+        With ``by``, keep the filters whose label is missing as a group of their own, as for
+        :func:`distributions`; by default they are left out.
 
     Returns
     -------
     xarray.DataArray
         ``density2d``: counts with dims (x, y), or (group, x, y) with ``by``; coords ``x``, ``y`` (bin centres)
         and ``group``; attrs ``components``, ``range``, ``bins`` (used), ``bins_requested``, ``min_count``,
-        ``bin_edges`` and, without ``by``, ``n_filters`` (all filters, counted or not).
+        ``bin_edges`` and, without ``by``, ``n_filters`` (all filters, counted or not); with ``by``,
+        those of :func:`distributions` on the filters left out for a missing label.
 
     Raises
     ------
@@ -220,7 +231,8 @@ def density2d(data, basis=None, components=(0, 1), bins: int = 512, by=None, kee
         counts, labels = stats.density(basis, spec)[None].copy(), ["all"]
         attrs["n_filters"] = int(m["n"].values.sum())
     else:
-        g = groups(m, by, keep_empty=keep_empty)
+        g = groups(m, by, keep_empty=keep_empty, keep_missing=keep_missing)
+        attrs.update(g.dropped(m))
         params = {"mean": np.asarray(basis.mean_, np.float64),
                   "components": np.ascontiguousarray(basis.components_, np.float64), **spec.params(),
                   "pair_record": m["record"].values, "pair_group": g.codes, "n_groups": len(g.labels)}

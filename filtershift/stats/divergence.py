@@ -50,6 +50,11 @@ def normalised_for(dist, counts, metric):
     return normalise(counts, edges)
 
 
+#: attrs of :func:`~filtershift.stats.distributions.distributions` that a drift matrix carries on: what the grouping
+#: left out for a missing label.
+DROPPED = ("n_filters_dropped", "n_models_dropped", "missing_labels")
+
+
 def _labelled(dist, values, metric, name="drift") -> xr.DataArray:
     labels = dist["group"].values
     coords = {"group_a": ("group_a", labels), "group_b": ("group_b", labels)}
@@ -57,7 +62,8 @@ def _labelled(dist, values, metric, name="drift") -> xr.DataArray:
         coords[f"{var}_a"] = ("group_a", dist[var].values)
         coords[f"{var}_b"] = ("group_b", dist[var].values)
     attrs = {"metric": metric, "by": dist.attrs.get("by"), "bins": dist.attrs.get("bins"),
-             "weights": "explained variance ratio per component"}
+             "weights": "explained variance ratio per component",
+             **{k: dist.attrs[k] for k in DROPPED if k in dist.attrs}}
     out = xr.DataArray(values, dims=("group_a", "group_b"), coords=coords, name=name, attrs=attrs)
     what = {"drift": "", "lower": "lower bound of the bootstrap interval of the ",
             "upper": "upper bound of the bootstrap interval of the ",
@@ -86,7 +92,8 @@ def drift(dist: xr.Dataset, metric: str = "kl_sym") -> xr.DataArray:
     -------
     xarray.DataArray
         ``drift`` with dims (group_a, group_b); coords ``group_a``, ``group_b`` and ``n_filters_a/_b``,
-        ``n_models_a/_b``, ``small_a/_b``; attrs ``metric``, ``weights``, units of the metric. The diagonal is 0
+        ``n_models_a/_b``, ``small_a/_b``; attrs ``metric``, ``weights``, units of the metric and
+        ``n_filters_dropped``, ``n_models_dropped``, ``missing_labels`` of ``dist``. The diagonal is 0
         (NaN for empty groups).
 
     Raises

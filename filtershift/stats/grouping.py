@@ -25,17 +25,27 @@ FIXED_KEYS = ("depth", "model", "model_id", "conv_depth")
 
 @dataclass
 class Groups:
-    """A grouping of records: ``codes`` (per record, group index), the group ``labels`` and, per key, the
-    label of every group (``columns``)."""
+    """A grouping of records: ``codes`` (per record, group index), the group ``labels``, per key the label of
+    every group (``columns``), and ``left_out`` (per record: True when a key's label is missing, so that the record
+    is in no group)."""
 
     by: list
     codes: np.ndarray
     labels: list
     columns: dict
+    left_out: np.ndarray | None = None
 
     @property
     def size(self) -> int:
         return len(self.labels)
+
+    def dropped(self, meta: xr.Dataset) -> dict:
+        """``n_filters_dropped``, ``n_models_dropped``: the filters and the models (any of whose filters) left out
+        for a missing label; ``missing_labels``: ``"dropped"`` or ``"kept"`` (as their own group)."""
+        out = np.zeros(len(self.codes), bool) if self.left_out is None else self.left_out
+        return {"n_filters_dropped": int(np.asarray(meta["n"].values)[out].sum()),
+                "n_models_dropped": int(np.unique(np.asarray(meta["model_id"].values)[out]).size),
+                "missing_labels": "kept" if self.left_out is None else "dropped"}
 
 
 def grouping_names(meta: xr.Dataset) -> dict:
@@ -51,30 +61,44 @@ def depth_codes(conv_depth_norm: np.ndarray) -> np.ndarray:
     return np.asarray(pd.Series(codes).fillna(-1), dtype=np.int64)
 
 
-def _key_codes(meta: xr.Dataset, name: str):
+def _key_codes(meta: xr.Dataset, name: str, keep_missing: bool):
+    """(code per record, labels, left out per record) of one key; the missing label (attr ``missing``) is no
+    group unless ``keep_missing``: its records get code -1."""
     if name == "depth":
-        return depth_codes(meta["conv_depth_norm"].values), list(DEPTH_LABELS)
+        return depth_codes(meta["conv_depth_norm"].values), list(DEPTH_LABELS), None
     if name in ("model", "model_id", "conv_depth"):
         col = "model_id" if name == "model" else name
         values = meta[col].values
         uniq, codes = np.unique(values, return_inverse=True)
-        return codes.astype(np.int64), [str(u) for u in uniq]
-    return meta[name].values.astype(np.int64), list(meta[name].attrs["labels"])
+        return codes.astype(np.int64), [str(u) for u in uniq], None
+    codes, labels = meta[name].values.astype(np.int64), list(meta[name].attrs["labels"])
+    missing = meta[name].attrs.get("missing")
+    if keep_missing or missing not in labels:
+        return codes, labels, None
+    m = labels.index(missing)
+    left_out = codes == m
+    return np.where(left_out, -1, codes - (codes > m)), labels[:m] + labels[m + 1:], left_out
 
 
-def groups(meta: xr.Dataset, by, keep_empty: bool = False) -> Groups:
+def groups(meta: xr.Dataset, by, keep_empty: bool = False, keep_missing: bool = False) -> Groups:
     """Group the records of ``meta`` (per-record meta from pass 1) by one key or a list of keys.
 
     Keys: a grouping coordinate or its column name, ``"depth"`` (deciles), ``"model"``, ``"conv_depth"``.
-    Groups are the observed label combinations in code order (every combination when ``keep_empty``).
+    Groups are the observed label combinations in code order (every combination when ``keep_empty``). Records whose
+    label of a key is missing (the coordinate's ``missing`` attr) are in no group, as in a pandas ``groupby``
+    (``left_out``), unless ``keep_missing``: then that label is a group like any other.
     """
     keys = [by] if isinstance(by, str) else list(by)
     if not keys:
         raise InputError("by: give at least one grouping key.")
     names = [fmt.resolve_name(k, grouping_names(meta), meta, FIXED_KEYS) for k in keys]
-    per_key = [_key_codes(meta, n) for n in names]
-    sizes = [len(lab) for _, lab in per_key]
-    codes = np.stack([c for c, _ in per_key], axis=1) if per_key else np.zeros((0, 0), np.int64)
+    per_key = [_key_codes(meta, n, keep_missing) for n in names]
+    sizes = [len(lab) for _, lab, _ in per_key]
+    codes = np.stack([c for c, _, _ in per_key], axis=1) if per_key else np.zeros((0, 0), np.int64)
+    left_out = None if keep_missing else np.zeros(len(codes), bool)
+    for _, _, out in per_key:
+        if out is not None:
+            left_out |= out
     valid = np.all(codes >= 0, axis=1)
     if keep_empty:
         combos = np.array(np.meshgrid(*[np.arange(s) for s in sizes], indexing="ij")).reshape(len(sizes), -1).T
@@ -94,7 +118,7 @@ def groups(meta: xr.Dataset, by, keep_empty: bool = False) -> Groups:
     group_codes = np.where(ok, pos, -1).astype(np.int64)
     columns = {n: [per_key[i][1][c] for c in combos[:, i]] for i, n in enumerate(names)}
     labels = [" / ".join(parts) for parts in zip(*columns.values())] if len(combos) else []
-    return Groups(by=names, codes=group_codes, labels=labels, columns=columns)
+    return Groups(by=names, codes=group_codes, labels=labels, columns=columns, left_out=left_out)
 
 
 @numba.njit(nogil=True, cache=True)

@@ -227,13 +227,16 @@ def _build(weights: da.Array, records: pd.DataFrame, models: pd.DataFrame, rules
     model_row = pd.Index(models["model_id"]).get_indexer(records["model_id"])
     values = {name: records[name].to_numpy(dtype) for name, dtype in META.items()}
     grouping = fmt.grouping_columns(models)
-    labels, codes = {}, {}
+    labels, codes, missing = {}, {}, {}
     for name, column in grouping.items():
-        vocab, model_codes = fmt.vocabulary_codes(fmt.apply_label_rules(models[column], column, rules))
+        clean, missing_label = fmt.clean_labels(models[column], column, rules)
+        vocab, model_codes = fmt.vocabulary_codes(clean)
         labels[name], codes[name] = tuple(vocab), model_codes[model_row]
         values[name] = np.asarray(vocab, dtype=LABEL_DTYPE)[codes[name]]
+        if missing_label is not None:
+            missing[name] = missing_label
     tables = Tables(records, models, dict(grouping), labels, values, codes,
-                    tuple(tuple(sorted(dict(r).items())) for r in rules))
+                    tuple(tuple(sorted(dict(r).items())) for r in rules), missing)
     index = RecordIndex.from_tables(tables, weights.chunks[0], weights.shape[1:], weights.dtype)
     coords = xr.Coordinates.from_xindex(index)
     ds = xr.Dataset({"weights": (("filter", "k"), weights)}, coords=coords)

@@ -743,16 +743,35 @@ def grouping_columns(models: pd.DataFrame) -> dict[str, str]:
     return out
 
 
-def apply_label_rules(values: pd.Series, column: str, rules) -> pd.Series:
-    """Clean raw labels for grouping: a rule maps every label containing ``contains`` to ``value``;
-    a missing label becomes ``"unknown"``."""
-    labels = ["unknown" if is_missing(v) else str(v) for v in values.tolist()]
+#: The label of a missing meta value in a grouping coordinate. When the column also holds this label as a real value,
+#: the missing ones get it with " (missing)" appended, so that the two never merge.
+MISSING_LABEL = "unknown"
+
+
+def clean_labels(values: pd.Series, column: str, rules) -> tuple[pd.Series, str | None]:
+    """Labels for grouping and the label that stands for a missing value (None when no value is missing).
+
+    A rule maps every label containing ``contains`` to ``value``; rules never touch a missing value, which becomes
+    :data:`MISSING_LABEL` (with " (missing)" appended while that is a real label of the column). The tables keep
+    missing values as missing (docs/format.md), so which labels stand for a missing value is known from them."""
+    labels = [None if is_missing(v) else str(v) for v in values.tolist()]
     for rule in rules:
         if rule.get("column") not in (column, COLUMN_ALIASES.get(column, column)):
             continue
         needle, value = str(rule["contains"]), str(rule["value"])
-        labels = [value if needle in v else v for v in labels]
-    return pd.Series(labels, index=values.index, dtype=object)
+        labels = [value if v is not None and needle in v else v for v in labels]
+    missing = None
+    if any(v is None for v in labels):
+        present = set(labels)
+        missing = MISSING_LABEL
+        while missing in present:
+            missing += " (missing)"
+    return pd.Series([missing if v is None else v for v in labels], index=values.index, dtype=object), missing
+
+
+def apply_label_rules(values: pd.Series, column: str, rules) -> pd.Series:
+    """Clean raw labels for grouping (:func:`clean_labels` without the missing label)."""
+    return clean_labels(values, column, rules)[0]
 
 
 def is_missing(value) -> bool:

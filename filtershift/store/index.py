@@ -14,7 +14,7 @@ positional ``isel`` (``IndexSelResult.dim_indexers``), so dask then indexes with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dask.array as da
 import numpy as np
@@ -40,7 +40,8 @@ class Tables:
 
     ``values[name]`` has one entry per row of ``records`` (numbers for META, labels as an object array for the
     grouping coordinates); ``labels[name]`` is a grouping coordinate's vocabulary (sorted), ``grouping[name]``
-    its models-table column.
+    its models-table column, ``missing[name]`` the label that stands for a missing value (only for coordinates
+    whose column has one).
     """
 
     records: pd.DataFrame
@@ -50,6 +51,7 @@ class Tables:
     values: dict
     codes: dict
     rules: tuple
+    missing: dict = field(default_factory=dict)
 
     @property
     def names(self) -> list:
@@ -102,14 +104,19 @@ class RecordIndex(Index):
         for name in self.tables.names:
             values = self.tables.values[name][self.row]
             data = _per_filter(values, self.start, self.stop, self.chunks, name)
-            attrs = dict(variables[name].attrs) if name in variables else self._attrs(name)
+            attrs = dict(variables[name].attrs) if name in variables else self.label_attrs(name)
             out[name] = xr.Variable(self.dim, data, attrs=attrs)
         return out
 
-    def _attrs(self, name: str) -> dict:
-        if name in self.tables.grouping:
-            return {"labels": list(self.tables.labels[name]), "column": self.tables.grouping[name]}
-        return {}
+    def label_attrs(self, name: str) -> dict:
+        """The attrs of coordinate ``name``: for a grouping coordinate ``labels``, ``column`` and, when a model's
+        label is missing, ``missing`` (the label that stands for it)."""
+        if name not in self.tables.grouping:
+            return {}
+        attrs = {"labels": list(self.tables.labels[name]), "column": self.tables.grouping[name]}
+        if name in self.tables.missing:
+            attrs["missing"] = self.tables.missing[name]
+        return attrs
 
     # -- positional selection ----------------------------------------------------------------------------------
 
