@@ -144,3 +144,28 @@ def test_cli_drift_json_carries_p_values(labelled_store, capsys):
     assert main(["drift", path, "--by", "task", "--scheduler", "threads", "--permutations", "49"]) == 0
     text = capsys.readouterr().out
     assert "permutation" in text and "not significant" in text
+
+
+def test_report_tests_the_first_metric_and_takes_where(labelled_store, tmp_path):
+    """The report's grouping carries the permutation test of the first metric (equal to drift_test on the same
+    distributions), hatches what is not significant, and ``where`` narrows the records analysed."""
+    from filtershift.report import build_report
+
+    path, ds = labelled_store[0], labelled_store[1]
+    where = 'conv_depth_norm <= 0.6 and task != "Generative"'
+    spec = {"groupings": ["task"], "metrics": ["js", "kl_sym"], "bootstrap": {"n_boot": 0},
+            "significance": {"n_perm": 99, "seed": 3}, "figures": {"density_bins": 0}, "where": where}
+    result = build_report(path, tmp_path / "rep", config=spec, scheduler="threads")
+    gr = result.results["groupings"]["task"]
+    sub = fs.query(ds, where)
+    dist = fs.distributions(sub, fs.fit_basis(sub), by="task", bins=70)
+    want = fs.drift_test(dist, "js", n_perm=99, seed=3)
+    assert gr["labels"] == [str(g) for g in dist["group"].values] and "Generative" not in gr["labels"]
+    assert int(np.sum(gr["n_filters"])) == sub.sizes["filter"]
+    np.testing.assert_allclose(np.array(gr["significance"]["p_value"], float), want["p_value"].values,
+                               equal_nan=True)
+    assert gr["significance"]["metric"] == "js" and gr["significance"]["n_perm"] == 99
+    page = (result.run_dir / "index.html").read_text()
+    assert "Hatched: not significant" in page
+    with pytest.raises(InputError, match="expected a value"):
+        build_report(path, tmp_path / "bad", config={"where": "task =="}, scheduler="threads")

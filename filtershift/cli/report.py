@@ -31,6 +31,9 @@ def register(sub) -> None:
                    help="keep the models whose label is missing as a group of their own ('unknown') in every "
                         "grouping; by default they are left out and the page says how many (default: "
                         "'keep_missing' of --config, else false)")
+    p.add_argument("--where", default=None, metavar="EXPR",
+                   help="report on the records that satisfy EXPR only (docs/analysis.md), e.g. 'task == "
+                        "\"Classification\"' (default: 'where' of --config, else every record)")
     p.add_argument("--force", action="store_true", help="build a new run even if one covers this store and spec")
     p.add_argument("--json", action="store_true", help="print status, run, paths and spec hash as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
@@ -50,7 +53,7 @@ def run(args) -> int:
     try:
         result = build_report(args.store, args.out, args.config, args.scheduler, force=args.force,
                               default_scheduler="threads", storage_options=storage_options(args),
-                              keep_missing=args.keep_missing)
+                              keep_missing=args.keep_missing, where=args.where)
     finally:
         logger.removeHandler(handler)
     summary = {"status": result.status, "run": result.run, "run_dir": str(result.run_dir),

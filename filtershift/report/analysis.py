@@ -33,6 +33,7 @@ class GroupingResult:
     top: np.ndarray | None = None
     bases: xr.Dataset | None = None
     kde: xr.DataArray | None = None
+    test: xr.Dataset | None = None
 
     @property
     def labels(self) -> list[str]:
@@ -111,10 +112,20 @@ def covariance(basis) -> np.ndarray:
 
 def analyse(ds: xr.Dataset, info: dict, spec: dict, *, step=lambda name: None) -> Analysis:
     """Run the whole analysis of ``ds`` for ``spec``; ``step(name)`` is called as each stage starts."""
-    from filtershift.stats import density2d, distributions, drift, drift_ci, fit_basis, group_bases, kde, record_stats
+    from filtershift.stats import (
+        density2d,
+        distributions,
+        drift,
+        drift_ci,
+        drift_test,
+        fit_basis,
+        group_bases,
+        kde,
+        record_stats,
+    )
     from filtershift.stats.histograms import Density2D
 
-    th, boot, fig = spec["thresholds"], spec["bootstrap"], spec["figures"]
+    th, boot, fig, sig = spec["thresholds"], spec["bootstrap"], spec["figures"], spec["significance"]
     pair = Density2D((0, 1), fig["density_bins"], fig["density_range"]) if fig["density_bins"] else None
     stats = record_stats(ds)
     step("basis")
@@ -142,6 +153,11 @@ def analyse(ds: xr.Dataset, info: dict, spec: dict, *, step=lambda name: None) -
         elif boot["n_boot"] and g.size > boot["max_groups"]:
             notes.append(f"{name}: no bootstrap intervals ({g.size} groups > bootstrap.max_groups "
                          f"{boot['max_groups']})")
+        if sig["n_perm"] and 2 <= g.size <= sig["max_groups"]:
+            g.test = drift_test(dist, spec["metrics"][0], n_perm=sig["n_perm"], seed=sig["seed"], alpha=sig["alpha"])
+        elif sig["n_perm"] and g.size > sig["max_groups"]:
+            notes.append(f"{name}: no permutation test ({g.size} groups > significance.max_groups "
+                         f"{sig['max_groups']})")
         if 1 <= g.size <= fig["max_groups"]:
             g.bases = group_bases(stats, by, min_filters=th["min_filters"], min_models=th["min_models"],
                                   keep_missing=spec["keep_missing"])

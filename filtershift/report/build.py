@@ -76,7 +76,7 @@ def store_identity(store: str, shash: str, storage_options: dict | None = None) 
 
 def build_report(store=None, out=None, config=None, scheduler=None, *, force: bool = False,
                  default_scheduler: str = "threads", storage_options: dict | None = None,
-                 keep_missing: bool | None = None) -> ReportResult:
+                 keep_missing: bool | None = None, where: str | None = None) -> ReportResult:
     """Build (or reuse) the report of ``store`` into ``out``.
 
     ``config`` is a report.yaml path or a spec dict (see :mod:`filtershift.report.config`); ``store``, ``out`` and
@@ -84,7 +84,8 @@ def build_report(store=None, out=None, config=None, scheduler=None, *, force: bo
     ``out`` may be a URL (``s3://bucket/reports``): the run is built locally, then uploaded and published by
     single-object writes (:class:`filtershift.report.publish.RemoteOutput`); the result's paths are then URLs.
     ``storage_options`` (fsspec) serve the store and the output URLs; they are not part of the spec or its hash.
-    ``keep_missing`` overrides ``keep_missing`` of the config (part of the spec and its hash).
+    ``keep_missing`` overrides ``keep_missing`` of the config (part of the spec and its hash), ``where`` its
+    ``where`` (an expression of docs/analysis.md: the report covers the records that satisfy it).
 
     Parameters
     ----------
@@ -105,6 +106,9 @@ def build_report(store=None, out=None, config=None, scheduler=None, *, force: bo
     keep_missing : bool, optional
         Keep the models whose label is missing as a group of their own in every grouping; overrides
         ``keep_missing`` of the config (default there: False, they are left out and counted).
+    where : str, optional
+        Analyse only the records whose meta satisfies this expression (``--where``, docs/analysis.md); overrides
+        ``where`` of the config (part of the spec and its hash).
 
     Returns
     -------
@@ -129,7 +133,7 @@ def build_report(store=None, out=None, config=None, scheduler=None, *, force: bo
     >>> result.index_html  # doctest: +SKIP
     """
     overrides = {"store": None if store is None else str(store), "output": None if out is None else str(out),
-                 "scheduler": scheduler, "keep_missing": keep_missing}
+                 "scheduler": scheduler, "keep_missing": keep_missing, "where": where}
     spec = load_config(config, overrides)
     if not spec["store"]:
         raise InputError("no store given: pass STORE on the command line or set 'store' in report.yaml.")
@@ -188,7 +192,7 @@ def _build_run(spec: dict, identity: dict, name: str, staging: Path, default_sch
     from filtershift.report import render
     from filtershift.report.analysis import analyse
     from filtershift.report.results import build_results, write_json
-    from filtershift.store.dataset import models, open_store, records
+    from filtershift.store.dataset import models, open_store, query, records
     from filtershift.store.format import utc_now
     from filtershift.store.verify import info
 
@@ -208,6 +212,8 @@ def _build_run(spec: dict, identity: dict, name: str, staging: Path, default_sch
         with scheduler_context(spec["scheduler"], default=default_scheduler, quiet=True) as conn:
             log.info("computing on %s", conn.describe())
             ds = open_store(spec["store"], storage_options=storage_options)
+            if spec["where"]:
+                ds = query(ds, spec["where"])
             summary = info(spec["store"], storage_options=storage_options)
             analysis = analyse(ds, summary, spec, step=step)
             scheduler = conn.describe()

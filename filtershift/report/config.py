@@ -31,6 +31,7 @@ DEFAULTS: dict = {
     "metrics": list(METRICS),
     "bins": 70,
     "keep_missing": False,
+    "where": None,
     "thresholds": {
         "min_filters": 1000,
         "min_models": 2,
@@ -40,6 +41,12 @@ DEFAULTS: dict = {
         "n_boot": 200,
         "seed": 0,
         "level": 0.95,
+        "max_groups": 40,
+    },
+    "significance": {
+        "n_perm": 999,
+        "seed": 0,
+        "alpha": 0.05,
         "max_groups": 40,
     },
     "figures": {
@@ -67,6 +74,10 @@ _NUMBERS = [
     (("bootstrap", "seed"), int, 0, None),
     (("bootstrap", "level"), float, 0.5, 0.999),
     (("bootstrap", "max_groups"), int, 2, 1000),
+    (("significance", "n_perm"), int, 0, 1_000_000),
+    (("significance", "seed"), int, 0, None),
+    (("significance", "alpha"), float, 1e-6, 0.5),
+    (("significance", "max_groups"), int, 2, 1000),
     (("figures", "dpi"), int, 30, 600),
     (("figures", "density_bins"), int, 0, 2048),
     (("figures", "density_vmin"), float, 1e-12, 0.5),
@@ -204,6 +215,13 @@ def validate(spec: dict, where: str = "report config") -> dict:
         _set(spec, path, value)
     if not isinstance(spec["keep_missing"], bool):
         raise InputError(f"{where}: 'keep_missing' must be true or false; got {spec['keep_missing']!r}.")
+    if spec["where"] is not None:
+        from filtershift.store.query import parse
+
+        if not isinstance(spec["where"], str):
+            raise InputError(f"{where}: 'where' must be an expression in quotes (docs/analysis.md); got "
+                             f"{spec['where']!r}.")
+        parse(spec["where"])
     if spec["bootstrap"]["n_boot"] == 1:
         raise InputError(f"{where}: 'bootstrap.n_boot' must be 0 (no intervals) or at least 2; got 1.")
     return spec

@@ -385,11 +385,12 @@ def _weak(c):
 
 def _drift_caption(c, text: str) -> str:
     """``text`` plus what hatching means when the figure shows the permutation test."""
-    test = getattr(c["g"], "test", None)
-    if test is None or test.attrs["metric"] != c["metric"]:
+    test = c["gr"].get("significance")
+    if not test or test["metric"] != c["metric"]:
         return text
-    return (f"{text} Hatched: not significant (permutation test of the models, {test.attrs['n_perm']} splits per "
-            f"pair at most, Benjamini-Hochberg at {test.attrs['alpha']:g}).")
+    return (f"{text} Hatched: not significant (permutation test of the models, {test['n_perm']} splits per pair at "
+            f"most, Benjamini-Hochberg at {test['alpha']:g}; {test['n_significant']} of {test['n_tested']} tested "
+            "pairs significant).")
 
 
 def _unsorted(c):

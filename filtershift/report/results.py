@@ -174,6 +174,16 @@ def grouping_results(g, spec: dict, tables: Path, table_index: dict) -> dict:
             for part in ("lower", "upper", "std"):
                 entry[part] = ci[part].values
         out["metrics"][metric] = entry
+    if g.test is not None:
+        t = g.test
+        upper = np.triu_indices(g.size, 1)
+        tested = np.isfinite(t["p_value"].values[upper])
+        out["significance"] = {"metric": t.attrs["metric"], "n_perm": t.attrs["n_perm"], "seed": t.attrs["seed"],
+                               "alpha": t.attrs["alpha"], "method": t.attrs["method"],
+                               "n_pairs": int(len(upper[0])), "n_tested": int(tested.sum()),
+                               "n_significant": int(t["significant"].values[upper].sum())}
+        if inline:
+            out["significance"].update({"p_value": t["p_value"].values, "p_adjusted": t["p_adjusted"].values})
     if g.ci:
         first = next(iter(g.ci.values()))
         out["bootstrap"] = {k: first.attrs[k] for k in ("n_boot", "seed", "level", "method")}
