@@ -31,6 +31,7 @@ _API = {
     "drift": "filtershift.stats",
     "drift_ci": "filtershift.stats",
     "drift_test": "filtershift.stats",
+    "conditional_drift": "filtershift.stats",
     "drift_components": "filtershift.stats",
     "top_bins": "filtershift.stats",
     "correlate": "filtershift.stats.correlate",

@@ -31,6 +31,9 @@ def register(sub) -> None:
     p.add_argument("--explain", type=non_negative_int, default=3, metavar="K",
                    help="for the K most drifted pairs, each component's share of the drift and the bins that "
                         "drive it (default %(default)s; --json always carries every pair's per-component terms)")
+    p.add_argument("--within", metavar="COLUMN",
+                   help="compare the groups of --by inside each stratum of this grouping (e.g. training_dataset, "
+                        "depth) and pool the strata, weighted by the pair's filters (docs/analysis.md)")
     p.add_argument("--keep-missing", action="store_true",
                    help="keep the models whose label is missing as a group of their own ('unknown'); by default "
                         "they are left out, as in a pandas groupby, and the output says how many")
@@ -66,6 +69,8 @@ def run(args) -> int:
     ds = args.dataset
     basis = fit_basis(ds)
     by = args.by[0] if len(args.by) == 1 else args.by
+    if args.within:
+        return _run_within(ds, basis, by, args)
     dist = distributions(ds, basis, by=by, bins=args.bins, min_filters=args.min_filters,
                          min_models=args.min_models, keep_missing=args.keep_missing)
     d = drift(dist, args.metric)
@@ -147,3 +152,35 @@ def _print_test(test, labels, args) -> None:
                                               for a, b in shown) + more)
     if untested:
         print(f"not testable (one model on each side, or an empty group): {len(untested)} pairs")
+
+
+def _run_within(ds, basis, by, args) -> int:
+    """``--within``: the drift inside each stratum and pooled (no permutation test or attribution)."""
+
+    from filtershift.errors import InputError
+    from filtershift.stats import conditional_drift
+
+    if not isinstance(by, str):
+        raise InputError("--within takes one --by grouping; repeat neither, or drop --within for a combined one.")
+    c = conditional_drift(basis, by=by, within=args.within, metric=args.metric, bins=args.bins,
+                          min_filters=args.min_filters, min_models=args.min_models, keep_missing=args.keep_missing)
+    groups, strata = [str(g) for g in c["group_a"].values], [str(s) for s in c["stratum"].values]
+    if args.json:
+        print(json.dumps({"labels": groups, "strata": strata, "pooled": _matrix(c["pooled"].values),
+                          "pooled_weight": c["pooled_weight"].values.tolist(),
+                          "drift": [_matrix(m) for m in c["drift"].values], "weight": c["weight"].values.tolist(),
+                          "n_filters": c["n_filters"].values.tolist(), "n_models": c["n_models"].values.tolist(),
+                          "metric": args.metric, "bins": args.bins, "by": c.attrs["by"],
+                          "within": c.attrs["within"]}, indent=1))
+        return 0
+    width = max([len(x) for x in groups] + [8])
+    print(f"{args.metric} drift by {c.attrs['by']} within {c.attrs['within']}, pooled over {len(strata)} strata "
+          f"(weights: the pair's filters in each stratum; {args.bins} bins)")
+    print(" " * (width + 4) + " ".join(f"{i:>9}" for i in range(len(groups))))
+    for i, (lab, row) in enumerate(zip(groups, c["pooled"].values)):
+        print(f"{i:>3} {lab:<{width}} " + " ".join(f"{v:>9.4g}" for v in row))
+    shared = (c["n_filters"].values > 0).sum(1)
+    print("strata with at least two groups: " + ", ".join(f"{s} ({int(k)})" for s, k in zip(strata, shared) if k >= 2)
+          + (f"; {int((shared < 2).sum())} strata hold one group only and compare nothing" if (shared < 2).any()
+             else ""))
+    return 0

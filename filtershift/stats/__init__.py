@@ -12,6 +12,7 @@ from filtershift.stats.distributions import density2d, distributions
 from filtershift.stats.divergence import drift, drift_ci, drift_components, top_bins
 from filtershift.stats.kde import kde
 from filtershift.stats.significance import drift_test
+from filtershift.stats.strata import conditional_drift
 
-__all__ = ["Basis", "RecordStats", "density2d", "distributions", "drift", "drift_ci", "drift_components",
-           "drift_test", "fit_basis", "group_bases", "kde", "record_stats", "top_bins"]
+__all__ = ["Basis", "RecordStats", "conditional_drift", "density2d", "distributions", "drift", "drift_ci",
+           "drift_components", "drift_test", "fit_basis", "group_bases", "kde", "record_stats", "top_bins"]
