@@ -1,6 +1,7 @@
 """Random-initialisation references (filtershift.stats.init_reference): samplers against torch.nn.init, the
 pseudo-groups' histograms against plain numpy, their sampling error, and a planted untrained model."""
 
+import importlib
 import json
 import math
 
@@ -13,7 +14,11 @@ from scipy import stats as sps
 import filtershift
 from filtershift.cli import main
 from filtershift.errors import InputError
-from filtershift.stats import init_reference as ir
+from filtershift.stats.divergence import pairwise
+from filtershift.stats.histograms import normalise
+
+#: The module (its name on filtershift.stats is the function, like kde).
+ir = importlib.import_module("filtershift.stats.init_reference")
 
 SMALL = {"n_filters": 5000, "layers": ((16, 32), (32, 64))}
 
@@ -117,8 +122,8 @@ def test_pseudo_groups_drift_within_seed_error(planted):
     assert float(d.sel(group_a="Classification", group_b="init:kaiming_uniform")) > 100 * ir.SEED_ERROR
     other = ir.init_reference(dist, basis, ["kaiming_uniform"], seed=1)
     pair = np.stack([x["counts"].sel(group="init:kaiming_uniform") for x in (out, other)])
-    p = filtershift.stats.histograms.normalise(pair, dist["bin_edges"].values)
-    seed_drift = filtershift.stats.divergence.pairwise(p, dist["explained_variance_ratio"].values)[0, 1]
+    p = normalise(pair, dist["bin_edges"].values)
+    seed_drift = pairwise(p, dist["explained_variance_ratio"].values)[0, 1]
     assert 0 < seed_drift < ir.SEED_ERROR
     ci = filtershift.drift_ci(out, n_boot=20)
     assert np.isfinite(ci["upper"].values).all() and (ci["upper"] >= ci["lower"]).all()
@@ -158,9 +163,19 @@ def test_bad_arguments(planted):
         ir.init_reference(dist, basis, layers=[(16, -1)])
     with pytest.raises(InputError, match="layers"):
         ir.sample_filters("orthogonal", layers=[(16.5, 3)])
+    with pytest.raises(InputError, match="seed"):
+        ir.init_reference(dist, basis, seed=-1, **SMALL)
     with pytest.raises(InputError, match="components"):
         ir.init_reference(dist, filtershift.fit_basis(ds, n_components=3), **SMALL)
     with pytest.raises(InputError, match="distributions"):
         ir.init_reference(ds, basis, **SMALL)
     with pytest.raises(InputError, match="unknown initialiser"):
         ir.init_distance(ds, basis, "xavier")
+
+
+def test_cli_init_errors(planted, capsys):
+    store = str(planted[0])
+    assert main(["quality", store, "--init", "he"]) == 2
+    assert "unknown initialiser" in capsys.readouterr().err
+    assert main(["quality", store, "--init", "orthogonal", "--models"]) == 2
+    assert "drop --models" in capsys.readouterr().err

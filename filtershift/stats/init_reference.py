@@ -193,7 +193,7 @@ def sample_filters(init: str, n_filters: int = DEFAULT_N_FILTERS, layers=DEFAULT
     layers : sequence of (int, int), default DEFAULT_LAYERS
         The (in_channels, out_channels) spread.
     seed : int, default 0
-        Seed; each initialiser draws from ``numpy.random.default_rng([seed, INITS.index(init)])``.
+        Non-negative seed; each initialiser draws from ``numpy.random.default_rng([seed, INITS.index(init)])``.
 
     Returns
     -------
@@ -205,10 +205,12 @@ def sample_filters(init: str, n_filters: int = DEFAULT_N_FILTERS, layers=DEFAULT
     Raises
     ------
     filtershift.errors.InputError
-        If ``init``, ``n_filters`` or ``layers`` is invalid.
+        If ``init``, ``n_filters``, ``layers`` or ``seed`` is invalid.
     """
     _check_init(init)
     plan = layer_plan(n_filters, layers)
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise InputError(f"seed must be a non-negative integer; got {seed!r}.")
     rng = np.random.default_rng([int(seed), INITS.index(init)])
     w = [sample_layer(init, i, o, rng).reshape(-1, K) for i, o in plan]
     layer = np.repeat(np.arange(len(plan), dtype=np.int64), [len(x) for x in w])
@@ -292,7 +294,7 @@ def init_reference(dist: xr.Dataset, basis, inits=INITS, *, n_filters: int = DEF
     ------
     filtershift.errors.InputError
         If ``dist`` is not a distributions result, ``basis`` does not match it, an initialiser is unknown or
-        repeated or already in ``dist``, or ``n_filters``/``layers`` is invalid.
+        repeated or already in ``dist``, or ``n_filters``, ``layers`` or ``seed`` is invalid.
 
     Examples
     --------
@@ -367,12 +369,8 @@ def init_distance(data, basis=None, init: str = "kaiming_uniform", *, metric: st
         Histogram bins per component.
     range : tuple of float, optional
         (lower, upper) of the histograms; default the global coefficient range of the data.
-    n_filters : int, default 200000
-        Minimum number of sampled filters (see :func:`layer_plan`).
-    layers : sequence of (int, int), default DEFAULT_LAYERS
-        The (in_channels, out_channels) spread of sampled layers.
-    seed : int, default 0
-        Seed of the sample (see :func:`sample_filters`).
+    n_filters, layers, seed
+        The reference sample's size, layer spread and seed, as for :func:`init_reference`.
 
     Returns
     -------
