@@ -163,6 +163,11 @@ def test_bad_arguments(planted):
         ir.init_reference(dist, basis, layers=[(16, -1)])
     with pytest.raises(InputError, match="layers"):
         ir.sample_filters("orthogonal", layers=[(16.5, 3)])
+    n = dist.sizes["group"]
+    extended = ir.init_reference(dist.assign(score=(("group", "component"), np.ones((n, 9)))), basis, **SMALL)
+    assert np.isnan(extended["score"].values[n:]).all() and (extended["score"].values[:n] == 1).all()
+    with pytest.raises(InputError, match="'flag'"):
+        ir.init_reference(dist.assign(flag=("group", np.arange(n))), basis, **SMALL)
     with pytest.raises(InputError, match="seed"):
         ir.init_reference(dist, basis, seed=-1, **SMALL)
     with pytest.raises(InputError, match="components"):
