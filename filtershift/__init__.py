@@ -37,6 +37,8 @@ _API = {
     "correlate": "filtershift.stats.correlate",
     "group_bases": "filtershift.stats",
     "kde": "filtershift.stats",
+    "init_reference": "filtershift.stats",
+    "init_distance": "filtershift.stats",
     "density2d": "filtershift.stats",
     "Basis": "filtershift.stats",
     "RecordStats": "filtershift.stats",

@@ -8,7 +8,7 @@ from filtershift.cli import computing
 from filtershift.cli._args import add_storage_options, add_where, integer, number, positive_int, storage_options
 
 COLUMNS = ["record", "model_id", "conv_depth", "layer", "n", "sparsity", "variance_entropy_norm",
-           "variance_entropy_clean_norm", "orthogonality", "degeneration", "degenerated"]
+           "variance_entropy_clean_norm", "orthogonality", "degeneration", "degenerated", "init_distance"]
 MODEL_COLUMNS = ["model_id", "n_layers", "n_filters", "sparsity", "variance_entropy_norm",
                  "variance_entropy_clean_norm", "degenerated_share", "degenerated_filter_share"]
 #: Rows printed as text when neither --top nor --out/--json is given.
@@ -29,6 +29,10 @@ def register(sub) -> None:
                    help="sparsity eps: a filter is sparse when every |w| < eps * max |w| of its layer "
                         "(default %(default)s)")
     p.add_argument("--models", action="store_true", help="one row per model instead of per layer")
+    p.add_argument("--init", metavar="INIT",
+                   help="add init_distance, each layer's drift (kl_sym) from freshly initialised filters of INIT: "
+                        "kaiming_uniform (PyTorch's Conv2d default), kaiming_normal, xavier_uniform, xavier_normal "
+                        "or orthogonal (per layer; not with --models)")
     p.add_argument("--no-orthogonality", action="store_true", help="skip the orthogonality pass")
     p.add_argument("--max-sparsity", type=number(0, 1, lo_open=True), default=0.5,
                    help="degenerated when sparsity >= this (default %(default)s)")
@@ -49,6 +53,13 @@ def check(args) -> None:
 
     if args.entropy_high <= args.entropy_low:
         raise InputError(f"--entropy-high {args.entropy_high:g} must exceed --entropy-low {args.entropy_low:g}.")
+    if args.init is not None:
+        from filtershift.stats.init_reference import INITS
+
+        if args.init not in INITS:
+            raise InputError(f"--init {args.init}: unknown initialiser; choose one of {', '.join(INITS)}.")
+        if args.models:
+            raise InputError("--init gives a distance per layer; drop --models to get it.")
     if args.out:
         target(args.out)
 
@@ -109,7 +120,14 @@ def run(args) -> int:
     thresholds = Thresholds(sparsity=args.max_sparsity, entropy_low=args.entropy_low,
                             entropy_high=args.entropy_high, min_filters=args.min_filters)
     ds = args.dataset
+    if args.init is not None:
+        from filtershift.stats import record_stats
+        from filtershift.stats.init_reference import init_distance
+
+        ds = record_stats(ds)  # one RecordStats: the quality table and the distance share pass 1
     table = layer_quality(ds, args.eps, thresholds=thresholds, orthogonality=not args.no_orthogonality)
+    if args.init is not None:
+        table["init_distance"] = init_distance(ds, init=args.init).reindex(table["record"]).to_numpy()
     if args.models:
         table = model_quality(table)
     total = len(table)

@@ -10,9 +10,11 @@ from filtershift.stats.basis import Basis, fit_basis, group_bases
 from filtershift.stats.cache import RecordStats, record_stats
 from filtershift.stats.distributions import density2d, distributions
 from filtershift.stats.divergence import drift, drift_ci, drift_components, top_bins
+from filtershift.stats.init_reference import init_distance, init_reference
 from filtershift.stats.kde import kde
 from filtershift.stats.significance import drift_test
 from filtershift.stats.strata import conditional_drift
 
 __all__ = ["Basis", "RecordStats", "conditional_drift", "density2d", "distributions", "drift", "drift_ci",
-           "drift_components", "drift_test", "fit_basis", "group_bases", "kde", "record_stats", "top_bins"]
+           "drift_components", "drift_test", "fit_basis", "group_bases", "init_distance", "init_reference", "kde",
+           "record_stats", "top_bins"]
