@@ -15,7 +15,9 @@ def register(sub) -> None:
     p.add_argument("store", help="store path or URL")
     p.add_argument("--by", action="append", required=True, metavar="COLUMN",
                    help="grouping: a column ('Visual Category', 'Task'), its coordinate name (visual_category), "
-                        "'depth' (deciles of conv_depth_norm) or 'model'; repeat for a combined grouping")
+                        "'depth' (tenths of conv_depth_norm), 'model', or a numeric column cut into bins "
+                        "(total_filters:quantiles=5, conv_depth_norm:deciles, in_channels:bins=0,64,512); repeat "
+                        "for a combined grouping")
     p.add_argument("--metric", choices=tuple(METRICS), default=DEFAULT,
                    help=f"{help_text()} (default %(default)s)")
     p.add_argument("--bins", type=positive_int, default=70,

@@ -146,6 +146,12 @@ class RecordStats:
             self._pca = SimpleNamespace(mean_=mean, components_=components)
         return self._pca
 
+    def tables(self) -> tuple:
+        """(records, models) tables of these filters (for groupings of numeric columns)."""
+        from filtershift.store.dataset import models, records
+
+        return records(self.ds), models(self.ds)
+
     def moments(self) -> xr.Dataset:
         """Pass 1 (once): per-record counts, sums, co-moments, norms and group codes."""
         if self._moments is None:

@@ -80,10 +80,84 @@ def _key_codes(meta: xr.Dataset, name: str, keep_missing: bool):
     return np.where(left_out, -1, codes - (codes > m)), labels[:m] + labels[m + 1:], left_out
 
 
-def groups(meta: xr.Dataset, by, keep_empty: bool = False, keep_missing: bool = False) -> Groups:
+def binned_codes(meta: xr.Dataset, key: str, tables: tuple | None, keep_missing: bool = False):
+    """(code per record, labels, left out per record) of a numeric column cut into bins: ``NAME:quantiles=K``
+    (K groups of about equal size, counted over the units the column describes: models for a models-table column,
+    records otherwise), ``NAME:deciles`` (quantiles=10) or ``NAME:bins=e0,e1,...`` (fixed edges). Intervals are
+    right-closed, the first one includes its lower edge (pandas.cut / qcut). A missing value is in no group unless
+    ``keep_missing`` (then the group ``missing``)."""
+    name, _, rule = key.partition(":")
+    if tables is None:
+        raise InputError(f"{key}: binned groupings need the store's tables; pass a Dataset or its RecordStats.")
+    records, models = tables
+    rec = records.set_index("record")
+    ids = np.asarray(meta["record"].values)
+    if name in ("conv_depth_norm", "conv_depth") or (name in rec.columns and name not in models.columns):
+        values = meta[name].values if name in meta else rec[name].reindex(ids).to_numpy()
+        per_model = None
+    elif name in models.columns and name != "model_id":
+        by_model = models.set_index("model_id")[name]
+        values = by_model.reindex(np.asarray(meta["model_id"].values)).to_numpy()
+        per_model = by_model
+    else:
+        numeric = sorted({str(c) for c in models.columns if pd.api.types.is_numeric_dtype(models[c])}
+                         | {str(c) for c in rec.columns if pd.api.types.is_numeric_dtype(rec[c])}
+                         | {"conv_depth_norm", "conv_depth"})
+        raise InputError(f"{key}: no numeric column {name!r}; choose one of {numeric}.")
+    try:
+        values = np.asarray(pd.to_numeric(pd.Series(values), errors="raise"), np.float64)
+    except (ValueError, TypeError):
+        raise InputError(f"{key}: column {name!r} is not numeric; group by it without ':' instead.") from None
+    kind, _, arg = rule.partition("=")
+    if kind in ("quantiles", "deciles"):
+        k = 10 if kind == "deciles" else _positive_int(arg, key)
+        sample = values if per_model is None else pd.to_numeric(per_model, errors="coerce").to_numpy(np.float64)
+        sample = sample[np.isfinite(sample)]
+        if sample.size == 0:
+            raise InputError(f"{key}: column {name!r} has no finite value.")
+        edges = np.unique(np.quantile(sample, np.linspace(0, 1, k + 1)))
+    elif kind == "bins":
+        try:
+            edges = np.array([float(v) for v in arg.split(",")])
+        except ValueError:
+            raise InputError(f"{key}: bins=e0,e1,... takes numbers separated by commas.") from None
+        if len(edges) < 2 or not np.all(np.diff(edges) > 0):
+            raise InputError(f"{key}: bins needs at least two increasing edges.")
+    else:
+        raise InputError(f"{key}: unknown binning {rule!r}; use NAME:quantiles=K, NAME:deciles or "
+                         "NAME:bins=e0,e1,...")
+    if len(edges) < 2:
+        edges = np.array([edges[0], edges[0]])
+        codes = np.where(np.isfinite(values), 0, -1)
+        labels = [f"[{edges[0]:.6g}]"]
+    else:
+        codes = np.asarray(pd.Series(pd.cut(values, edges, include_lowest=True, labels=False)).fillna(-1), np.int64)
+        labels = [("[" if i == 0 else "(") + f"{edges[i]:.6g}, {edges[i + 1]:.6g}]" for i in range(len(edges) - 1)]
+    missing = codes < 0
+    if not missing.any():
+        return codes, labels, None
+    if keep_missing:
+        return np.where(missing, len(labels), codes), labels + ["missing"], None
+    return codes, labels, missing
+
+
+def _positive_int(text: str, key: str) -> int:
+    try:
+        k = int(text)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise InputError(f"{key}: quantiles=K takes a whole number K >= 1.")
+    return k
+
+
+def groups(meta: xr.Dataset, by, keep_empty: bool = False, keep_missing: bool = False,
+           tables: tuple | None = None) -> Groups:
     """Group the records of ``meta`` (per-record meta from pass 1) by one key or a list of keys.
 
-    Keys: a grouping coordinate or its column name, ``"depth"`` (deciles), ``"model"``, ``"conv_depth"``.
+    Keys: a grouping coordinate or its column name, ``"depth"`` (deciles), ``"model"``, ``"conv_depth"``, or a
+    numeric column binned (:func:`binned_codes`: ``"total_filters:quantiles=5"``, ``"conv_depth_norm:deciles"``,
+    ``"in_channels:bins=0,64,256,4096"``; ``tables`` = (records, models) of the store, needed for those).
     Groups are the observed label combinations in code order (every combination when ``keep_empty``). Records whose
     label of a key is missing (the coordinate's ``missing`` attr) are in no group, as in a pandas ``groupby``
     (``left_out``), unless ``keep_missing``: then that label is a group like any other.
@@ -91,8 +165,14 @@ def groups(meta: xr.Dataset, by, keep_empty: bool = False, keep_missing: bool = 
     keys = [by] if isinstance(by, str) else list(by)
     if not keys:
         raise InputError("by: give at least one grouping key.")
-    names = [fmt.resolve_name(k, grouping_names(meta), meta, FIXED_KEYS) for k in keys]
-    per_key = [_key_codes(meta, n, keep_missing) for n in names]
+    names, per_key = [], []
+    for k in keys:
+        if isinstance(k, str) and ":" in k:
+            names.append(k)
+            per_key.append(binned_codes(meta, k, tables, keep_missing))
+        else:
+            names.append(fmt.resolve_name(k, grouping_names(meta), meta, FIXED_KEYS))
+            per_key.append(_key_codes(meta, names[-1], keep_missing))
     sizes = [len(lab) for _, lab, _ in per_key]
     codes = np.stack([c for c, _, _ in per_key], axis=1) if per_key else np.zeros((0, 0), np.int64)
     left_out = None if keep_missing else np.zeros(len(codes), bool)
