@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 import filtershift as fs
+from filtershift.cli import main as cli
 from filtershift.errors import InputError
 from filtershift.ingest.h5 import parse_meta
 from filtershift.store.convert import convert
@@ -128,6 +129,13 @@ def test_synth_default_unchanged(tmp_path, layer_h5):
         # the planted filters do not depend on the meta layout except through conv_depth_norm's scale
         assert a["filters"].shape == b["filters"].shape
     json.dumps(read_truth(layer_h5))
+
+
+def test_cli_layer_meta(tmp_path, layer_h5):
+    out = tmp_path / "cli.h5"
+    assert cli(["synth", str(out), "--filters", str(N), "--models", str(MODELS), "--seed", str(SEED),
+                "--layer-meta"]) == 0
+    pd.testing.assert_frame_equal(pd.read_hdf(out, "meta"), pd.read_hdf(layer_h5, "meta"))
 
 
 def test_v10_conversion_unchanged(tmp_path):
