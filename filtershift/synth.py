@@ -181,7 +181,8 @@ def read_truth(out) -> dict:
 
 def synthesize(out, n_filters: int = 1_000_000, n_models: int = 40, seed: int = 0, format: str = "h5",
                style: str = "v1.0", meta_format: str = "table", layout: str = "flat", dtype: str = "float32",
-               shuffle_records: bool = False, overwrite: bool = False, resume: bool = False) -> pathlib.Path:
+               shuffle_records: bool = False, overwrite: bool = False, resume: bool = False,
+               layer_meta: bool = False) -> pathlib.Path:
     """Write a synthetic CNN-Filter-DB data set and its planted truth.
 
     The data set goes to ``out`` (a ``dataset.h5``, or a store when ``format="zarr"``) and its planted truth to
@@ -217,6 +218,10 @@ def synthesize(out, n_filters: int = 1_000_000, n_models: int = 40, seed: int = 
     resume : bool, default False
         ``format="zarr"`` only: finish a store whose writing was interrupted, with the same arguments (as
         ``filtershift convert --resume``); excludes ``overwrite``.
+    layer_meta : bool, default False
+        Write the meta table one row per layer (index level ``layer_id``, columns ``layer_name``, ``in_channels``,
+        ``out_channels``, ``groups``; the last two layers of a model of 3+ layers are parallel branches at one conv
+        depth) with extra model columns (:data:`LAYER_META_COLUMNS`); the planted truth is otherwise the same.
 
     Returns
     -------
@@ -230,9 +235,10 @@ def synthesize(out, n_filters: int = 1_000_000, n_models: int = 40, seed: int = 
     """
     out = local_path(out, "OUT")
     _validate(out, n_filters, n_models, seed, format, style, meta_format, layout, dtype, overwrite, resume)
-    plan = _plan(int(n_filters), int(n_models), int(seed), style, bool(shuffle_records))
+    plan = _plan(int(n_filters), int(n_models), int(seed), style, bool(shuffle_records), bool(layer_meta))
     truth = _truth(plan, seed=int(seed), style=style, meta_format=meta_format, layout=layout, dtype=dtype,
-                   shuffle_records=bool(shuffle_records), format=format)
+                   shuffle_records=bool(shuffle_records), format=format,
+                   **({"layer_meta": True} if layer_meta else {}))
     text = json.dumps(truth, indent=1, sort_keys=True) + "\n"
     tmp = out.with_name(f".{out.name}.synth-{os.getpid()}.h5")
     truth_tmp = out.with_name(f".{truth_path(out).name}.{os.getpid()}.tmp")
@@ -322,7 +328,9 @@ def _allocate(total: int, weights: np.ndarray, minimum: int) -> np.ndarray:
     return parts
 
 
-def _plan(n_filters: int, n_models: int, seed: int, style: str, shuffle: bool) -> dict:
+def _plan(n_filters: int, n_models: int, seed: int, style: str, shuffle: bool, per_layer: bool = False) -> dict:
+    """Models, their records (with ``per_layer``: the last two records of a model of 3+ share a conv depth, parallel
+    branches of one depth) and where the records go in the file."""
     rng = np.random.default_rng([seed, 0])
     tasks = list(rng.permutation(np.array(_quota({k: v[0] for k, v in TASKS.items()}, n_models), dtype=object)))
     # nested design: other categories only among reference-task models, other tasks only on the reference
@@ -354,8 +362,11 @@ def _plan(n_filters: int, n_models: int, seed: int, style: str, shuffle: bool) -
         mod["n_filters"] = int(n_model)
         mod["n_depths"] = depths
         a, b = task_weight[mod["task"]], cat_weight[mod["category"]]
+        branch = per_layer and depths >= 3
+        n_conv = depths - 1 if branch else depths
         for d, n in enumerate(counts):
-            norm = d / (depths - 1) if depths > 1 else 0.0
+            d = min(d, n_conv - 1)
+            norm = d / (n_conv - 1) if n_conv > 1 else 0.0
             rec_model.append(mod["model_id"])
             rec_depth.append(d)
             rec_norm.append(norm)
@@ -377,7 +388,7 @@ def _plan(n_filters: int, n_models: int, seed: int, style: str, shuffle: bool) -
     segments = _layout(records, np.random.default_rng([seed, 2]), style, shuffle)
     return {"n_filters": n_filters, "models": models, "records": records, "segments": segments,
             "degenerate": degenerate, "task_weight": task_weight, "category_weight": cat_weight,
-            "task_order": task_order, "category_order": cat_order, "seed": seed}
+            "task_order": task_order, "category_order": cat_order, "seed": seed, "per_layer": per_layer}
 
 
 def _plant_degenerate(records: dict, rng) -> list:
@@ -699,7 +710,45 @@ def _meta(plan: dict, style: str) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     if style == "v1.0":
         df["filter_ids"] = df["filter_ids"].astype("str")
+    if plan.get("per_layer"):
+        return _layer_meta(plan, df)
     return df.set_index(["model_id", "conv_depth", "conv_depth_norm"])
+
+
+#: Model columns of ``layer_meta=True`` tables, one of each type: a flag, a float (NaN for models not trained for
+#: classification), an integer and a text.
+LAYER_META_COLUMNS = {"Robust": "bool", "Top-1 accuracy": "float64", "Epochs": "int64", "Training Regime": "str"}
+
+
+def _layer_meta(plan: dict, df: pd.DataFrame) -> pd.DataFrame:
+    """The meta table one row per layer: index level ``layer_id`` (the layer's place in its model), per-layer
+    ``layer_name`` and channels (``in_channels * out_channels / groups`` = the layer's filters, ``groups`` 1), and
+    the model columns of :data:`LAYER_META_COLUMNS`."""
+    rng = np.random.default_rng([plan["seed"], 5])
+    rec = plan["records"]
+    extra = {}
+    for mod in plan["models"]:
+        robust = bool(rng.random() < 0.4)
+        accuracy = round(float(rng.uniform(55, 85)) - 8 * robust, 2) if mod["task"] == REFERENCE_TASK else np.nan
+        extra[mod["model_id"]] = (robust, accuracy, int(rng.integers(30, 300)),
+                                  "adversarial" if robust else "standard")
+    m = rec["model_id"]
+    layer_id = np.arange(len(m)) - np.searchsorted(m, m)
+    branch = np.r_[rec["conv_depth"][1:] == rec["conv_depth"][:-1], False] & np.r_[m[1:] == m[:-1], False]
+    second = np.r_[False, branch[:-1]]
+    df["layer_id"] = layer_id
+    df["layer_name"] = [f"features.{d}.conv" + (".a" if b else ".b" if s else "")
+                        for d, b, s in zip(rec["conv_depth"], branch, second)]
+    out = np.array([_divisor(int(n)) for n in rec["n"]], dtype=np.int64)
+    df["in_channels"], df["out_channels"], df["groups"] = rec["n"] // out, out, 1
+    for i, (name, kind) in enumerate(LAYER_META_COLUMNS.items()):
+        df[name] = pd.Series([extra[int(k)][i] for k in m], dtype=object if kind == "str" else kind)
+    return df.set_index(["model_id", "conv_depth", "conv_depth_norm", "layer_id"])
+
+
+def _divisor(n: int) -> int:
+    """The largest divisor of ``n`` not above its square root (a layer's output channels)."""
+    return max(d for d in range(1, math.isqrt(n) + 1) if n % d == 0)
 
 
 def _truth(plan: dict, **settings) -> dict:

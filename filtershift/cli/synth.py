@@ -31,6 +31,9 @@ def register(sub) -> None:
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="filter dtype (default %(default)s)")
     p.add_argument("--shuffle-records", action="store_true",
                    help="write the records' filters in a permuted order (v0.1: non-contiguous id lists)")
+    p.add_argument("--layer-meta", action="store_true",
+                   help="meta table with one row per layer (layer_id level, layer_name, channels; parallel "
+                        "branches) and extra model columns (Robust, Top-1 accuracy, Epochs, Training Regime)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--resume", action="store_true",
                    help="--format zarr: finish a store whose writing was interrupted (same arguments)")
@@ -44,7 +47,7 @@ def run(args) -> int:
     out = synth.synthesize(args.out, n_filters=args.filters, n_models=args.models, seed=args.seed,
                            format=args.format, style=args.style, meta_format=meta_format, layout=args.layout,
                            dtype=args.dtype, shuffle_records=args.shuffle_records, overwrite=args.overwrite,
-                           resume=args.resume)
+                           resume=args.resume, layer_meta=args.layer_meta)
     truth = synth.read_truth(out)
     print(f"{out}: {truth['n_filters']:,} filters, {truth['n_records']:,} records, {truth['n_models']:,} models; "
           f"truth in {synth.truth_path(out)}")

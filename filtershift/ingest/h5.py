@@ -29,6 +29,11 @@ from filtershift.errors import InputError, reason
 FILTER_KEYS = ("filters", "filter")
 META_KEY = "meta"
 INDEX_LEVELS = ("model_id", "conv_depth", "conv_depth_norm")
+#: Meta columns that identify a layer within a conv depth (besides index levels after ``INDEX_LEVELS``).
+LAYER_KEYS = ("layer_id",)
+#: Per-layer meta columns -> the records column that keeps them (docs/ingest.md, "one row per layer").
+LAYER_COLUMNS = {"layer_name": "layer", "layer": "layer", "in_channels": "in_channels",
+                 "out_channels": "out_channels", "groups": "groups"}
 #: How ``/meta`` can be stored: pandas' two HDF formats, or CSV text in a string/bytes dataset.
 META_FORMATS = ("table", "fixed", "csv")
 #: The visual-category column: its v1.0 name first, then the v0.1 name.
@@ -403,11 +408,15 @@ def parse_meta(meta: pd.DataFrame, n_filters: int, path: str = "dataset.h5"):
     if missing:
         raise InputError(f"{path}: meta table lacks {missing}; expected index [model_id, conv_depth, "
                          "conv_depth_norm] and a filter_ids column.")
-    dup = df.duplicated(["model_id", "conv_depth"])
+    keys = _layer_keys(meta, df)
+    dup = df.duplicated(["model_id", "conv_depth", *keys])
     if dup.any():
-        first = df.loc[dup, ["model_id", "conv_depth"]].iloc[0].tolist()
-        raise InputError(f"{path}: {int(dup.sum())} duplicate (model_id, conv_depth) record(s), first "
-                         f"{first}. Each model and conv depth must appear once; fix the meta table.")
+        first = df.loc[dup, ["model_id", "conv_depth", *keys]].iloc[0].tolist()
+        each = "model, conv depth and layer (" + ", ".join(keys) + ")" if keys else "model and conv depth"
+        raise InputError(f"{path}: {int(dup.sum())} duplicate ({', '.join(['model_id', 'conv_depth', *keys])}) "
+                         f"record(s), first {first}. Each {each} must appear once; fix the meta table (a table "
+                         "with one row per layer needs a layer_id index level or column that tells them apart).")
+    _check_depth_norm(df, path)
     runs = [_parse_ids(v, i, path) for i, v in enumerate(df["filter_ids"].tolist())]
     counts = np.array([sum(b - a for a, b in r) for r in runs], dtype=np.int64)
     flat = np.array([(a, b) for r in runs for a, b in r], dtype=np.int64).reshape(-1, 2)
@@ -442,7 +451,10 @@ def parse_meta(meta: pd.DataFrame, n_filters: int, path: str = "dataset.h5"):
         reordered = True
     df = df.iloc[order].reset_index(drop=True)
     runs = [runs[i] for i in order]
-    model_cols = [c for c in df.columns if c not in ("conv_depth", "conv_depth_norm", "filter_ids", "n")]
+    layer_cols = [c for c in LAYER_COLUMNS if c in df.columns]
+    model_cols = [c for c in df.columns
+                  if c not in ("conv_depth", "conv_depth_norm", "filter_ids", "n", *keys, *layer_cols)]
+    _check_model_columns(df, model_cols, path)
     models = (df[model_cols].drop_duplicates("model_id").sort_values("model_id").reset_index(drop=True))
     records = pd.DataFrame({
         "model_id": df["model_id"].astype("int64"),
@@ -451,12 +463,77 @@ def parse_meta(meta: pd.DataFrame, n_filters: int, path: str = "dataset.h5"):
         "n": df["n"].astype("int64"),
         "source_start": [r[0][0] for r in runs],
     })
+    records = _layer_columns(records, df, keys, layer_cols, path)
     return _typed(models), records, runs, reordered
+
+
+def _layer_keys(meta: pd.DataFrame, df: pd.DataFrame) -> list[str]:
+    """The columns that tell layers of one conv depth apart: index levels after :data:`INDEX_LEVELS` and
+    :data:`LAYER_KEYS`, then the layer name; empty for a table with one row per conv depth (v1.0)."""
+    levels = [str(n) for n in meta.index.names if n is not None and str(n) not in INDEX_LEVELS]
+    keys = levels + [c for c in LAYER_KEYS if c in df.columns and c not in levels]
+    if keys:
+        keys += [c for c in ("layer_name", "layer") if c in df.columns and c not in keys][:1]
+    return keys
+
+
+def _check_depth_norm(df: pd.DataFrame, path: str) -> None:
+    """The layers of one conv depth share its ``conv_depth_norm``; two values would make it ambiguous."""
+    spread = df.groupby(["model_id", "conv_depth"])["conv_depth_norm"].nunique(dropna=False)
+    if (spread > 1).any():
+        m, d = spread.index[spread.to_numpy() > 1][0]
+        raise InputError(f"{path}: model_id {m}, conv_depth {d}: its layers have {int(spread.max())} different "
+                         "conv_depth_norm values; the layers of one conv depth share conv_depth / (n_depths - 1). "
+                         "Fix the meta table.")
+
+
+def _check_model_columns(df: pd.DataFrame, columns: list[str], path: str) -> None:
+    """Every models column must hold one value per model: a column that varies within a model is per-layer data
+    the models table cannot keep (taking one row's value would be silently wrong)."""
+    cols = [c for c in columns if c != "model_id"]
+    if not cols or not df["model_id"].duplicated().any():
+        return
+    table = df[["model_id", *cols]].copy()
+    for c in cols:
+        if pd.api.types.is_object_dtype(table[c]):
+            table[c] = table[c].map(lambda v: None if _missing(v) else repr(v))
+    spread = table.groupby("model_id")[cols].nunique(dropna=False).max()
+    varying = [str(c) for c in cols if spread[c] > 1]
+    if varying:
+        raise InputError(f"{path}: meta column(s) {varying} vary within a model, but filtershift keeps only "
+                         f"{sorted(set(LAYER_COLUMNS))} per layer (as records columns: layer, in_channels, "
+                         "out_channels, groups) and one value per model otherwise. Drop these columns or make them "
+                         "model-level, and convert again.")
+
+
+def _missing(value) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
+
+
+def _layer_columns(records: pd.DataFrame, df: pd.DataFrame, keys: list[str], layer_cols: list[str],
+                   path: str) -> pd.DataFrame:
+    """Add the per-layer columns to the records: the layer name (else the layer key as text) and the channels."""
+    names = [c for c in layer_cols if LAYER_COLUMNS[c] == "layer"]
+    if names:
+        records["layer"] = df[names[0]].map(lambda v: "" if _missing(v) else
+                                            (v.decode() if isinstance(v, bytes) else str(v))).to_numpy(object)
+    elif keys:
+        records["layer"] = df[keys].astype(str).agg("/".join, axis=1).to_numpy(object)
+    for c in layer_cols:
+        if LAYER_COLUMNS[c] == "layer":
+            continue
+        values = pd.to_numeric(df[c], errors="coerce")
+        bad = (values.isna() & df[c].notna()) | (values.notna() & (values % 1 != 0)) | (values < 0)
+        if bad.any():
+            raise InputError(f"{path}: meta column {c} holds {df[c][bad].iloc[0]!r}, not a non-negative integer "
+                             "count of channels; fix the meta table.")
+        records[c] = pd.array(values.to_numpy(), dtype="Float64").astype("Int64")
+    return records
 
 
 def _label(value):
     """A visual-category label as grouped: None when missing, the v1.0 name of a renamed v0.1 label."""
-    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+    if _missing(value):
         return None
     return V01_LABELS.get(str(value), str(value))
 
@@ -504,11 +581,15 @@ def visual_category(models: pd.DataFrame, path: str = "dataset.h5") -> tuple[str
 
 
 def _typed(models: pd.DataFrame) -> pd.DataFrame:
-    """Give object columns a Parquet-friendly type: all-numeric columns become numbers, the rest strings."""
+    """Give object columns a Parquet-friendly type: all-bool columns (a bool column with missing values) become
+    nullable booleans, all-numeric columns numbers, the rest strings."""
     out = models.copy()
     for col in out.columns:
         s = out[col]
-        if pd.api.types.is_object_dtype(s) or pd.api.types.is_string_dtype(s):
+        present = s[s.notna()] if pd.api.types.is_object_dtype(s) else s.iloc[:0]
+        if len(present) and all(isinstance(v, (bool, np.bool_)) for v in present):
+            out[col] = s.astype("boolean")
+        elif pd.api.types.is_object_dtype(s) or pd.api.types.is_string_dtype(s):
             num = pd.to_numeric(s, errors="coerce")
             if s.notna().sum() and num.notna().sum() == s.notna().sum() and not pd.api.types.is_string_dtype(s):
                 out[col] = num

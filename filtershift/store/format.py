@@ -726,14 +726,17 @@ RESERVED_COORDS = {"record", "model_id", "conv_depth", "conv_depth_norm", "filte
 
 
 def grouping_columns(models: pd.DataFrame) -> dict[str, str]:
-    """Coordinate name -> models column for every label-like column of the models table."""
+    """Coordinate name -> models column for every label-like column of the models table: text, categories and
+    bools (a flag such as ``Robust`` groups models in two, labels ``True`` / ``False``), and ``op_set``. Other
+    numeric columns (counts, accuracies) are covariates, never groupings."""
     out: dict[str, str] = {}
     for column in models.columns:
         if column in NOT_GROUPING:
             continue
         series = models[column]
         is_label = (pd.api.types.is_string_dtype(series) or pd.api.types.is_object_dtype(series)
-                    or isinstance(series.dtype, pd.CategoricalDtype) or column == "op_set")
+                    or isinstance(series.dtype, pd.CategoricalDtype) or pd.api.types.is_bool_dtype(series)
+                    or column == "op_set")
         if not is_label:
             continue
         name = COLUMN_ALIASES.get(column, snake_case(column))

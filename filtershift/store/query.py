@@ -128,7 +128,7 @@ def query_columns(records: pd.DataFrame, models: pd.DataFrame, coordinates: dict
     """The names an expression may use, each with one value per row of ``records``: the ``coordinates`` (name ->
     per-record values), then the records table's columns, then the models table's columns (looked up by the
     record's ``model_id``), and each grouping column's original name as its coordinate (``grouping``: coordinate
-    -> column)."""
+    -> column), except a bool column's: ``Robust == true`` compares the flag, ``robust == "True"`` the label."""
     out = dict(coordinates)
     for col in records.columns:
         out.setdefault(str(col), records[col].to_numpy())
@@ -136,7 +136,7 @@ def query_columns(records: pd.DataFrame, models: pd.DataFrame, coordinates: dict
     for col in per_record.columns:
         out.setdefault(str(col), per_record[col].to_numpy())
     for coord, column in grouping.items():
-        if coord in coordinates:
+        if coord in coordinates and not pd.api.types.is_bool_dtype(models[column]):
             out[str(column)] = coordinates[coord]
     return out
 
