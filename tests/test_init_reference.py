@@ -184,3 +184,15 @@ def test_cli_init_errors(planted, capsys):
     assert "unknown initialiser" in capsys.readouterr().err
     assert main(["quality", store, "--init", "orthogonal", "--models"]) == 2
     assert "drop --models" in capsys.readouterr().err
+
+
+def test_drift_cli_adds_init_groups(labelled_store, capsys):
+    """`filtershift drift --init NAME` appends the pseudo-group; the CLI's list of names is the module's."""
+    from filtershift.cli import drift as drift_cli
+
+    assert drift_cli.INIT_NAMES == ir.INITS
+    argv = ["drift", labelled_store[0], "--by", "task", "--init", "kaiming_uniform", "--permutations", "0",
+            "--json", "--scheduler", "threads"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["labels"][-1] == "init:kaiming_uniform" and out["n_filters"][-1] >= ir.DEFAULT_N_FILTERS

@@ -33,6 +33,9 @@ def register(sub) -> None:
     p.add_argument("--explain", type=non_negative_int, default=3, metavar="K",
                    help="for the K most drifted pairs, each component's share of the drift and the bins that "
                         "drive it (default %(default)s; --json always carries every pair's per-component terms)")
+    p.add_argument("--init", action="append", metavar="NAME", choices=INIT_NAMES,
+                   help="add the filters of a fresh random initialisation as a group 'init:NAME' (one of "
+                        f"{', '.join(INIT_NAMES)}; repeatable): which groups look untrained (docs/quality.md)")
     p.add_argument("--within", metavar="COLUMN",
                    help="compare the groups of --by inside each stratum of this grouping (e.g. training_dataset, "
                         "depth) and pool the strata, weighted by the pair's filters (docs/analysis.md)")
@@ -52,6 +55,8 @@ def _num(v):
     return float(v) if math.isfinite(v) else None
 
 
+#: the initialisers of --init (filtershift.stats.init_reference.INITS; listed here so --help imports no numpy)
+INIT_NAMES = ("kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal", "orthogonal")
 #: the pairs listed as not significant in the text output (the least significant first)
 SHOWN = 10
 
@@ -75,6 +80,10 @@ def run(args) -> int:
         return _run_within(ds, basis, by, args)
     dist = distributions(ds, basis, by=by, bins=args.bins, min_filters=args.min_filters,
                          min_models=args.min_models, keep_missing=args.keep_missing)
+    if args.init:
+        from filtershift.stats import init_reference
+
+        dist = init_reference(dist, basis, inits=tuple(dict.fromkeys(args.init)))
     d = drift(dist, args.metric)
     test = drift_test(dist, args.metric, n_perm=args.permutations, seed=args.seed, alpha=args.alpha) \
         if args.permutations else None
