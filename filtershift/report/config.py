@@ -44,7 +44,7 @@ DEFAULTS: dict = {
         "max_groups": 40,
     },
     "significance": {
-        "n_perm": 999,
+        "n_perm": 199,
         "seed": 0,
         "alpha": 0.05,
         "max_groups": 40,
