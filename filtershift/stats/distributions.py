@@ -95,7 +95,7 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
     basis = basis if basis is not None else default_basis(stats)
     m = stats.moments()
     h = stats.histograms(basis, bins, fine_bins, range=range)
-    g = groups(m, by, keep_empty=keep_empty, keep_missing=keep_missing, tables=stats.tables())
+    g = groups(m, by, keep_empty=keep_empty, keep_missing=keep_missing, tables=stats.tables)
     counts = group_sum(g.codes, h["counts"].values, g.size)
     n_filters = group_sum(g.codes, m["n"].values, g.size)
     model_ids = m["model_id"].values
@@ -231,7 +231,7 @@ def density2d(data, basis=None, components=(0, 1), bins: int = 512, by=None, kee
         counts, labels = stats.density(basis, spec)[None].copy(), ["all"]
         attrs["n_filters"] = int(m["n"].values.sum())
     else:
-        g = groups(m, by, keep_empty=keep_empty, keep_missing=keep_missing, tables=stats.tables())
+        g = groups(m, by, keep_empty=keep_empty, keep_missing=keep_missing, tables=stats.tables)
         attrs.update(g.dropped(m))
         params = {"mean": np.asarray(basis.mean_, np.float64),
                   "components": np.ascontiguousarray(basis.components_, np.float64), **spec.params(),

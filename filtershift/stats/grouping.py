@@ -80,16 +80,16 @@ def _key_codes(meta: xr.Dataset, name: str, keep_missing: bool):
     return np.where(left_out, -1, codes - (codes > m)), labels[:m] + labels[m + 1:], left_out
 
 
-def binned_codes(meta: xr.Dataset, key: str, tables: tuple | None, keep_missing: bool = False):
+def binned_codes(meta: xr.Dataset, key: str, tables, keep_missing: bool = False):
     """(code per record, labels, left out per record) of a numeric column cut into bins: ``NAME:quantiles=K``
     (K groups of about equal size, counted over the units the column describes: models for a models-table column,
     records otherwise), ``NAME:deciles`` (quantiles=10) or ``NAME:bins=e0,e1,...`` (fixed edges). Intervals are
     right-closed, the first one includes its lower edge (pandas.cut / qcut). A missing value is in no group unless
-    ``keep_missing`` (then the group ``missing``)."""
+    ``keep_missing`` (then the group ``missing``). ``tables()`` returns the (records, models) tables."""
     name, _, rule = key.partition(":")
     if tables is None:
         raise InputError(f"{key}: binned groupings need the store's tables; pass a Dataset or its RecordStats.")
-    records, models = tables
+    records, models = tables()
     rec = records.set_index("record")
     ids = np.asarray(meta["record"].values)
     if name in ("conv_depth_norm", "conv_depth") or (name in rec.columns and name not in models.columns):
@@ -152,12 +152,13 @@ def _positive_int(text: str, key: str) -> int:
 
 
 def groups(meta: xr.Dataset, by, keep_empty: bool = False, keep_missing: bool = False,
-           tables: tuple | None = None) -> Groups:
+           tables=None) -> Groups:
     """Group the records of ``meta`` (per-record meta from pass 1) by one key or a list of keys.
 
     Keys: a grouping coordinate or its column name, ``"depth"`` (deciles), ``"model"``, ``"conv_depth"``, or a
     numeric column binned (:func:`binned_codes`: ``"total_filters:quantiles=5"``, ``"conv_depth_norm:deciles"``,
-    ``"in_channels:bins=0,64,256,4096"``; ``tables`` = (records, models) of the store, needed for those).
+    ``"in_channels:bins=0,64,256,4096"``; ``tables`` returns (records, models) of the store, called for those
+    only).
     Groups are the observed label combinations in code order (every combination when ``keep_empty``). Records whose
     label of a key is missing (the coordinate's ``missing`` attr) are in no group, as in a pandas ``groupby``
     (``left_out``), unless ``keep_missing``: then that label is a group like any other.
