@@ -5,7 +5,8 @@
   with the threaded scheduler).
 - ``extended`` (CI runs it after the quick run, with ``-m extended``): the ``extended`` tests too: the crash loops,
   the fault matrix on S3 x process cluster, the fuzzing run, the compile-history determinism check, the second
-  memory-limit and the second worker-kill case. The crash loops and the fault matrix run at reduced depth.
+  memory-limit and the second worker-kill case, convert/extract and upgrade writing to S3 (a report and a figure
+  written to S3, and every S3 read, stay in the quick run). The crash loops and the fault matrix run at reduced depth.
 - ``full`` (nightly): everything, the crash loops and the fault matrix at full depth.
 
 pytest's summary says which depth ran and what the others add.

@@ -259,6 +259,7 @@ def test_compare_figure_to_s3_and_memory(s3, store, model, compared, tmp_path, m
     assert b"<svg" in cat(svg)
 
 
+@pytest.mark.extended
 def test_convert_and_extract_to_an_s3_store(s3, source, model, capsys):
     """``convert DST`` and ``extract --store`` with a URL write the store there (read back through zarr/fsspec);
     ``extract --store s3:/...`` (a URL that lost its '//') is refused instead of creating a local ``s3:`` store."""

@@ -281,6 +281,7 @@ def test_upgrade_refuses_a_damaged_store_and_changes_nothing(source, tmp_path):
     assert {p: p.read_bytes() for p in db.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.extended
 def test_upgrade_on_s3(source, tmp_path):
     from _s3 import moto_s3
 
