@@ -179,3 +179,19 @@ def test_keep_missing_in_the_spec():
     assert spec_hash(load_config({**REPORT, "keep_missing": True})) != spec_hash(load_config(REPORT))
     with pytest.raises(InputError, match="'keep_missing' must be true or false"):
         load_config({**REPORT, "keep_missing": "yes"})
+
+
+def test_where_treats_a_missing_label_as_missing(source, store):
+    """--where compares a missing label as missing (false either way), never as the label 'unknown' it shows as;
+    a real 'unknown' label is a label."""
+    _, _, w, _ = source
+    ds = fs.open_store(store)
+    task = per_filter(source, "Task")
+    present = np.array([isinstance(t, str) for t in task])
+    for text, keep in [('task != "Classification"', present & (task != "Classification")),
+                       ('not task in ["Classification"]', ~(present & (task == "Classification"))),
+                       ('task == "Detection"', present & (task == "Detection"))]:
+        np.testing.assert_array_equal(fs.query(ds, text)["weights"].values, w[keep], err_msg=text)
+    category = per_filter(source, "Visual Category")
+    real = np.array([c == "unknown" for c in category])
+    np.testing.assert_array_equal(fs.query(ds, 'visual_category == "unknown"')["weights"].values, w[real])

@@ -209,7 +209,8 @@ class RecordIndex(Index):
         query = parse(query) if isinstance(query, str) else query
         t = self.tables
         records = t.records.drop(columns=[c for c in ("start", "stop", "source_start") if c in t.records])
-        keep = query.mask(query_columns(records, t.models, t.values, t.grouping), t.labels)[self.row]
+        columns = query_columns(records, t.models, t.values, t.grouping, t.missing)
+        keep = query.mask(columns, t.labels)[self.row]
         return self.start[keep], (self.stop - self.start)[keep]
 
     def match(self, name, wanted) -> np.ndarray:

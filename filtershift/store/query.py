@@ -124,11 +124,20 @@ def parse(text: str) -> Query:
     return Query(text, root)
 
 
-def query_columns(records: pd.DataFrame, models: pd.DataFrame, coordinates: dict, grouping: dict) -> dict:
+def query_columns(records: pd.DataFrame, models: pd.DataFrame, coordinates: dict, grouping: dict,
+                  missing: dict | None = None) -> dict:
     """The names an expression may use, each with one value per row of ``records``: the ``coordinates`` (name ->
     per-record values), then the records table's columns, then the models table's columns (looked up by the
     record's ``model_id``), and each grouping column's original name as its coordinate (``grouping``: coordinate
-    -> column), except a bool column's: ``Robust == true`` compares the flag, ``robust == "True"`` the label."""
+    -> column), except a bool column's: ``Robust == true`` compares the flag, ``robust == "True"`` the label.
+    ``missing`` (coordinate -> the label that stands for a missing value) turns that label back into a missing
+    value, so that a comparison with it is false as with any missing value."""
+    coordinates = dict(coordinates)
+    for name, label in (missing or {}).items():
+        if name in coordinates:
+            values = np.array(coordinates[name], dtype=object)
+            values[values == label] = None
+            coordinates[name] = values
     out = dict(coordinates)
     for col in records.columns:
         out.setdefault(str(col), records[col].to_numpy())
