@@ -7,6 +7,11 @@ from filtershift.cli import computing
 from filtershift.cli._args import add_storage_options, add_where, non_negative_int, number, positive_int
 from filtershift.metrics import DEFAULT, METRICS, help_text
 
+#: the initialisers of --init (filtershift.stats.init_reference.INITS; listed here so --help imports no numpy)
+INIT_NAMES = ("kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal", "orthogonal")
+#: the pairs listed as not significant in the text output (the least significant first)
+SHOWN = 10
+
 
 def register(sub) -> None:
     p = sub.add_parser("drift", help="drift matrix between the groups of a grouping",
@@ -44,8 +49,9 @@ def register(sub) -> None:
                         "they are left out, as in a pandas groupby, and the output says how many")
     p.add_argument("--json", action="store_true",
                    help="print JSON: labels, matrix, n_filters, n_models, small, metric, bins, by, "
-                        "n_filters_dropped, n_models_dropped, missing_labels; with --permutations, p_value and "
-                        "p_adjusted matrices (null: no test), permutations, alpha")
+                        "n_filters_dropped, n_models_dropped, missing_labels, contributions (per pair and "
+                        "component); with --permutations, p_value and p_adjusted matrices (null: no test), "
+                        "permutations, alpha")
     add_where(p)
     add_storage_options(p)
     computing(p, run)
@@ -53,12 +59,6 @@ def register(sub) -> None:
 
 def _num(v):
     return float(v) if math.isfinite(v) else None
-
-
-#: the initialisers of --init (filtershift.stats.init_reference.INITS; listed here so --help imports no numpy)
-INIT_NAMES = ("kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal", "orthogonal")
-#: the pairs listed as not significant in the text output (the least significant first)
-SHOWN = 10
 
 
 def _matrix(values):
