@@ -55,12 +55,18 @@ def normalised_for(dist, counts, metric):
 DROPPED = ("n_filters_dropped", "n_models_dropped", "missing_labels")
 
 
-def _labelled(dist, values, metric, name="drift") -> xr.DataArray:
+def _pair_coords(dist) -> dict:
+    """The coordinates of a (group_a, group_b) result: labels, sizes and small flags of both sides."""
     labels = dist["group"].values
     coords = {"group_a": ("group_a", labels), "group_b": ("group_b", labels)}
     for var in ("n_filters", "n_models", "small"):
         coords[f"{var}_a"] = ("group_a", dist[var].values)
         coords[f"{var}_b"] = ("group_b", dist[var].values)
+    return coords
+
+
+def _labelled(dist, values, metric, name="drift") -> xr.DataArray:
+    coords = _pair_coords(dist)
     attrs = {"metric": metric, "by": dist.attrs.get("by"), "bins": dist.attrs.get("bins"),
              "weights": "explained variance ratio per component",
              **{k: dist.attrs[k] for k in DROPPED if k in dist.attrs}}
@@ -154,9 +160,8 @@ def drift_components(dist: xr.Dataset, metric: str = "kl_sym") -> xr.DataArray:
     m = declared(metric)
     p = normalised_for(dist, dist["counts"].values, metric)
     terms = m.divergence(p, np.diff(dist["bin_edges"].values)) * dist["explained_variance_ratio"].values
-    point = drift(dist, metric)
     out = xr.DataArray(terms, dims=("group_a", "group_b", "component"),
-                       coords={**point.coords, "component": dist["component"].values}, name="contribution")
+                       coords={**_pair_coords(dist), "component": dist["component"].values}, name="contribution")
     out.attrs.update({"metric": metric, "by": dist.attrs.get("by")})
     return describe(out, f"{m.long_name} per component", m.units,
                     f"explained-variance-weighted {m.long_name} of each component's coefficient histograms; the "

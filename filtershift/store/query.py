@@ -190,18 +190,18 @@ class _Parser:
         self.i += 1
 
     def expr(self):
-        parts = [self.term()]
-        while self.peek("or", "word"):
-            self.i += 1
-            parts.append(self.term())
-        return parts[0] if len(parts) == 1 else BoolOp("or", tuple(parts))
+        return self.chain("or", self.term)
 
     def term(self):
-        parts = [self.factor()]
-        while self.peek("and", "word"):
+        return self.chain("and", self.factor)
+
+    def chain(self, op: str, part):
+        """``part (op part)*``: one part, or a BoolOp of them."""
+        parts = [part()]
+        while self.peek(op, "word"):
             self.i += 1
-            parts.append(self.factor())
-        return parts[0] if len(parts) == 1 else BoolOp("and", tuple(parts))
+            parts.append(part())
+        return parts[0] if len(parts) == 1 else BoolOp(op, tuple(parts))
 
     def factor(self):
         if self.peek("not", "word"):
