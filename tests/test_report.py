@@ -59,6 +59,27 @@ def built(store, tmp_path_factory):
     return result, json.loads(result.results_json.read_text())
 
 
+@pytest.fixture(scope="module")
+def drawn(store, tmp_path_factory):
+    """The figure jobs of a report of ``store`` with SPEC (each figure's plot function and arguments)."""
+    from filtershift.report import render
+
+    jobs = []
+    real = render.render
+
+    def spy(todo, directory, on_done=None):
+        jobs.extend(todo)
+        return real(todo, directory, on_done)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(render, "render", spy)
+        mp.setenv("FILTERSHIFT_FIGURE_PROCESSES", "0")
+        build_report(store, tmp_path_factory.mktemp("drawn"), {**SPEC, "figures": {**SPEC["figures"],
+                                                                                   "formats": ["png"]}},
+                     scheduler="threads")
+    return jobs
+
+
 def tree_digest(root: Path) -> dict:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
@@ -173,15 +194,77 @@ def test_every_reference_exists_and_stays_inside(built):
             assert (result.run_dir / f).is_file(), key
             assert f'src="{f}"' in page or f'href="{f}"' in page, f"{key} not shown"
     assert len(re.findall(r"<img ", page)) == len(r["figures"])
-    for key in ("basis.eigenimages", "basis.covariance", "grouping.task.drift.kl_sym", "grouping.task.drift.js",
-                "grouping.task.drift.w1", "grouping.depth.drift.kl_sym.unsorted", "grouping.task.boxes",
+    for key in ("key", "basis.eigenimages", "basis.covariance", "grouping.task.views", "grouping.depth.views",
                 "grouping.task.intervals", "grouping.task.eigenimages", "grouping.task.ridges",
-                "grouping.model.overview", "grouping.model.top", "density2d", "quality"):
+                "grouping.model.overview", "grouping.model.top", "grouping.model.boxes", "density2d", "quality"):
         assert key in r["figures"], key
+    # the key figure's groupings have their first-metric matrix there only; the others' views are one figure
+    for gone in ("grouping.task.drift.kl_sym", "grouping.depth.drift.kl_sym.unsorted", "grouping.task.drift.js",
+                 "grouping.task.boxes"):
+        assert gone not in r["figures"], gone
+    assert page.index('id="key"') < page.index('id="basis"') and page.index('id="overview"') < page.index('id="key"')
     for label, n in zip(r["groupings"]["task"]["labels"], r["groupings"]["task"]["n_filters"]):
         assert f"<td>{label}</td>" in page and f"{n:,}" in page
     history = result.history_html.read_text()
     assert f'href="runs/{result.run}/index.html"' in history and "<svg" in history
+
+
+def test_key_figure_shares_one_colour_scale(built, drawn):
+    """Task, visual category and depth on ONE colour scale: results.json's vmin/vmax equal the range of the three
+    matrices (computed here from their numbers), the figure's three matrices use exactly that norm, one colour bar."""
+    _, r = built
+    key = r["key_figure"]
+    assert key["groupings"] == ["task", "visual_category", "depth"] and key["metric"] == "kl_sym"
+    assert key["unit"] == "nats"
+    mats = [np.array(r["groupings"][n]["metrics"]["kl_sym"]["matrix"], dtype=np.float64) for n in key["groupings"]]
+    assert key["vmin"] == 0.0 and key["vmax"] == pytest.approx(max(np.nanmax(m) for m in mats), rel=1e-12)
+    for n, m in zip(key["groupings"], mats):
+        upper = m[np.triu_indices(len(m), 1)]
+        assert key["pairwise"][n]["mean"] == pytest.approx(np.nanmean(upper), rel=1e-12)
+        assert key["pairwise"][n]["n_pairs"] == int(np.isfinite(upper).sum())
+    job = next(j for j in drawn if j.key == "key")
+    fig = job.plot(**job.kwargs)
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    assert len(images) == 3
+    assert {(im.norm.vmin, im.norm.vmax) for im in images} == {(key["vmin"], key["vmax"])}
+    bars = [ax for ax in fig.axes if getattr(ax, "_colorbar", None) is not None]
+    assert len(bars) == 1 and "nats" in bars[0].get_ylabel()
+    for im, m in zip(images, mats):
+        np.testing.assert_allclose(np.sort(np.ma.filled(im.get_array(), np.nan).ravel()), np.sort(m.ravel()),
+                                   equal_nan=True)
+    plt = pytest.importorskip("matplotlib.pyplot")
+    plt.close(fig)
+
+
+def test_no_figure_reaches_outside_its_canvas(drawn):
+    """Every figure of the report fits its canvas as laid out (margins from its labels), so one draw per file
+    suffices: no tight-box pass."""
+    from filtershift.report import figures
+
+    assert len(drawn) > 15
+    out = {}
+    for job in drawn:
+        fig = job.plot(**job.kwargs)
+        fig.set_dpi(job.dpi)
+        fig.draw_without_rendering()
+        out[job.key] = figures.overflow(fig)
+        figures.plt.close(fig)
+    assert {k: v for k, v in out.items() if v > 0} == {}
+
+
+def test_a_figure_outside_its_canvas_is_still_saved_whole():
+    """The safety net: a figure whose label reaches outside the canvas is saved cropped to its tight box."""
+    import struct
+
+    from filtershift.report import figures
+
+    fig = figures.plt.figure(figsize=(2.0, 1.0))
+    ax = fig.add_axes((0.0, 0.2, 1.0, 0.7))
+    ax.set_yticks([0.5], ["a rather long label that starts left of the canvas"])
+    assert figures.overflow(fig) > 1.0
+    png = figures.encode(fig, ["png"], dpi=100)["png"]
+    width = struct.unpack(">I", png[16:20])[0]
+    assert width > 300
 
 
 def test_page_renders_in_chromium(built, tmp_path):

@@ -221,6 +221,7 @@ def _build_run(spec: dict, identity: dict, name: str, staging: Path, default_sch
         run = {"name": name, "created": created, "spec_hash": identity["spec_hash"], "identity": identity,
                "filtershift_version": __version__, "passes": analysis.passes, "scheduler": scheduler}
         results, _ = build_results(analysis, spec, run, staging / "tables", models(ds), records(ds))
+        results["key_figure"] = figures.key_summary(analysis, spec)
         results["figures"] = draw(analysis, results, spec, staging / "figures")
         write_json_file = staging / "results.json"
         write_json(results, write_json_file)

@@ -31,25 +31,79 @@ plt.rcParams.update({"font.size": 9, "axes.titlesize": 10, "axes.spines.top": Fa
 def encode(fig, formats, *, vector: bool = True, dpi: int = 110) -> dict:
     """``fig`` as {format: file bytes}: PNG (and SVG when asked and ``vector``); closes the figure.
 
-    The tight bounding box is measured once (one layout pass on the Agg renderer at the output dpi) and reused
-    for every format: ``bbox_inches="tight"`` would lay the figure out again for each file."""
+    The figures lay themselves out with fixed margins computed from their labels (:func:`text_width`), so one draw
+    per file is enough. Should a figure still reach outside its canvas (:func:`overflow`, measured on the PNG's
+    draw, whose text layout is cached), it is saved again cropped to its tight box, and so are its other formats."""
     import io
 
-    import matplotlib as mpl
-
     fig.set_dpi(dpi)
-    fig.draw_without_rendering()
-    bbox = fig.get_tightbbox(fig.canvas.get_renderer()).padded(mpl.rcParams["savefig.pad_inches"])
     out = {}
+    bbox = None
     for fmt in formats:
         if fmt == "svg" and not vector:
             continue
         buf = io.BytesIO()
         kwargs = {"dpi": dpi} if fmt == "png" else {"metadata": {"Date": None}}
         fig.savefig(buf, format=fmt, bbox_inches=bbox, **kwargs)
+        if bbox is None and overflow(fig) > 0:
+            bbox = _tight(fig)
+            buf = io.BytesIO()
+            fig.savefig(buf, format=fmt, bbox_inches=bbox, **kwargs)
         out[fmt] = buf.getvalue()
     plt.close(fig)
     return out
+
+
+def overflow(fig) -> float:
+    """How far (inches, 0 if not at all) the drawn parts of ``fig`` reach outside its canvas; lays the figure out
+    if it was not drawn yet."""
+    box = fig.get_tightbbox(fig.canvas.get_renderer())
+    w, h = fig.get_size_inches()
+    return max(0.0, -box.x0, -box.y0, box.x1 - w, box.y1 - h)
+
+
+def _tight(fig):
+    import matplotlib as mpl
+
+    return fig.get_tightbbox(fig.canvas.get_renderer()).padded(mpl.rcParams["savefig.pad_inches"])
+
+
+def text_width(texts, size: float = 9.0) -> float:
+    """The width in inches of the widest of ``texts`` at font ``size`` (matplotlib's own text metrics, without
+    drawing anything), so that a figure's margins fit its labels before it is drawn."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import text_to_path
+
+    prop = FontProperties(size=size)
+    widths = [text_to_path.get_text_width_height_descent(str(t), prop, ismath=False)[0] for t in texts if str(t)]
+    return max(widths, default=0.0) / 72.0
+
+
+#: Inches taken by a tick (length and pad) and by one line of text of the default size with its pad.
+TICK = 0.11
+LINE = 0.24
+
+
+def _axes(fig, x: float, y: float, w: float, h: float):
+    """An axes at (x, y) with size (w, h), all in inches from the figure's lower left corner."""
+    fw, fh = fig.get_size_inches()
+    return fig.add_axes((x / fw, y / fh, w / fw, h / fh))
+
+
+def _colorbar(fig, im, x: float, y: float, h: float, label: str):
+    """A colour bar 0.14 in wide at (x, y) inches, ``h`` high, with its label."""
+    cax = _axes(fig, x, y, 0.14, h)
+    return fig.colorbar(im, cax=cax, label=label)
+
+
+def _frame(width: float, height: float, left: float, bottom: float, right: float = 0.2, top: float = 0.2):
+    """A figure whose one axes is ``width`` x ``height`` inches with the given margins (inches) around it."""
+    fig = plt.figure(figsize=(left + width + right, bottom + height + top))
+    return fig, _axes(fig, left, bottom, width, height)
+
+
+#: Inches right of a colour bar's left edge taken by the bar, its tick labels and its label.
+COLORBAR = 0.14 + TICK + 0.5 + LINE
 
 
 def group_label(label: str, n_models: int, n_filters: int, small: bool, width: int = 28) -> str:
@@ -70,7 +124,7 @@ def explained_variance(ratio) -> plt.Figure:
     """Explained variance ratio per component (bars) and its cumulative sum (line)."""
     ratio = np.asarray(ratio, np.float64)
     x = np.arange(len(ratio))
-    fig, ax = plt.subplots(figsize=(5.2, 3.2))
+    fig, ax = _frame(4.4, 2.6, left=text_width(["0.00"]) + TICK + LINE + 0.1, bottom=TICK + 2 * LINE, top=0.1)
     ax.bar(x, ratio, color="#4c72b0", label="per component")
     ax.plot(x, np.cumsum(ratio), "o-", color="#dd8452", label="cumulative")
     for xi, c in zip(x, np.cumsum(ratio)):
@@ -110,13 +164,14 @@ def covariance(cov) -> plt.Figure:
     """The 9 x 9 covariance of the scaled filters (k = 3y + x) on a symmetric diverging scale."""
     cov = np.asarray(cov, np.float64)
     vmax = float(np.nanmax(np.abs(cov))) or 1.0
-    fig, ax = plt.subplots(figsize=(3.8, 3.3))
+    margin = text_width(["0,0"], 7) + TICK + 0.1
+    fig, ax = _frame(2.6, 2.6, left=margin, bottom=margin + LINE, right=0.15 + COLORBAR, top=0.1)
     im = ax.imshow(cov, cmap=DIVERGING, vmin=-vmax, vmax=vmax)
     ticks = [f"{k // 3},{k % 3}" for k in range(9)]
     ax.set_xticks(range(9), ticks, fontsize=7, rotation=90)
     ax.set_yticks(range(9), ticks, fontsize=7)
     ax.set_xlabel("kernel position (y,x)")
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    _colorbar(fig, im, margin + 2.6 + 0.15, margin + LINE, 2.6, "")
     return fig
 
 
@@ -157,8 +212,15 @@ def ridges(kde, order, small, components) -> plt.Figure:
     x = kde["x"].values
     labels = [str(g) for g in kde["group"].values]
     rows = len(order)
-    fig, axes = plt.subplots(1, len(comps), figsize=(2.6 * len(comps) + 1.8, 0.32 * rows + 1.2), squeeze=False,
-                             sharey=True)
+    names = [labels[g] + (" *" if small[g] else "") for g in order[::-1]]
+    left, width, gap, bottom, height = text_width(names, 7) + TICK + 0.1, 2.3, 0.2, TICK + 2 * LINE, 0.32 * rows + 0.4
+    fig = plt.figure(figsize=(left + len(comps) * (width + gap), bottom + height + LINE + 0.1))
+    axes = np.empty((1, len(comps)), object)
+    for k in range(len(comps)):
+        axes[0, k] = _axes(fig, left + k * (width + gap), bottom, width, height)
+        if k:
+            axes[0, k].sharey(axes[0, 0])
+            axes[0, k].tick_params(axis="y", labelleft=False)
     colours = plt.cm.viridis(np.linspace(0.1, 0.9, max(rows, 1)))
     for c, ax in zip(comps, axes[0]):
         dens = kde.sel(component=c).values
@@ -172,44 +234,131 @@ def ridges(kde, order, small, components) -> plt.Figure:
         ax.set_title(f"component {c}")
         ax.set_xlabel("coefficient")
         ax.spines["left"].set_visible(False)
-    axes[0, 0].set_yticks(range(rows), [labels[g] + (" *" if small[g] else "") for g in order[::-1]], fontsize=7)
+    axes[0, 0].set_yticks(range(rows), names, fontsize=7)
     axes[0, 0].tick_params(axis="y", length=0)
     return fig
 
 
-def heatmap(matrix, labels, n_models, n_filters, small, order, *, title: str, metric: str,
-            annotate: bool = True, weak=None) -> plt.Figure:
-    """A drift matrix in ``order`` with group sizes in the tick labels (small groups '*' and red); ``weak`` (bool,
-    same shape) hatches the pairs the permutation test does not call significant."""
-    m = np.asarray(matrix, np.float64)[np.ix_(order, order)]
-    n = len(order)
-    ticks = [group_label(labels[g], n_models[g], n_filters[g], small[g]) for g in order]
-    side = min(max(3.2, 0.42 * n + 2.2), 16)
-    fig, ax = plt.subplots(figsize=(side + 1.4, side))
-    im = ax.imshow(np.ma.masked_invalid(m), cmap="magma_r")
-    ax.set_xticks(range(n), ticks, rotation=90, fontsize=7)
-    ax.set_yticks(range(n), ticks, fontsize=7)
-    for tick_set in (ax.get_xticklabels(), ax.get_yticklabels()):
-        for t, g in zip(tick_set, order):
-            if small[g]:
-                t.set_color(SMALL_COLOUR)
+def _matrix_ticks(labels, n_models, n_filters, small, order) -> list[str]:
+    """Row labels of a matrix in ``order``: the position (the column's tick), the group and its size."""
+    return [f"{k + 1}. {group_label(labels[g], n_models[g], n_filters[g], small[g])}" for k, g in enumerate(order)]
+
+
+def _matrix(ax, m, ticks, small_rows, *, norm=None, annotate: bool = False, weak=None, title: str = ""):
+    """One drift matrix (already in display order) on ``ax``: rows labelled with ``ticks`` (or none), columns by
+    position, missing values blank, ``weak`` pairs hatched; returns the image."""
+    n = m.shape[0]
+    im = ax.imshow(np.ma.masked_invalid(m), cmap="magma_r", norm=norm, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(n), [str(k + 1) for k in range(n)], fontsize=6)
+    ax.set_yticks(range(n), ticks if ticks is not None else [], fontsize=7)
+    if ticks is None:
+        ax.tick_params(axis="y", length=0)
+    for t, small in zip(ax.get_yticklabels(), small_rows):
+        if small:
+            t.set_color(SMALL_COLOUR)
     if annotate and n <= 16:
-        finite = m[np.isfinite(m)]
-        mid = (finite.max() + finite.min()) / 2 if finite.size else 0
-        for i in range(n):
-            for j in range(n):
-                if np.isfinite(m[i, j]):
-                    ax.text(j, i, f"{m[i, j]:.2g}", ha="center", va="center", fontsize=6,
-                            color="white" if m[i, j] > mid else "black")
-    if weak is not None:
+        lo, hi = im.norm.vmin, im.norm.vmax
+        mid = (lo + hi) / 2 if np.isfinite([lo, hi]).all() else 0
+        for i, j in zip(*np.nonzero(np.isfinite(m))):
+            ax.text(j, i, f"{m[i, j]:.2g}", ha="center", va="center", fontsize=6,
+                    color="white" if m[i, j] > mid else "black")
+    if weak is not None and np.any(weak):
         from matplotlib.patches import Rectangle
 
-        w = np.asarray(weak, bool)[np.ix_(order, order)]
-        for i, j in zip(*np.nonzero(w)):
+        for i, j in zip(*np.nonzero(weak)):
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="////", edgecolor="0.55",
                                    linewidth=0))
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax, fraction=0.046, label=metric)
+    if title:
+        ax.set_title(title)
+    return im
+
+
+def _side(n: int) -> float:
+    """Inches of a matrix panel of ``n`` groups."""
+    return min(max(0.26 * n, 2.2), 11.0)
+
+
+def heatmap(matrix, labels, n_models, n_filters, small, order, *, title: str, metric: str, unit: str = "",
+            annotate: bool = True, weak=None) -> plt.Figure:
+    """A drift matrix in ``order``: rows labelled with the position, group and size (small groups '*' and red),
+    columns by position; ``weak`` (bool, same shape) hatches the pairs the permutation test does not call
+    significant. Margins are computed from the labels, so the figure needs no tight-box pass."""
+    m = np.asarray(matrix, np.float64)[np.ix_(order, order)]
+    ticks = _matrix_ticks(labels, n_models, n_filters, small, order)
+    side = _side(len(order))
+    left = text_width(ticks, 7) + TICK + 0.1
+    bottom = TICK + 0.2
+    top = LINE + 0.1
+    fig = plt.figure(figsize=(left + side + 0.15 + COLORBAR, bottom + side + top))
+    ax = _axes(fig, left, bottom, side, side)
+    w = None if weak is None else np.asarray(weak, bool)[np.ix_(order, order)]
+    im = _matrix(ax, m, ticks, [small[g] for g in order], annotate=annotate, weak=w, title=title)
+    _colorbar(fig, im, left + side + 0.15, bottom, side, f"{metric} ({unit})" if unit else metric)
+    return fig
+
+
+def metric_panels(panels, labels, n_models, n_filters, small, order, *, title: str) -> plt.Figure:
+    """Further metrics' drift matrices of one grouping side by side in one ``order``, each on its own scale with
+    its colour bar; ``panels``: [(metric, unit, matrix)]. Rows are labelled on the first panel only."""
+    ticks = _matrix_ticks(labels, n_models, n_filters, small, order)
+    side = _side(len(order))
+    left = text_width(ticks, 7) + TICK + 0.1
+    bottom, top, gap = TICK + 0.2, LINE + 0.35, 0.15 + COLORBAR + 0.2
+    fig = plt.figure(figsize=(left + len(panels) * (side + gap), bottom + side + top))
+    for k, (metric, unit, matrix) in enumerate(panels):
+        x = left + k * (side + gap)
+        ax = _axes(fig, x, bottom, side, side)
+        m = np.asarray(matrix, np.float64)[np.ix_(order, order)]
+        im = _matrix(ax, m, ticks if k == 0 else None, [small[g] for g in order], title=metric)
+        _colorbar(fig, im, x + side + 0.15, bottom, side, unit)
+    fig.text(0.1 / fig.get_size_inches()[0], 1 - 0.08 / fig.get_size_inches()[1], title, va="top", fontsize=10)
+    return fig
+
+
+def key_figure(panels, *, metric: str, unit: str, vmin: float, vmax: float) -> plt.Figure:
+    """The report's key figure (the CNN-Filter-DB paper's): the drift matrices of several groupings side by side on
+    ONE colour scale (``vmin``..``vmax``, one colour bar), then a box plot per grouping of its pairwise drifts
+    (upper triangle; the mean as a white diamond) on the same axis range, so the groupings compare at a glance.
+
+    ``panels``: [{name, matrix (display order), ticks, small, weak}]."""
+    from matplotlib.colors import Normalize
+
+    norm = Normalize(vmin=vmin, vmax=vmax)
+    sides = [_side(len(p["ticks"])) for p in panels]
+    lefts = [text_width(p["ticks"], 7) + TICK + 0.15 for p in panels]
+    height = max(sides)
+    names = [p["name"].replace("_", " ") for p in panels]
+    bottom, top = max(TICK + 0.3, TICK + 0.5 * text_width(names) + 0.2), LINE + 0.12
+    box_w = 0.55 * len(panels) + 0.9
+    box_left = text_width(["0.000"], 9) + TICK + LINE + 0.2
+    width = sum(lefts) + sum(sides) + box_left + box_w + 0.3 + COLORBAR
+    fig = plt.figure(figsize=(width, bottom + height + top))
+    x = 0.0
+    im = None
+    for p, side, left in zip(panels, sides, lefts):
+        x += left
+        ax = _axes(fig, x, bottom + height - side, side, side)
+        im = _matrix(ax, np.asarray(p["matrix"], np.float64), p["ticks"], p["small"], norm=norm, annotate=True,
+                     weak=p.get("weak"), title=p["name"].replace("_", " "))
+        x += side
+    x += box_left
+    ax = _axes(fig, x, bottom, box_w, height)
+    data = []
+    for p in panels:
+        m = np.asarray(p["matrix"], np.float64)
+        v = m[np.triu_indices(m.shape[0], 1)]
+        data.append(v[np.isfinite(v)])
+    ax.boxplot(data, tick_labels=names, widths=0.6, showmeans=True,
+               meanprops={"marker": "D", "markerfacecolor": "white", "markeredgecolor": "black", "markersize": 4},
+               flierprops={"markersize": 2})
+    ax.tick_params(axis="x", labelrotation=30)
+    for t in ax.get_xticklabels():
+        t.set_horizontalalignment("right")
+        t.set_rotation_mode("anchor")
+    ax.set_ylim(vmin, vmax + 0.04 * (vmax - vmin))
+    ax.set_ylabel(f"{metric} ({unit})")
+    ax.set_title("pairwise drift")
+    _colorbar(fig, im, x + box_w + 0.3, bottom, height, f"{metric} drift ({unit})")
     return fig
 
 
@@ -223,12 +372,14 @@ def overview(matrix, order, *, title: str, metric: str, max_pixels: int = 600) -
         m = np.pad(m, ((0, pad), (0, pad)), constant_values=np.nan)
         with np.errstate(all="ignore"):
             m = np.nanmean(m.reshape(m.shape[0] // f, f, m.shape[1] // f, f), axis=(1, 3))
-    fig, ax = plt.subplots(figsize=(6.4, 5.6))
-    im = ax.imshow(np.ma.masked_invalid(m), cmap="magma_r", interpolation="nearest", extent=(0, n, n, 0))
+    left = text_width([str(n)]) + TICK + LINE + 0.1
+    fig, ax = _frame(4.6, 4.6, left=left, bottom=TICK + 2 * LINE, right=0.15 + COLORBAR, top=LINE + 0.1)
+    im = ax.imshow(np.ma.masked_invalid(m), cmap="magma_r", interpolation="nearest", extent=(0, n, n, 0),
+                   aspect="auto")
     ax.set_xlabel("group (clustered order)")
     ax.set_ylabel("group (clustered order)")
     ax.set_title(title)
-    fig.colorbar(im, ax=ax, fraction=0.046, label=metric)
+    _colorbar(fig, im, left + 4.6 + 0.15, TICK + 2 * LINE, 4.6, metric)
     return fig
 
 
@@ -240,7 +391,8 @@ def boxes(matrix, labels, small, order, *, metric: str, title: str) -> plt.Figur
         row = np.delete(m[g], g)
         data.append(row[np.isfinite(row)])
         names.append(labels[g] + (" *" if small[g] else ""))
-    fig, ax = plt.subplots(figsize=(6.4, 0.3 * len(order) + 1.2))
+    fig, ax = _frame(4.4, 0.3 * len(order) + 0.3, left=text_width(names, 7) + TICK + 0.1, bottom=TICK + 2 * LINE,
+                     right=0.3, top=LINE + 0.1)
     ax.boxplot(data, orientation="horizontal", tick_labels=names, showfliers=True, widths=0.6,
                flierprops={"markersize": 2})
     ax.invert_yaxis()
@@ -256,17 +408,25 @@ def intervals(pairs, metrics, *, level: float, title: str) -> plt.Figure:
     ``pairs``: list of pair labels; ``metrics``: {metric: (drift, lower, upper)} arrays aligned with ``pairs``.
     """
     n = len(pairs)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.0 * len(metrics) + 2.4, 0.24 * n + 1.3), squeeze=False,
-                             sharey=True)
+    left, width, gap, bottom, height = text_width(pairs, 7) + TICK + 0.1, 2.6, 0.35, TICK + 2 * LINE, 0.24 * n + 0.2
+    fig = plt.figure(figsize=(left + len(metrics) * (width + gap), bottom + height + LINE + 0.15))
     y = np.arange(n)
-    for ax, (metric, (d, lo, hi)) in zip(axes[0], metrics.items()):
+    first = None
+    for k, (metric, (d, lo, hi)) in enumerate(metrics.items()):
+        ax = _axes(fig, left + k * (width + gap), bottom, width, height)
+        if first is None:
+            first = ax
+            ax.set_yticks(y, pairs, fontsize=7)
+            ax.invert_yaxis()
+        else:
+            ax.sharey(first)
+            ax.tick_params(axis="y", labelleft=False)
         d, lo, hi = (np.asarray(v, np.float64) for v in (d, lo, hi))
         ax.errorbar(d, y, xerr=[np.clip(d - lo, 0, None), np.clip(hi - d, 0, None)], fmt="o", ms=3,
                     color="#4c72b0", ecolor="#999", capsize=2)
         ax.set_xlabel(f"{metric} drift")
-    axes[0, 0].set_yticks(y, pairs, fontsize=7)
-    axes[0, 0].invert_yaxis()
-    fig.suptitle(f"{title} ({level:.0%} bootstrap intervals over models)", fontsize=10)
+    fig.text(0.1 / fig.get_size_inches()[0], 1 - 0.08 / fig.get_size_inches()[1],
+             f"{title} ({level:.0%} bootstrap intervals over models)", va="top", fontsize=10)
     return fig
 
 
@@ -281,13 +441,14 @@ def density(counts, edges, components=(0, 1), vmin: float = 1e-5, dpi: int = 110
     cmap = plt.get_cmap("inferno").copy()
     cmap.set_under(cmap(0.0))
     cmap.set_bad(cmap(0.0))
-    need = c.shape[0] / dpi                    # inches of axes for one pixel per bin
-    fig, ax = plt.subplots(figsize=(min(11.0, max(5.0, need / 0.68)), min(10.0, max(4.4, need / 0.75))))
+    side = min(9.0, max(4.0, c.shape[0] / dpi))            # inches of axes: about one pixel per bin
+    left, bottom = text_width(["-3.3"]) + TICK + LINE + 0.1, TICK + 2 * LINE
+    fig, ax = _frame(side, side, left=left, bottom=bottom, right=0.15 + COLORBAR, top=0.15)
     im = ax.imshow(h, origin="lower", extent=(edges[0], edges[-1], edges[0], edges[-1]), cmap=cmap,
-                   norm=LogNorm(vmin=vmin, vmax=1.0), interpolation="nearest", aspect="equal")
+                   norm=LogNorm(vmin=vmin, vmax=1.0), interpolation="nearest", aspect="auto")
     ax.set_xlabel(f"coefficient of component {components[0]}")
     ax.set_ylabel(f"coefficient of component {components[1]}")
-    fig.colorbar(im, ax=ax, fraction=0.046, label="filters per bin / most in one bin (log)")
+    _colorbar(fig, im, left + side + 0.15, bottom, side, "filters per bin / most in one bin (log)")
     return fig
 
 
@@ -296,20 +457,24 @@ def quality_panels(table, keys) -> plt.Figure:
     (categorical columns of a layer_quality table; groups in category order, empty ones left out)."""
     metrics = [(c, t) for c, t in (("sparsity", "sparsity"), ("variance_entropy_norm", "variance entropy (norm.)"))
                if c in table]
-    fig, axes = plt.subplots(len(metrics), len(keys), figsize=(3.6 * len(keys), 3.0 * len(metrics)),
-                             squeeze=False)
+    cats = {}
+    for key in keys:
+        labels = table[key]
+        cats[key] = [c for c in labels.cat.categories if (labels == c).any()] if hasattr(labels, "cat") \
+            else sorted(set(labels.astype(str)))
+    width, height, left = 2.9, 2.0, text_width(["0.00"]) + TICK + 0.2
+    below = TICK + 0.87 * text_width([str(c) for v in cats.values() for c in v], 7) + 0.15
+    row = below + height + LINE + 0.1
+    fig = plt.figure(figsize=(len(keys) * (left + width) + 0.2, len(metrics) * row))
     for i, (col, title) in enumerate(metrics):
         for j, key in enumerate(keys):
             labels = table[key]
-            cats = [c for c in getattr(labels, "cat", None).categories if (labels == c).any()] \
-                if hasattr(labels, "cat") else sorted(set(labels.astype(str)))
-            data = [table[col].to_numpy(np.float64)[(labels == c).to_numpy()] for c in cats]
-            ax = axes[i, j]
-            ax.boxplot([d[np.isfinite(d)] for d in data], tick_labels=[str(c) for c in cats], widths=0.6,
+            data = [table[col].to_numpy(np.float64)[(labels == c).to_numpy()] for c in cats[key]]
+            ax = _axes(fig, j * (left + width) + left, (len(metrics) - 1 - i) * row + below, width, height)
+            ax.boxplot([d[np.isfinite(d)] for d in data], tick_labels=[str(c) for c in cats[key]], widths=0.6,
                        flierprops={"markersize": 2})
             ax.tick_params(axis="x", labelrotation=60, labelsize=7)
             ax.set_title(f"{title} by {key.replace('_', ' ')}")
-    fig.tight_layout()
     return fig
 
 
@@ -370,8 +535,11 @@ def _group_sizes(c):
 
 def _heatmap(c, order, title):
     labels, nm, nf, small = _group_sizes(c)
+    from filtershift.metrics import METRICS
+
+    unit = METRICS[c["metric"]].units if c["metric"] in METRICS else ""
     return {"matrix": c["g"].drift[c["metric"]].values, "labels": labels, "n_models": nm, "n_filters": nf,
-            "small": small, "order": order, "title": title, "metric": c["metric"], "weak": _weak(c)}
+            "small": small, "order": order, "title": title, "metric": c["metric"], "unit": unit, "weak": _weak(c)}
 
 
 def _weak(c):
@@ -395,7 +563,7 @@ def _drift_caption(c, text: str) -> str:
 
 def _unsorted(c):
     g = c["g"]
-    if "depth" not in g.dist.attrs["by"]:
+    if "depth" not in g.dist.attrs["by"] or _in_key(c):
         return None
     return _heatmap(c, np.arange(g.size), f"{c['metric']} drift by {c['name']} (depth order)")
 
@@ -482,8 +650,93 @@ def _count(value) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+#: The groupings of the key figure, in panel order (those the report has, with a labelled matrix).
+KEY_GROUPINGS = ("task", "visual_category", "depth")
+
+
+def key_order(g) -> np.ndarray:
+    """Display order of a grouping in the key figure and its further metrics: depth groupings in depth order (the
+    notebook's), the others by increasing mean drift."""
+    return np.arange(g.size) if "depth" in g.dist.attrs["by"] else np.asarray(g.order)
+
+
+def key_summary(analysis, spec: dict) -> dict | None:
+    """The numbers of the key figure for results.json: its metric (the first) and unit, its groupings, the ONE
+    colour scale they share (``vmin`` 0, ``vmax`` the largest finite drift of their matrices) and, per grouping,
+    the count, mean and median of its pairwise drifts (upper triangle); None when no key grouping applies."""
+    from filtershift.metrics import METRICS
+
+    metric = spec["metrics"][0]
+    names = [n for n in KEY_GROUPINGS if n in analysis.groupings
+             and 2 <= analysis.groupings[n].size <= spec["figures"]["max_groups"]]
+    if not names:
+        return None
+    pairwise, top = {}, 0.0
+    for n in names:
+        m = np.asarray(analysis.groupings[n].drift[metric].values, np.float64)
+        v = m[np.triu_indices(m.shape[0], 1)]
+        v = v[np.isfinite(v)]
+        pairwise[n] = {"n_pairs": int(v.size), "mean": float(v.mean()) if v.size else None,
+                       "median": float(np.median(v)) if v.size else None}
+        finite = m[np.isfinite(m)]
+        top = max(top, float(finite.max()) if finite.size else 0.0)
+    unit = METRICS[metric].units if metric in METRICS else ""
+    return {"metric": metric, "unit": unit, "weighted": "explained variance ratios of the global basis",
+            "groupings": names, "vmin": 0.0, "vmax": top or 1.0, "pairwise": pairwise}
+
+
+def _key(c):
+    key = c["results"].get("key_figure")
+    if not key:
+        return None
+    panels = []
+    for name in key["groupings"]:
+        g = c["analysis"].groupings[name]
+        order = key_order(g)
+        labels, nm, nf, small = g.labels, *(c["results"]["groupings"][name][k]
+                                            for k in ("n_models", "n_filters", "small"))
+        weak = _weak(dict(c, g=g, metric=key["metric"]))
+        panels.append({"name": name, "matrix": np.asarray(g.drift[key["metric"]].values)[np.ix_(order, order)],
+                       "ticks": _matrix_ticks(labels, nm, nf, small, order), "small": [small[i] for i in order],
+                       "weak": None if weak is None else weak[np.ix_(order, order)]})
+    return {"panels": panels, "metric": key["metric"], "unit": key["unit"], "vmin": key["vmin"],
+            "vmax": key["vmax"]}
+
+
+def _key_caption(c) -> str:
+    key = c["results"]["key_figure"]
+    means = "; ".join(f"{n.replace('_', ' ')} {v['mean']:.3g}" for n, v in key["pairwise"].items()
+                      if v["mean"] is not None)
+    return (f"{key['metric']} drift ({key['unit']}, components weighted by the global explained variance ratios) "
+            f"by {', '.join(n.replace('_', ' ') for n in key['groupings'])} on one colour scale "
+            f"({key['vmin']:g} to {key['vmax']:.3g}); depth in depth order, the others by increasing mean drift; "
+            "columns numbered as the rows. Right: each grouping's pairwise drifts (upper triangle), box of the "
+            f"quartiles, white diamond the mean ({means}). The higher a grouping's box, the more that meta axis "
+            "shifts the filters.")
+
+
+def _in_key(c) -> bool:
+    key = c["results"].get("key_figure")
+    return bool(key) and c.get("name") in key["groupings"]
+
+
+def _views_data(c):
+    from filtershift.metrics import METRICS
+
+    g = c["g"]
+    others = [m for m in c["metrics"] if m != c["metric0"]]
+    if not others:
+        return None
+    labels, nm, nf, small = _group_sizes(c)
+    panels = [(m, METRICS[m].units if m in METRICS else "", g.drift[m].values) for m in others]
+    return {"panels": panels, "labels": labels, "n_models": nm, "n_filters": nf, "small": small,
+            "order": key_order(g) if _in_key(c) else g.order, "title": f"{_views(c)} by {c['name']}"}
+
+
 #: Every figure of the report, in page order.
 FIGURES = (
+    ReportFigure("key", "key", _key, key_figure, "key-figure", _key_caption,
+                 lambda c: "key figure: drift by meta axis on one colour scale", vector=False),
     ReportFigure("basis.explained_variance", "basis",
                  lambda c: {"ratio": c["analysis"].basis.explained_variance_ratio_}, explained_variance,
                  "basis-explained-variance", lambda c: "Explained variance ratio and its cumulative sum.",
@@ -498,23 +751,19 @@ FIGURES = (
                  lambda c: "Eigenimages (components as 3x3 kernels) on one symmetric diverging scale: red positive, "
                            "blue negative.", lambda c: "eigenimages"),
     ReportFigure("grouping.{name}.drift.{metric}", "grouping",
-                 lambda c: _heatmap(c, c["g"].order, f"{c['metric']} drift by {c['name']}"), heatmap,
-                 "drift-{slug}-{metric}", lambda c: _drift_caption(c, f"{c['metric']} drift, groups sorted by mean "
-                                                                  "drift."),
+                 lambda c: None if _in_key(c) else _heatmap(c, c["g"].order, f"{c['metric']} drift by {c['name']}"),
+                 heatmap, "drift-{slug}-{metric}",
+                 lambda c: _drift_caption(c, f"{c['metric']} drift, groups sorted by mean drift; columns numbered "
+                                             "as the rows."),
                  lambda c: f"{c['name']} drift", vector=False, metrics="first", display="matrix", row="main",
                  beside="order"),
     ReportFigure("grouping.{name}.drift.{metric}.unsorted", "grouping", _unsorted, heatmap,
                  "drift-{slug}-{metric}-unsorted", lambda c: f"{c['metric']} drift in natural (depth) order.",
                  lambda c: f"{c['name']} drift unsorted", vector=False, metrics="first", display="matrix"),
-    ReportFigure("grouping.{name}.drift.{metric}", "grouping",
-                 lambda c: _heatmap(c, c["g"].order, f"{c['metric']} drift by {c['name']}"), heatmap,
-                 "drift-{slug}-{metric}", lambda c: f"{c['metric']} drift (same order).",
-                 lambda c: f"{c['name']} {c['metric']}", vector=False, metrics="others", display="matrix",
-                 row="views", heading=_views),
-    ReportFigure("grouping.{name}.boxes", "grouping",
-                 lambda c: _boxes(c, c["g"].order, f"{c['metric0']} drift by {c['name']}"), boxes, "boxes-{slug}",
-                 lambda c: "Drift of each group to every other group.", lambda c: f"{c['name']} drift boxes",
-                 display="matrix"),
+    ReportFigure("grouping.{name}.views", "grouping", _views_data, metric_panels, "drift-{slug}-views",
+                 lambda c: "The other metrics' drift matrices, each on its own scale, rows in the order of the "
+                           f"{c['metric0']} matrix{' of the key figure' if _in_key(c) else ''}.",
+                 lambda c: f"{c['name']} {_views(c)}", vector=False, display="matrix", heading=_views),
     ReportFigure("grouping.{name}.overview", "grouping",
                  lambda c: {"matrix": c["g"].drift[c["metric0"]].values, "order": c["g"].cluster_order,
                             "title": f"{c['metric0']} drift by {c['name']} ({c['g'].size} groups, clustered)",

@@ -203,6 +203,12 @@ def grouping_section(name: str, g: dict, figs: dict, r: dict) -> str:
                      f'(average linkage, optimal leaf order) without labels, then the {len(g["top"])} most shifted '
                      f'groups (largest mean drift) with labels. All values are in '
                      f'<code>{esc(g["metrics"][metric0].get("table", ""))}</code>.</p>')
+    key = r.get("key_figure") or {}
+    if name in key.get("groupings", []):
+        order = list(range(g["size"])) if "depth" in g["by"] else g["order"]
+        parts.append(f'<p class="note">The {esc(key["metric"])} matrix of this grouping is in the '
+                     '<a href="#key">key figure</a>, on the scale it shares with the other meta axes; its groups, '
+                     "in that order:</p>" + sizes_table(g, order))
     parts.append(registered("grouping", figs, _context(r, name=name, gr=g)))
     parts.append("</section>")
     return "\n".join(parts)
@@ -216,6 +222,14 @@ def missing_note(g: dict) -> str:
     return (f'<p class="note">Left out: {dropped["models"]:,} models ({dropped["filters"]:,} filters) whose '
             f'{esc(" or ".join(g["by"]))} label is missing, as a pandas groupby does; <code>keep_missing: '
             "true</code> (or <code>--keep-missing</code>) keeps them as a group of their own.</p>")
+
+
+def key_section(r: dict, figs: dict) -> str:
+    """The key figure: drift by each meta axis on one colour scale, and each axis' pairwise drifts."""
+    if not r.get("key_figure") or "key" not in figs:
+        return ""
+    return ('<section id="key"><h2>Which meta axis shifts the filters most</h2>'
+            + registered("key", figs, _context(r)) + "</section>")
 
 
 def density_section(r: dict, figs: dict) -> str:
@@ -256,11 +270,11 @@ def quality_section(r: dict, figs: dict) -> str:
 def run_page(r: dict) -> str:
     """The report of one run."""
     figs = r["figures"]
-    nav = [("overview", "Overview"), ("basis", "Basis")]
+    nav = [("overview", "Overview")] + ([("key", "Key figure")] if "key" in figs else []) + [("basis", "Basis")]
     nav += [("g-" + g["slug"], name) for name, g in r["groupings"].items()]
     nav += [("density", "2D density")] if r.get("density2d") else []
     nav += [("quality", "Quality"), ("files", "Files")]
-    body = [overview_section(r), basis_section(r, figs)]
+    body = [overview_section(r), key_section(r, figs), basis_section(r, figs)]
     body += [grouping_section(name, g, figs, r) for name, g in r["groupings"].items()]
     body += [density_section(r, figs), quality_section(r, figs)]
     files = [[k, v.get("parquet"), v.get("csv")] for k, v in r["tables"].items()]
