@@ -45,7 +45,7 @@ def encode(fig, formats, *, vector: bool = True, dpi: int = 110) -> dict:
         buf = io.BytesIO()
         kwargs = {"dpi": dpi} if fmt == "png" else {"metadata": {"Date": None}}
         fig.savefig(buf, format=fmt, bbox_inches=bbox, **kwargs)
-        if bbox is None and overflow(fig) > 0:
+        if bbox is None and overflow(fig) > 0.5 / dpi:      # more than half a pixel
             bbox = _tight(fig)
             buf = io.BytesIO()
             fig.savefig(buf, format=fmt, bbox_inches=bbox, **kwargs)
@@ -55,8 +55,8 @@ def encode(fig, formats, *, vector: bool = True, dpi: int = 110) -> dict:
 
 
 def overflow(fig) -> float:
-    """How far (inches, 0 if not at all) the drawn parts of ``fig`` reach outside its canvas; lays the figure out
-    if it was not drawn yet."""
+    """How far (inches, 0 if not at all) the drawn parts of ``fig`` reach outside its canvas (text layout is
+    cached by matplotlib, so after a draw this costs little)."""
     box = fig.get_tightbbox(fig.canvas.get_renderer())
     w, h = fig.get_size_inches()
     return max(0.0, -box.x0, -box.y0, box.x1 - w, box.y1 - h)
