@@ -58,6 +58,7 @@ class Analysis:
     model_quality: pd.DataFrame | None
     passes: int
     notes: list = field(default_factory=list)
+    scope: dict = field(default_factory=dict)
 
 
 def mean_drift(matrix: np.ndarray) -> np.ndarray:
@@ -118,18 +119,19 @@ def analyse(ds: xr.Dataset, info: dict, spec: dict, *, step=lambda name: None) -
         drift,
         drift_ci,
         drift_test,
-        fit_basis,
         group_bases,
         kde,
         record_stats,
     )
     from filtershift.stats.histograms import Density2D
+    from filtershift.stats.scope import resolve, store_stats
 
     th, boot, fig, sig = spec["thresholds"], spec["bootstrap"], spec["figures"], spec["significance"]
     pair = Density2D((0, 1), fig["density_bins"], fig["density_range"]) if fig["density_bins"] else None
     stats = record_stats(ds)
     step("basis")
-    basis = fit_basis(stats)
+    scope = resolve(stats, spec["basis"], spec["range"])
+    basis = scope.basis
     log.info("basis fitted on %s filters; first three components explain %.1f%% of the variance",
              f"{basis.n_samples_:,}", 100 * float(np.sum(basis.explained_variance_ratio_[:3])))
     groupings = {}
@@ -137,9 +139,10 @@ def analyse(ds: xr.Dataset, info: dict, spec: dict, *, step=lambda name: None) -
     for by in spec["groupings"]:
         name = grouping_name(by)
         step(f"grouping {name}")
-        stats.histograms(basis, spec["bins"], density=pair)   # pass 3 (the first time) counts the 2D density too
+        # pass 3 (the first time) counts the 2D density too
+        stats.histograms(basis, spec["bins"], range=scope.range, density=pair)
         dist = distributions(stats, basis, by=by, bins=spec["bins"], min_filters=th["min_filters"],
-                             min_models=th["min_models"], keep_missing=spec["keep_missing"])
+                             min_models=th["min_models"], keep_missing=spec["keep_missing"], range=scope.range)
         g = GroupingResult(name, by, dist, {m: drift(dist, m) for m in spec["metrics"]})
         first = g.drift[spec["metrics"][0]].values
         g.order = order_by_mean_drift(first)
@@ -171,8 +174,10 @@ def analyse(ds: xr.Dataset, info: dict, spec: dict, *, step=lambda name: None) -
                             min_count=fig["density_min_count"])
     step("quality")
     layer_q, model_q = quality_tables(stats, th["sparsity_eps"])
+    store = store_stats(stats)
+    passes = stats.passes + (store.passes if store is not stats else 0)
     return Analysis(info, basis, stats.moments(), covariance(basis), groupings, density, layer_q, model_q,
-                    stats.passes, notes)
+                    passes, notes, {**scope.attrs(), "range": list(scope.range)})
 
 
 def quality_tables(stats, eps: float):

@@ -32,6 +32,8 @@ DEFAULTS: dict = {
     "bins": 70,
     "keep_missing": False,
     "where": None,
+    "basis": "store",
+    "range": None,
     "thresholds": {
         "min_filters": 1000,
         "min_models": 2,
@@ -222,6 +224,11 @@ def validate(spec: dict, where: str = "report config") -> dict:
             raise InputError(f"{where}: 'where' must be an expression in quotes (docs/analysis.md); got "
                              f"{spec['where']!r}.")
         parse(spec["where"])
+    for key, choices in (("basis", ("store", "selection")), ("range", (None, "store", "selection"))):
+        if spec[key] not in choices:
+            also = "; or null, that of 'basis'" if key == "range" else ""
+            raise InputError(f"{where}: {key!r} must be 'store' (of the whole store, as the CNN-Filter-DB notebook) "
+                             f"or 'selection' (of the records of 'where' alone){also}; got {spec[key]!r}.")
     if spec["bootstrap"]["n_boot"] == 1:
         raise InputError(f"{where}: 'bootstrap.n_boot' must be 0 (no intervals) or at least 2; got 1.")
     return spec

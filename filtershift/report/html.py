@@ -180,12 +180,24 @@ def overview_section(r: dict) -> str:
     return "\n".join(parts)
 
 
+def scope_note(b: dict, where) -> str:
+    """Whose basis and coefficient range the histograms use (the whole store's or the selection's)."""
+    if "basis_scope" not in b:
+        return ""
+    whose = {"store": "the whole store", "selection": "the selected records", "given": "a given basis"}
+    lo, hi = b["range"]
+    sel = f" Selection: <code>{escape(where)}</code>." if where else ""
+    return (f'<p class="note">Basis of {whose[b["basis_scope"]]}; histograms binned over the coefficient range of '
+            f'{whose[b["range_scope"]]}, [{lo:.4g}, {hi:.4g}].{sel}</p>')
+
+
 def basis_section(r: dict, figs: dict) -> str:
     b = r["basis"]
     return "\n".join([
         '<section id="basis"><h2>Global basis</h2>',
         f'<p class="note">PCA of {cell(b["n_samples"])} filters, each scaled by its largest absolute weight '
         "(the CNN-Filter-DB convention). Signs: each component's largest entry is positive.</p>",
+        scope_note(b, r["parameters"].get("where")),
         registered("basis", figs, _context(r)),
         "</section>"])
 

@@ -208,7 +208,8 @@ def build_results(analysis, spec: dict, run: dict, tables: Path, models: pd.Data
         "parameters": content_spec(spec),
         "basis": {"n_samples": int(b.n_samples_), "mean": b.mean_, "components": b.components_,
                   "explained_variance": b.explained_variance_,
-                  "explained_variance_ratio": b.explained_variance_ratio_, "covariance": analysis.covariance},
+                  "explained_variance_ratio": b.explained_variance_ratio_, "covariance": analysis.covariance,
+                  **analysis.scope},
         "groupings": {name: grouping_results(g, spec, tables, table_index)
                       for name, g in analysis.groupings.items()},
         "notes": list(analysis.notes),
