@@ -105,6 +105,10 @@ def test_the_default_is_the_store_and_reads_no_more_than_needed(data):
     _check(dist, _counts(c[task == "A"], model[task == "A"], c.min(), c.max()), c.min(), c.max())
     store = store_stats(sel.filtershift.stats)
     assert (store.passes, sel.filtershift.stats.passes) == (2, 1)
+    quality = sel.filtershift.quality(orthogonality=False)            # pass 2's sparsity rows: the store's
+    assert (store.passes, sel.filtershift.stats.passes) == (2, 1)
+    fresh = fs.layer_quality(fs.query(from_arrays(*_data(), chunk_filters=1500), WHERE), orthogonality=False)
+    pd.testing.assert_frame_equal(quality, fresh)
     other = fs.query(ds, 'task == "B"').filtershift
     other.drift(by="model", bins=BINS)
     assert (store.passes, other.stats.passes) == (2, 1)

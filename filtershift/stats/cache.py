@@ -155,13 +155,15 @@ class RecordStats:
 
         return records(self.ds), models(self.ds)
 
-    def moments_from(self, other: RecordStats) -> bool:
-        """Take pass 1 from ``other``'s per-record rows when these filters are whole records of the same tables
-        (a selection of ``other``'s Dataset by records: ``query``, ``sel``), so it is not read again; True if taken.
-        Records cut by a selection (``isel`` of a slice) or coordinates of their own need a pass."""
+    def rows_from(self, other: RecordStats) -> bool:
+        """Take pass 1 and every pass 2 that ``other`` ran (and this has not) from ``other``'s per-record rows, when
+        these filters are whole records of the same tables (a selection of ``other``'s Dataset by records:
+        ``query``, ``sel``): per-record values do not depend on which other records are present, so they are not
+        read again. True if taken; records cut by a selection (``isel`` of a slice) or coordinates of their own
+        need their passes."""
         mine, theirs = record_index(self.ds), record_index(other.ds)
-        if self._moments is not None or mine is None or theirs is None or mine.tables is not theirs.tables \
-                or other._moments is None or set(_code_coords(self.ds)) != set(_code_coords(other.ds)):
+        if mine is None or theirs is None or mine.tables is not theirs.tables or other._moments is None \
+                or set(_code_coords(self.ds)) != set(_code_coords(other.ds)):
             return False
         n = mine.tables.records["n"].to_numpy(np.int64)[mine.row]
         if np.any(mine.offset != 0) or np.any(mine.stop - mine.start != n) or len(np.unique(mine.row)) != len(mine.row):
@@ -169,7 +171,10 @@ class RecordStats:
         ids = np.unique(mine.tables.values["record"][mine.row]).astype(np.int64)
         if not np.isin(ids, other._moments["record"].values).all():
             return False
-        self._moments = other._moments.sel(record=ids)
+        if self._moments is None:
+            self._moments = other._moments.sel(record=ids)
+        for key, s in other._range_sparsity.items():
+            self._range_sparsity.setdefault(key, s.sel(record=ids))
         return True
 
     def moments(self) -> xr.Dataset:

@@ -5,7 +5,8 @@ range, so that histograms of different subsets share one axis. filtershift does 
 (``basis="store"``, ``range="store"``); ``"selection"`` takes them from the selected filters alone. The store is
 the whole Dataset a selection (``query``, ``sel``, ``isel``, ``select``) was taken from; its statistics are kept
 with its tables (:func:`store_stats`), so every selection of one store shares one pass 1 and one pass 2 of the
-store, and a selection of whole records takes its own pass 1 from the store's rows instead of reading it again.
+store, and a selection of whole records takes its own passes 1 and 2 from the store's rows instead of reading
+them again.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def choose_basis(data, basis=None) -> tuple:
     else:
         raise InputError(f"basis must be 'store', 'selection' or a fitted Basis; got {type(basis).__name__}.")
     if store is not None and store is not stats:
-        stats.moments_from(store)
+        stats.rows_from(store)
     return stats, basis, basis_scope, store
 
 
@@ -123,6 +124,8 @@ def resolve(data, basis=None, range=None) -> Scope:
     if range_scope == "store":
         store = store if store is not None else store_stats(stats)
         lo, hi = store.coef_range(basis)
+        if store is not stats:
+            stats.rows_from(store)             # the store's pass 2 gives the selection's sparsity rows too
     elif range_scope == "selection":
         lo, hi = stats.coef_range(basis)
     else:
