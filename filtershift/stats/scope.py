@@ -139,5 +139,6 @@ def _check_range(range) -> tuple:
     except (TypeError, ValueError):
         lo = hi = np.nan
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-        raise InputError(f"range must be 'store', 'selection' or two finite numbers, lower < upper; got {range!r}.")
+        raise InputError(f"range must be two finite numbers, lower < upper, or 'store' or 'selection'; got "
+                         f"{range!r}.")
     return lo, hi
