@@ -148,7 +148,8 @@ def analyse(ds: xr.Dataset, info: dict, spec: dict, *, step=lambda name: None) -
             g.top = top_shifted(first, fig["top_k"])
             notes.append(f"{name}: {g.size} groups, shown clustered and as the {len(g.top)} most shifted")
         if boot["n_boot"] and 2 <= g.size <= boot["max_groups"]:
-            g.ci = {m: drift_ci(dist, m, n_boot=boot["n_boot"], seed=boot["seed"], level=boot["level"])
+            g.ci = {m: drift_ci(dist, m, n_boot=boot["n_boot"], seed=boot["seed"], level=boot["level"],
+                             method=boot["method"])
                     for m in spec["metrics"]}
         elif boot["n_boot"] and g.size > boot["max_groups"]:
             notes.append(f"{name}: no bootstrap intervals ({g.size} groups > bootstrap.max_groups "

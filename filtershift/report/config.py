@@ -41,6 +41,7 @@ DEFAULTS: dict = {
         "n_boot": 200,
         "seed": 0,
         "level": 0.95,
+        "method": "basic",
         "max_groups": 40,
     },
     "significance": {
@@ -222,6 +223,11 @@ def validate(spec: dict, where: str = "report config") -> dict:
             raise InputError(f"{where}: 'where' must be an expression in quotes (docs/analysis.md); got "
                              f"{spec['where']!r}.")
         parse(spec["where"])
+    from filtershift.stats.divergence import INTERVALS
+
+    if spec["bootstrap"]["method"] not in INTERVALS:
+        raise InputError(f"{where}: 'bootstrap.method' must be one of {list(INTERVALS)}; got "
+                         f"{spec['bootstrap']['method']!r}.")
     if spec["bootstrap"]["n_boot"] == 1:
         raise InputError(f"{where}: 'bootstrap.n_boot' must be 0 (no intervals) or at least 2; got 1.")
     return spec

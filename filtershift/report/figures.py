@@ -250,10 +250,12 @@ def boxes(matrix, labels, small, order, *, metric: str, title: str) -> plt.Figur
     return fig
 
 
-def intervals(pairs, metrics, *, level: float, title: str) -> plt.Figure:
+def intervals(pairs, metrics, *, level: float, title: str, method: str = "basic") -> plt.Figure:
     """Point estimate and bootstrap interval of the drift of each pair, one panel per metric.
 
     ``pairs``: list of pair labels; ``metrics``: {metric: (drift, lower, upper)} arrays aligned with ``pairs``.
+    The interval is drawn as it is (a bias-corrected interval may lie beside the estimate); a pair without one
+    (a one-model group) is an open marker.
     """
     n = len(pairs)
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.0 * len(metrics) + 2.4, 0.24 * n + 1.3), squeeze=False,
@@ -261,12 +263,16 @@ def intervals(pairs, metrics, *, level: float, title: str) -> plt.Figure:
     y = np.arange(n)
     for ax, (metric, (d, lo, hi)) in zip(axes[0], metrics.items()):
         d, lo, hi = (np.asarray(v, np.float64) for v in (d, lo, hi))
-        ax.errorbar(d, y, xerr=[np.clip(d - lo, 0, None), np.clip(hi - d, 0, None)], fmt="o", ms=3,
-                    color="#4c72b0", ecolor="#999", capsize=2)
+        has = np.isfinite(lo) & np.isfinite(hi)
+        ax.hlines(y[has], lo[has], hi[has], color="#999", lw=1.2)
+        ax.plot(d[has], y[has], "o", ms=3, color="#4c72b0")
+        ax.plot(d[~has], y[~has], "o", ms=4, mfc="none", color="#4c72b0", label="no interval (one model)")
         ax.set_xlabel(f"{metric} drift")
+        if (~has).any():
+            ax.legend(fontsize=7, loc="lower right")
     axes[0, 0].set_yticks(y, pairs, fontsize=7)
     axes[0, 0].invert_yaxis()
-    fig.suptitle(f"{title} ({level:.0%} bootstrap intervals over models)", fontsize=10)
+    fig.suptitle(f"{title} ({level:.0%} {method} bootstrap intervals over models)", fontsize=10)
     return fig
 
 
@@ -426,7 +432,8 @@ def _intervals(c):
     if not pairs:
         return None
     data = {m: tuple(ci[part].values[idx] for part in ("drift", "lower", "upper")) for m, ci in g.ci.items()}
-    return {"pairs": pairs, "metrics": data, "level": first.attrs["level"], "title": f"Largest drifts by {c['name']}"}
+    return {"pairs": pairs, "metrics": data, "level": first.attrs["level"], "title": f"Largest drifts by {c['name']}",
+            "method": first.attrs["method"].split(" bootstrap")[0]}
 
 
 def _group_eigenimages(c):
@@ -532,9 +539,10 @@ FIGURES = (
                  boxes, "boxes-{slug}", lambda c: "Drift of the most shifted groups to every other group.",
                  lambda c: f"{c['name']} drift boxes", display="clustered"),
     ReportFigure("grouping.{name}.intervals", "grouping", _intervals, intervals, "intervals-{slug}",
-                 lambda c: f"The largest drifts with {c['gr']['bootstrap']['level']:.0%} percentile bootstrap "
-                           f"intervals ({c['gr']['bootstrap']['n_boot']} resamples of the models within each group), "
-                           "one panel per metric; pairs ordered by the first metric.",
+                 lambda c: f"The largest drifts with {c['gr']['bootstrap']['level']:.0%} "
+                           f"{c['gr']['bootstrap']['method']} ({c['gr']['bootstrap']['n_boot']} resamples), one "
+                           "panel per metric; pairs ordered by the first metric. A finite-sample divergence is "
+                           "biased upwards, so a bias-corrected interval may lie below the estimate.",
                  lambda c: f"{c['name']} bootstrap intervals", heading=lambda c: "Bootstrap intervals"),
     ReportFigure("grouping.{name}.eigenimages", "grouping", _group_eigenimages, group_eigenimages,
                  "eigenimages-{slug}", lambda c: "The same PCA fitted on each group's filters.",
