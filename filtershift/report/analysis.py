@@ -34,10 +34,17 @@ class GroupingResult:
     bases: xr.Dataset | None = None
     kde: xr.DataArray | None = None
     test: xr.Dataset | None = None
+    names: list | None = None
 
     @property
     def labels(self) -> list[str]:
         return [str(g) for g in self.dist["group"].values]
+
+    @property
+    def display(self) -> list[str]:
+        """What figures and tables show for each group: ``names`` (models by name, task and training set) when
+        set, else the labels."""
+        return self.names if self.names is not None else self.labels
 
     @property
     def size(self) -> int:
@@ -163,6 +170,8 @@ def analyse(ds: xr.Dataset, info: dict, spec: dict, *, step=lambda name: None) -
             g.bases = group_bases(stats, by, min_filters=th["min_filters"], min_models=th["min_models"],
                                   keep_missing=spec["keep_missing"])
             g.kde = kde(dist, points=256, components=list(range(fig["ridge_components"])))
+        if name == "model":
+            g.names = model_names(stats.tables()[1], g.labels)
         groupings[name] = g
         log.info("grouping %s: %d groups (%d small)", name, g.size, int(dist["small"].values.sum()))
     density = None
@@ -174,6 +183,23 @@ def analyse(ds: xr.Dataset, info: dict, spec: dict, *, step=lambda name: None) -
     layer_q, model_q = quality_tables(stats, th["sparsity_eps"])
     return Analysis(info, basis, stats.moments(), covariance(basis), groupings, density, layer_q, model_q,
                     stats.passes, notes)
+
+
+def model_names(models: pd.DataFrame, ids: list) -> list[str]:
+    """``model (task, training set)`` for each model id of ``ids`` from the models table (the columns a store has
+    of ``model``/``Name``, ``Task``, ``Training-Dataset``); the id where the table has no name."""
+    by_id = models.set_index(models["model_id"].astype(str))
+    name = next((c for c in ("model", "Name") if c in models.columns), None)
+    about = [c for c in ("Task", "Training-Dataset") if c in models.columns]
+    out = []
+    for i in ids:
+        row = by_id.loc[i] if i in by_id.index else None
+        if row is None or name is None or pd.isna(row[name]):
+            out.append(i)
+            continue
+        extra = ", ".join(str(row[c]) for c in about if not pd.isna(row[c]))
+        out.append(f"{row[name]} ({extra})" if extra else str(row[name]))
+    return out
 
 
 def quality_tables(stats, eps: float):

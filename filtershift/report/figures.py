@@ -371,7 +371,7 @@ class ReportFigure:
 
 def _group_sizes(c):
     r = c["gr"]
-    return c["g"].labels, r["n_models"], r["n_filters"], r["small"]
+    return c["g"].display, r["n_models"], r["n_filters"], r["small"]
 
 
 def _heatmap(c, order, title):
@@ -428,7 +428,9 @@ def _intervals(c):
     if not g.ci:
         return None
     first = next(iter(g.ci.values()))
-    pairs, idx = _largest_pairs(first, g.labels, c["fig_spec"]["top_k"])
+    if not np.isfinite(first["lower"].values).any():
+        return None
+    pairs, idx = _largest_pairs(first, g.display, c["fig_spec"]["top_k"])
     if not pairs:
         return None
     data = {m: tuple(ci[part].values[idx] for part in ("drift", "lower", "upper")) for m, ci in g.ci.items()}

@@ -104,7 +104,8 @@ def cards(items: list) -> str:
 
 def sizes_table(g: dict, order: list) -> str:
     """Group sizes in display order; small groups in red with a flag."""
-    rows = [[g["labels"][i], g["n_models"][i], g["n_filters"][i], "small" if g["small"][i] else ""] for i in order]
+    shown = g.get("names") or g["labels"]
+    rows = [[shown[i], g["n_models"][i], g["n_filters"][i], "small" if g["small"][i] else ""] for i in order]
     return table(["group", "models", "filters", ""], rows, numeric={1, 2},
                  row_class=lambda i: "small" if rows[i][3] else "")
 

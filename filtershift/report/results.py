@@ -58,12 +58,17 @@ def histogram_table(dist) -> pd.DataFrame:
                          "count": counts.ravel(), "p": dist["p"].values.ravel()})
 
 
-def matrix_table(da) -> pd.DataFrame:
-    """Long table of a drift matrix: group_a, group_b, value."""
+def matrix_table(da, names: list | None = None) -> pd.DataFrame:
+    """Long table of a drift matrix: group_a, group_b, value (and name_a, name_b when the groups have names)."""
     labels = np.array([str(x) for x in da["group_a"].values], dtype=object)
     n = len(labels)
     a, b = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
-    return pd.DataFrame({"group_a": labels[a.ravel()], "group_b": labels[b.ravel()], "value": da.values.ravel()})
+    out = pd.DataFrame({"group_a": labels[a.ravel()], "group_b": labels[b.ravel()], "value": da.values.ravel()})
+    if names is not None:
+        names = np.array(names, dtype=object)
+        out.insert(2, "name_a", names[a.ravel()])
+        out.insert(3, "name_b", names[b.ravel()])
+    return out
 
 
 def model_labels(moments, key: str, keep_missing: bool = False) -> pd.Series | None:
@@ -152,7 +157,7 @@ def grouping_results(g, spec: dict, tables: Path, table_index: dict) -> dict:
     dist = g.dist
     slug = safe_name(g.name)
     inline = g.size <= spec["figures"]["max_groups"]
-    out = {"by": list(dist.attrs["by"]), "slug": slug, "size": g.size, "labels": g.labels,
+    out = {"by": list(dist.attrs["by"]), "slug": slug, "size": g.size, "labels": g.labels, "names": g.names,
            "n_filters": dist["n_filters"].values, "n_models": dist["n_models"].values,
            "small": dist["small"].values, "order": g.order, "display": "matrix" if inline else "clustered",
            "cluster_order": g.cluster_order, "top": g.top, "metrics": {}, "mean_drift": {}, "bootstrap": None,
@@ -166,7 +171,7 @@ def grouping_results(g, spec: dict, tables: Path, table_index: dict) -> dict:
         if inline:
             entry["matrix"] = da.values
         else:
-            files = write_table(matrix_table(da), tables, f"drift-{slug}-{metric}")
+            files = write_table(matrix_table(da, g.names), tables, f"drift-{slug}-{metric}")
             table_index[f"drift-{slug}-{metric}"] = files
             entry["table"] = files["parquet"]
         if metric in g.ci:

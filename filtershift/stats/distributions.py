@@ -27,7 +27,8 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
     ``data`` is a Dataset, a :class:`RecordStats` or a fitted basis (then its statistics are reused, so asking
     for more groupings costs no pass). The result has dims (group, component, bin) with ``p`` (normalised
     histograms, NaN for empty groups), ``counts``, ``n_filters``, ``n_models``, ``small`` (under ``min_filters``
-    or ``min_models``), the basis' ``explained_variance_ratio`` (drift weights), and the per-(group, model)
+    or ``min_models``; ``by="model"`` ignores ``min_models``: each group is one model by design), the basis'
+    ``explained_variance_ratio`` (drift weights), and the per-(group, model)
     ``member_counts`` used by :func:`drift_ci`. ``fine_bins`` > 0 adds ``fine_counts`` for :func:`kde`. Filters
     whose label is missing are left out of the groups, as in a pandas ``groupby`` (attrs ``n_filters_dropped``,
     ``n_models_dropped``), unless ``keep_missing``. The basis and the histogram range stay those of all filters.
@@ -113,7 +114,7 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
         "counts": (("group", "component", "bin"), counts),
         "n_filters": ("group", n_filters.astype(np.int64)),
         "n_models": ("group", n_models.astype(np.int64)),
-        "small": ("group", (n_filters < min_filters) | (n_models < min_models)),
+        "small": ("group", (n_filters < min_filters) | ((n_models < min_models) & (tuple(g.by) != ("model",)))),
         "explained_variance_ratio": ("component", np.asarray(basis.explained_variance_ratio_, np.float64)),
         "explained_variance": ("component", np.asarray(basis.explained_variance_, np.float64)),
         "member_counts": (("member", "component", "bin"), member_counts),
@@ -148,7 +149,8 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
                       "normalisation": "density, empty bins = float32 eps, then sum 1", **g.dropped(m)})
     out["explained_variance_ratio"].attrs["description"] = ("share of the total variance per component (the drift "
                                                             "weights)")
-    out["small"].attrs["description"] = f"n_filters < {min_filters} or n_models < {min_models}"
+    out["small"].attrs["description"] = (f"n_filters < {min_filters}" if tuple(g.by) == ("model",) else
+                                         f"n_filters < {min_filters} or n_models < {min_models}")
     describe(out, "coefficient distributions", "1",
              f"histograms of the PCA coefficients per {' x '.join(g.by)} group and component, {bins} bins over "
              "one global range")
