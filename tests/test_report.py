@@ -149,6 +149,16 @@ def test_models_are_shown_by_name_and_never_small_for_being_one_model(store, bui
     t = pd.read_parquet(result.run_dir / g["metrics"]["kl_sym"]["table"])
     assert set(t["name_a"]) == set(want.values())
     assert r["groupings"]["task"]["names"] is None
+    # the most degenerated layers: the model's name, its conv depth and the criteria that flag the layer
+    layers = layer_quality(open_store(store), sparsity_eps=0.01).set_index(["model_id", "conv_depth"])
+    words = {"sparse": "sparse", "low_diversity": "low diversity", "random_like": "random-like"}
+    worst = r["quality"]["most_degenerated_layers"]
+    assert worst
+    for row in worst:
+        assert row["model"] == want[str(row["model_id"])]
+        flags = layers.loc[(row["model_id"], row["conv_depth"])]
+        assert row["reason"] == ", ".join(w for c, w in words.items() if flags[c])
+    assert all(row["model"] == want[str(row["model_id"])] for row in r["quality"]["most_degenerated_models"])
 
 
 def test_quality_numbers(store, built):

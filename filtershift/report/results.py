@@ -108,10 +108,16 @@ QUALITY_BY = ("depth", "task", "visual_category")
 QUALITY_METRICS = ("sparsity", "variance_entropy_norm", "variance_entropy_clean_norm")
 
 
-def quality_summary(layer: pd.DataFrame, model: pd.DataFrame, top: int, eps: float) -> dict:
+#: The criteria columns of a quality table (:func:`filtershift.stats.quality.degeneration`) as a reader names them.
+REASONS = {"sparse": "sparse", "low_diversity": "low diversity", "random_like": "random-like"}
+
+
+def quality_summary(layer: pd.DataFrame, model: pd.DataFrame, top: int, eps: float,
+                    names: dict | None = None) -> dict:
     """Per grouping (depth decile, task, visual category): layer counts, filter-weighted means, medians and
     degenerated share of each metric (:func:`filtershift.stats.quality.quality_by`); the most degenerated layers
-    and models (:func:`~filtershift.stats.quality.most_degenerated`)."""
+    (with the model's name from ``names``, {model id: name}, and the criteria that flag them) and models
+    (:func:`~filtershift.stats.quality.most_degenerated`)."""
     from filtershift.stats.quality import most_degenerated, quality_by
 
     by = {}
@@ -131,8 +137,16 @@ def quality_summary(layer: pd.DataFrame, model: pd.DataFrame, top: int, eps: flo
     model_cols = [c for c in ("model_id", "task", "visual_category", "n_layers", "n_filters", "sparsity",
                               "variance_entropy_clean_norm", "n_degenerated", "degenerated_share",
                               "degenerated_filter_share") if c in model]
-    worst_layers = most_degenerated(layer, top)[layer_cols]
+    worst = most_degenerated(layer, top)
+    worst_layers = worst[layer_cols]
+    if names is not None:
+        worst_layers.insert(1, "model", worst["model_id"].astype(str).map(names).fillna("").to_numpy())
+    flags = [c for c in REASONS if c in worst]
+    worst_layers.insert(len(worst_layers.columns) - 1, "reason", [
+        ", ".join(REASONS[c] for c in flags if row[c]) for _, row in worst[flags].iterrows()])
     worst_models = most_degenerated(model, top)[model_cols]
+    if names is not None:
+        worst_models.insert(1, "model", worst_models["model_id"].astype(str).map(names).fillna("").to_numpy())
     return {"sparsity_eps": eps, "thresholds": clean(layer.attrs.get("thresholds")), "n_layers": int(len(layer)),
             "n_degenerated": int(layer["degenerated"].sum()), "metrics": list(QUALITY_METRICS), "by": by,
             "most_degenerated_layers": _records(worst_layers), "most_degenerated_models": _records(worst_models)}
@@ -238,8 +252,12 @@ def build_results(analysis, spec: dict, run: dict, tables: Path, models: pd.Data
         layer, model = analysis.layer_quality, analysis.model_quality
         table_index["layer_quality"] = write_table(layer_table(layer), tables, "layer_quality")
         table_index["model_quality"] = write_table(layer_table(model), tables, "model_quality")
+        from filtershift.report.analysis import model_names
+
+        ids = models["model_id"].astype(str).tolist()
         results["quality"] = quality_summary(layer, model, spec["figures"]["degenerated_top"],
-                                             spec["thresholds"]["sparsity_eps"])
+                                             spec["thresholds"]["sparsity_eps"],
+                                             names=dict(zip(ids, model_names(models, ids))))
     results["headline"] = headline(results, spec)
     results["tables"] = table_index
     return results, table_index
