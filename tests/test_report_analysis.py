@@ -69,6 +69,9 @@ def test_within_equals_conditional_drift(built, api):
             close(got[key], want[key].values)
         pooled = np.array(got["pooled"], dtype=float)
         assert np.isfinite(pooled).sum() > len(got["labels"]), "some pairs are compared"
+    strata = r["within"]["task within depth"]["strata"]
+    assert strata == [x for x in r["groupings"]["depth"]["labels"] if x in strata], "shallow first, not sorted text"
+    assert strata[0] == "[0.0, 0.1]"
     # a comparison of more groups than figures.max_groups is left out, and the page says so
     assert any(n.startswith("model within task: not shown (12 groups") for n in r["notes"])
 
@@ -186,7 +189,7 @@ def test_config_forms():
     ({"init": ["kaiming"]}, "'init' must be true (all of them), false, or a list of ['kaiming_uniform'"),
     ({"init": 3}, "'init' must be"),
     ({"explain": -1}, "'explain' must be an integer between 0 and 20"),
-    ({"explain": True}, "'explain'"),
+    ({"explain": True}, "'explain' must be an integer"),
 ])
 def test_config_errors(value, needle):
     with pytest.raises(InputError, match=re.escape(needle)):
