@@ -276,6 +276,25 @@ def intervals(pairs, metrics, *, level: float, title: str, method: str = "basic"
     return fig
 
 
+def contributions(pairs, parts, totals, *, metric: str, title: str) -> plt.Figure:
+    """Per-component terms of the drift of each pair as grouped bars (one colour per pair, components on x); the
+    bars of a pair sum to its drift, given in the legend."""
+    parts = np.asarray(parts, np.float64)
+    k, n = parts.shape
+    x = np.arange(n)
+    width = 0.8 / k
+    fig, ax = plt.subplots(figsize=(max(5.2, 0.35 * k * n + 1.5), 3.2))
+    for i in range(k):
+        ax.bar(x - 0.4 + width * (i + 0.5), parts[i], width, color=plt.cm.tab10(i % 10),
+               label=f"{pairs[i]} ({totals[i]:.3g})")
+    ax.set_xticks(x, [f"c{j}" for j in x])
+    ax.set_xlabel("component")
+    ax.set_ylabel(f"{metric} term")
+    ax.legend(frameon=False, fontsize=7)
+    ax.set_title(title)
+    return fig
+
+
 def density(counts, edges, components=(0, 1), vmin: float = 1e-5, dpi: int = 110) -> plt.Figure:
     """2D histogram of two components' coefficients as the CNN-Filter-DB notebook draws it: ``counts`` (x bin,
     y bin; x = ``components[0]``), divided by their maximum, on a log colour scale from ``vmin`` to 1; empty bins
@@ -414,12 +433,9 @@ def _boxes(c, order, title):
 
 def _largest_pairs(ci, labels: list, k: int):
     """Labels and (row, column) indices of the ``k`` pairs (a < b) of largest drift in ``ci``, largest first."""
-    d = ci["drift"].values
-    a, b = np.triu_indices(len(labels), 1)
-    keep = np.isfinite(d[a, b])
-    a, b = a[keep], b[keep]
-    order = np.argsort(-d[a, b], kind="stable")[:k]
-    a, b = a[order], b[order]
+    from filtershift.report.analysis import largest_pairs
+
+    a, b = largest_pairs(ci["drift"].values, k)
     return [f"{labels[i]} vs {labels[j]}" for i, j in zip(a, b)], (a, b)
 
 
@@ -436,6 +452,41 @@ def _intervals(c):
     data = {m: tuple(ci[part].values[idx] for part in ("drift", "lower", "upper")) for m, ci in g.ci.items()}
     return {"pairs": pairs, "metrics": data, "level": first.attrs["level"], "title": f"Largest drifts by {c['name']}",
             "method": first.attrs["method"].split(" bootstrap")[0]}
+
+
+def _attribution(c):
+    a = c["gr"].get("attribution")
+    if not a:
+        return None
+    pairs = a["pairs"]
+    return {"pairs": [f"{p['a']} vs {p['b']}" for p in pairs], "parts": [p["contributions"] for p in pairs],
+            "totals": [p["drift"] for p in pairs], "metric": a["metric"],
+            "title": f"The {len(pairs)} largest {a['metric']} drifts by {c['name']}, by component"}
+
+
+def _attribution_caption(c) -> str:
+    return (f"Each bar is one component's term of a pair's {c['gr']['attribution']['metric']} drift: its explained "
+            "variance ratio times the divergence between the two groups' histograms of that coefficient. A pair's "
+            "bars sum to its drift (in the legend); a tall bar at component k means the coefficients of "
+            "eigenimage k moved. results.json also lists each pair's leading bins.")
+
+
+def _init_matrix(c):
+    i = c["gr"].get("init")
+    if not i:
+        return None
+    return {"matrix": i["matrix"], "labels": i["labels"], "n_models": i["n_models"], "n_filters": i["n_filters"],
+            "small": i["small"], "order": i["order"], "metric": i["metric"],
+            "title": f"{i['metric']} drift by {c['name']} and from random initialisation"}
+
+
+def _init_caption(c) -> str:
+    i = c["gr"]["init"]
+    return (f"The groups of {c['name']} (same order as above) and freshly initialised filters of "
+            f"{', '.join(i['inits'])} (last; sampled in {len(i['layers'])} layers each, seed {i['seed']}, counted in "
+            "the same bins). A group close to an initialisation looks untrained. Two samples of one initialiser "
+            "differ by about 0.0007 nats (kl_sym); after scaling, the two uniform initialisers give one "
+            "distribution, and so do the two Gaussian ones.")
 
 
 def _group_eigenimages(c):
@@ -546,6 +597,12 @@ FIGURES = (
                            "panel per metric; pairs ordered by the first metric. A finite-sample divergence is "
                            "biased upwards, so a bias-corrected interval may lie below the estimate.",
                  lambda c: f"{c['name']} bootstrap intervals", heading=lambda c: "Bootstrap intervals"),
+    ReportFigure("grouping.{name}.attribution", "grouping", _attribution, contributions, "attribution-{slug}",
+                 _attribution_caption, lambda c: f"{c['name']} drift by component",
+                 heading=lambda c: "Which components drive the largest drifts"),
+    ReportFigure("grouping.{name}.init", "grouping", _init_matrix, heatmap, "drift-{slug}-{metric0}-init",
+                 _init_caption, lambda c: f"{c['name']} drift from random initialisation", vector=False,
+                 heading=lambda c: "Against random initialisation"),
     ReportFigure("grouping.{name}.eigenimages", "grouping", _group_eigenimages, group_eigenimages,
                  "eigenimages-{slug}", lambda c: "The same PCA fitted on each group's filters.",
                  lambda c: f"{c['name']} eigenimages", heading=lambda c: "Eigenimages per group"),

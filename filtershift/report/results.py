@@ -212,7 +212,46 @@ def grouping_results(g, spec: dict, tables: Path, table_index: dict) -> dict:
     if g.bases is not None:
         out["group_bases"] = {"explained_variance_ratio": g.bases["explained_variance_ratio"].values,
                               "components": g.bases["components"].values, "valid": g.bases["valid"].values}
+    if g.attribution is not None:
+        out["attribution"] = attribution_results(g.attribution, g.labels)
+    if g.init is not None:
+        ref = g.init
+        out["init"] = {"metric": g.init_drift.attrs["metric"], "inits": ref.attrs["init_names"],
+                       "labels": [str(x) for x in ref["group"].values], "n_filters": ref["n_filters"].values,
+                       "n_models": ref["n_models"].values, "small": ref["small"].values,
+                       "matrix": g.init_drift.values, "order": [*g.order, *range(g.size, ref.sizes["group"])],
+                       "seed": ref.attrs["init_seed"], "layers": ref.attrs["init_layers"],
+                       "dropped": ref.attrs["init_dropped"]}
     return out
+
+
+def attribution_results(a: dict, labels: list) -> dict:
+    """The most drifted pairs: each one's drift, per-component terms and shares of it, and leading bins."""
+    pairs = []
+    for (i, j), total, parts, bins in zip(a["pairs"], a["drift"], a["contributions"], a["top_bins"]):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            shares = parts / total if total > 0 else np.full_like(parts, np.nan)
+        pairs.append({"a": labels[i], "b": labels[j], "index": [i, j], "drift": total, "contributions": parts,
+                      "shares": shares, "top_bins": bins.to_dict("records")})
+    return {"metric": a["metric"], "pairs": pairs}
+
+
+def within_results(c) -> dict:
+    """One ``within`` comparison (:func:`~filtershift.conditional_drift`): per stratum and pooled, with weights
+    (filter counts, as integers)."""
+    return {"by": c.attrs["by"], "within": c.attrs["within"], "metric": c.attrs["metric"],
+            "labels": [str(x) for x in c["group_a"].values], "strata": [str(x) for x in c["stratum"].values],
+            "pooled": c["pooled"].values, "pooled_weight": c["pooled_weight"].values.astype(np.int64),
+            "drift": c["drift"].values, "weight": c["weight"].values.astype(np.int64),
+            "n_filters": c["n_filters"].values, "n_models": c["n_models"].values}
+
+
+def closest_to_init(layer: pd.DataFrame, top: int) -> list:
+    """The ``top`` layers of smallest ``init_distance`` (the ones that look untrained), NaN last."""
+    cols = [c for c in ("model_id", "model", "name", "conv_depth", "conv_depth_norm", "layer", "n", "init_nearest",
+                        "init_distance") if c in layer]
+    rows = layer.sort_values("init_distance", kind="stable", na_position="last").head(top)[cols]
+    return _records(rows)
 
 
 def build_results(analysis, spec: dict, run: dict, tables: Path, models: pd.DataFrame,
@@ -231,6 +270,7 @@ def build_results(analysis, spec: dict, run: dict, tables: Path, models: pd.Data
         "groupings": {name: grouping_results(g, spec, tables, table_index)
                       for name, g in analysis.groupings.items()},
         "notes": list(analysis.notes),
+        "within": {name: dict(within_results(c), slug=safe_name(name)) for name, c in analysis.within.items()},
     }
     results["overview"] = {"share_3x3": share_3x3(models, model_labels(analysis.moments, "task",
                                                                         spec["keep_missing"]))}
@@ -258,6 +298,13 @@ def build_results(analysis, spec: dict, run: dict, tables: Path, models: pd.Data
         results["quality"] = quality_summary(layer, model, spec["figures"]["degenerated_top"],
                                              spec["thresholds"]["sparsity_eps"],
                                              names=dict(zip(ids, model_names(models, ids))))
+        if "init" in layer.attrs:
+            from filtershift.stats.init_reference import SEED_ERROR
+
+            results["quality"]["init"] = {**layer.attrs["init"], "seed_error_kl_sym": SEED_ERROR,
+                                          "columns": ["init_distance", "init_nearest",
+                                                      *(f"init_distance_{n}" for n in layer.attrs["init"]["inits"])],
+                                          "closest_layers": closest_to_init(layer, spec["figures"]["degenerated_top"])}
     results["headline"] = headline(results, spec)
     results["tables"] = table_index
     return results, table_index
