@@ -179,8 +179,9 @@ def test_permutation_keeps_shared_models_in_both(source, analysed):
     np.testing.assert_allclose(float(test["p_value"].sel(group_a=a, group_b=b)), expected)
 
 
-@pytest.mark.parametrize("key,words", [("nope:each", "unknown grouping"), ("total_filters:each", "unknown grouping"),
-                                       ("depth:each", "unknown grouping")])
+@pytest.mark.parametrize("key,words", [("nope:each", "label column .* unknown grouping 'nope'; choose one of"),
+                                       ("total_filters:each", "label column .* unknown grouping 'total_filters'"),
+                                       ("depth:each", "label column .* unknown grouping 'depth'")])
 def test_bad_keys(analysed, key, words):
     with pytest.raises(InputError, match=words):
         fs.distributions(analysed[1], by=key, bins=BINS)

@@ -262,7 +262,10 @@ def each_codes(meta: xr.Dataset, key: str, keep_missing: bool = False):
     group."""
     name = key.partition(":")[0]
     names = grouping_names(meta)
-    resolved = fmt.resolve_name(name, names, [n for n in meta.data_vars if n in names])
+    try:
+        resolved = fmt.resolve_name(name, names, [n for n in meta.data_vars if n in names])
+    except InputError as e:
+        raise InputError(f"{key}: ':each' splits the cells of a label column on commas; {e}") from None
     attrs = meta[resolved].attrs
     missing = attrs.get("missing")
     parts = [[] if lab == missing else sorted({p.strip() for p in str(lab).split(",")} - {""})
