@@ -196,3 +196,30 @@ def test_cli_drift_each(source, capsys):
     assert out["n_filters"] == ex.groupby("train")["n"].sum().tolist()
     assert cli(["drift", store, "--by", "training_dataset:each", "--permutations", "0"]) == 0
     assert "groups overlap" in capsys.readouterr().out
+
+
+def test_membership_of_a_hand_made_table():
+    """groups() on per-record meta written by hand: members, left out records, a part named like the missing label,
+    the sets of groups a per-record pass counts, and the sums through the membership."""
+    import xarray as xr
+
+    from filtershift.stats.grouping import group_sum, groups
+
+    labels = ["A, unknown", "B", "B ,A", "unknown", ", "]     # "unknown" (code 3) is the missing label
+    meta = xr.Dataset({"n": ("record", np.array([1, 2, 4, 8, 16, 32])),
+                       "model_id": ("record", np.array([0, 0, 1, 2, 3, 4])),
+                       "train": ("record", np.array([0, 0, 2, 1, 3, 4]),
+                                 {"labels": labels, "missing": "unknown", "column": "Train"})})
+    g = groups(meta, "Train:each")
+    assert g.labels == ["A", "B", "unknown"] and g.overlapping
+    np.testing.assert_array_equal(g.members[0], [0, 0, 1, 1, 2, 2, 3])
+    np.testing.assert_array_equal(g.members[1], [0, 2, 0, 2, 0, 1, 1])
+    assert g.left_out.tolist() == [False, False, False, False, True, True]
+    assert group_sum(g.members, meta["n"].values, g.size).tolist() == [1 + 2 + 4, 4 + 8, 1 + 2]
+    assert g.dropped(meta) == {"n_filters_dropped": 48, "n_models_dropped": 2, "missing_labels": "dropped"}
+    codes, sets = g.atoms(6)
+    assert codes.tolist() == [0, 0, 1, 2, -1, -1]
+    assert list(zip(*sets)) == [(0, 0), (0, 2), (1, 0), (1, 1), (2, 1)]
+    kept = groups(meta, "train:each", keep_missing=True)
+    assert kept.labels == ["A", "B", "unknown", "unknown (missing)"] and kept.left_out is None
+    assert group_sum(kept.members, meta["n"].values, kept.size).tolist() == [7, 12, 3, 48]

@@ -239,10 +239,10 @@ def density2d(data, basis=None, components=(0, 1), bins: int = 512, by=None, kee
         params = {"mean": np.asarray(basis.mean_, np.float64),
                   "components": np.ascontiguousarray(basis.components_, np.float64), **spec.params(),
                   "pair_record": m["record"].values, "pair_group": codes,
-                  "n_groups": len(g.labels) if sets is None else len(sets)}
+                  "n_groups": len(g.labels) if sets is None else int(codes.max(initial=-1)) + 1}
         counts, labels = stats.run(HIST2D, params=params, desc="2D density")["density"], g.labels
-        if sets is not None:  # overlapping groups: one histogram per set of groups, summed into each of them
-            counts = np.tensordot(sets.T, counts, axes=1)
+        if sets is not None:  # overlapping groups: one histogram per set of groups, added to each of its groups
+            counts = group_sum(sets, counts, g.size)
     counts, edges = coarsen2d(counts, spec.edges, min_count)
     centers = (edges[:-1] + edges[1:]) / 2
     attrs.update({"components": [j0, j1], "range": [lo, hi], "bins": len(edges) - 1, "bins_requested": bins,

@@ -50,17 +50,18 @@ class Groups:
         return self.codes is None
 
     def atoms(self, n_records: int):
-        """(code per record of its set of groups, -1 for none; sets x groups 0/1 matrix, None when the groups are
-        disjoint and the codes are the groups): what a pass that counts one group per record counts overlapping
-        groups with."""
+        """(code per record of its set of groups, -1 for none; the sets' membership in the groups as (set, group)
+        positions, None when the groups are disjoint and the codes are the groups): what a pass that counts one
+        group per record counts overlapping groups with (then :func:`group_sum` adds each set into its groups)."""
         if self.codes is not None:
             return self.codes, None
         rows, grp = self.members
-        matrix = np.zeros((n_records, self.size), np.int64)
-        matrix[rows, grp] = 1
-        sets, codes = np.unique(matrix, axis=0, return_inverse=True)
-        codes = np.asarray(codes, np.int64).reshape(-1)
-        return np.where(matrix.any(axis=1), codes, -1), sets
+        per_record = pd.Series(grp).groupby(rows).agg(tuple)
+        set_of, sets = pd.factorize(per_record)
+        codes = np.full(n_records, -1, np.int64)
+        codes[per_record.index.to_numpy()] = set_of
+        return codes, (np.repeat(np.arange(len(sets)), [len(s) for s in sets]),
+                       np.array([g for s in sets for g in s], np.int64))
 
     def dropped(self, meta: xr.Dataset) -> dict:
         """``n_filters_dropped``, ``n_models_dropped``: the filters and the models (any of whose filters) left out
@@ -274,7 +275,10 @@ def each_codes(meta: xr.Dataset, key: str, keep_missing: bool = False):
     code = {lab: i for i, lab in enumerate(labels)}
     none = -1
     if keep_missing and any(not ps for ps in parts):
-        labels.append(missing or fmt.MISSING_LABEL)
+        label = missing or fmt.MISSING_LABEL
+        while label in code:
+            label += " (missing)"
+        labels.append(label)
         none = len(labels) - 1
     per_label = [[code[p] for p in ps] or [none] for ps in parts]
     label_of = np.repeat(np.arange(len(parts)), [len(c) for c in per_label])
