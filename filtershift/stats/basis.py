@@ -269,7 +269,7 @@ def group_bases(data, by="task", *, min_filters: int = 1000, min_models: int = 2
     stats = as_stats(data)
     m = stats.moments()
     g = groups(m, by, keep_empty=keep_empty, keep_missing=keep_missing, tables=stats.tables)
-    gn, gs, gc = group_comoments(g.members, m["n"].values, m["scaled_sum"].values,
+    gn, gs, gc = group_comoments(g.membership, m["n"].values, m["scaled_sum"].values,
                                  m["scaled_comoment"].values, g.size)
     fits = [pca_from_moments(gn[i], gs[i], gc[i]) for i in range(g.size)]
     mean = np.array([f[0] for f in fits]).reshape(g.size, K)

@@ -99,8 +99,8 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
     m = stats.moments()
     h = stats.histograms(basis, bins, fine_bins, range=range)
     g = groups(m, by, keep_empty=keep_empty, keep_missing=keep_missing, tables=stats.tables)
-    counts = group_sum(g.members, h["counts"].values, g.size)
-    n_filters = group_sum(g.members, m["n"].values, g.size)
+    counts = group_sum(g.membership, h["counts"].values, g.size)
+    n_filters = group_sum(g.membership, m["n"].values, g.size)
     rows, in_group = g.members
     members = pd.DataFrame({"group": in_group, "model": m["model_id"].values[rows]})
     pairs = members.drop_duplicates().sort_values(["group", "model"]).reset_index(drop=True)
@@ -122,9 +122,9 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
     }
     if fine_bins:
         data_vars["fine_counts"] = (("group", "component", "fine_bin"),
-                                    group_sum(g.members, h["fine_counts"].values, g.size))
+                                    group_sum(g.membership, h["fine_counts"].values, g.size))
     # exact per-group coefficient variance (for KDE bandwidths), from the scaled co-moments
-    gn, _, gc = group_comoments(g.members, m["n"].values, m["scaled_sum"].values,
+    gn, _, gc = group_comoments(g.membership, m["n"].values, m["scaled_sum"].values,
                                        m["scaled_comoment"].values, g.size)
     comps = np.asarray(basis.components_, np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):

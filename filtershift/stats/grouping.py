@@ -45,6 +45,12 @@ class Groups:
         return len(self.labels)
 
     @property
+    def membership(self):
+        """What :func:`group_sum` takes: the codes when every record is in one group at most (the special case,
+        summed without a copy), else ``members``."""
+        return self.members if self.codes is None else self.codes
+
+    @property
     def overlapping(self) -> bool:
         """True when some record is in more than one group (a ``NAME:each`` key with multi-valued cells)."""
         return self.codes is None
