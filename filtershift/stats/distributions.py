@@ -42,7 +42,9 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
         (fitted from pass 1 if not yet).
     by : str or list of str, default "task"
         Grouping key or keys: a grouping coordinate of the Dataset or its column name, ``"depth"`` (deciles),
-        ``"model"`` or ``"conv_depth"``; several keys group by their observed combinations.
+        ``"model"`` or ``"conv_depth"``, a binned numeric column (``"total_filters:quantiles=5"``) or
+        ``"NAME:each"`` (a cell "A, B" puts its filters in the groups A and B: groups may overlap); several keys
+        group by their observed combinations.
     bins : int, default 70
         Number of histogram bins per component (a positive integer).
     min_filters : int, default 1000
@@ -71,7 +73,8 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
         ``member_group`` and ``member_model`` (member); with ``fine_bins``, ``fine_counts`` (group, component,
         fine_bin) and ``fine_edges`` (fine_edge). attrs ``by``, ``bins``, ``range``, ``min_filters``,
         ``min_models``, ``n_filters_total``, ``normalisation``, ``n_filters_dropped`` and ``n_models_dropped``
-        (left out for a missing label; 0 with ``keep_missing``), ``missing_labels`` (``"dropped"`` or ``"kept"``).
+        (left out for a missing label; 0 with ``keep_missing``), ``missing_labels`` (``"dropped"`` or ``"kept"``),
+        and ``overlapping`` (True, present only when a ``NAME:each`` key puts some filters in several groups).
 
     Raises
     ------
@@ -97,16 +100,13 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
     m = stats.moments()
     h = stats.histograms(basis, bins, fine_bins, range=range)
     g = groups(m, by, keep_empty=keep_empty, keep_missing=keep_missing, tables=stats.tables)
-    counts = group_sum(g.codes, h["counts"].values, g.size)
-    n_filters = group_sum(g.codes, m["n"].values, g.size)
-    model_ids = m["model_id"].values
-    members = pd.DataFrame({"group": g.codes, "model": model_ids})
-    members = members[members["group"] >= 0]
+    counts = group_sum(g.membership, h["counts"].values, g.size)
+    n_filters = group_sum(g.membership, m["n"].values, g.size)
+    rows, in_group = g.members
+    members = pd.DataFrame({"group": in_group, "model": m["model_id"].values[rows]})
     pairs = members.drop_duplicates().sort_values(["group", "model"]).reset_index(drop=True)
     member_of = pd.MultiIndex.from_frame(pairs).get_indexer(pd.MultiIndex.from_frame(members))
-    member_codes = np.full(len(g.codes), -1, np.int64)
-    member_codes[np.flatnonzero(g.codes >= 0)] = member_of
-    member_counts = group_sum(member_codes, h["counts"].values, len(pairs))
+    member_counts = group_sum((rows, member_of), h["counts"].values, len(pairs))
     n_models = np.bincount(pairs["group"].to_numpy(), minlength=g.size)
     edges = h["bin_edges"].values
     data_vars = {
@@ -123,9 +123,9 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
     }
     if fine_bins:
         data_vars["fine_counts"] = (("group", "component", "fine_bin"),
-                                    group_sum(g.codes, h["fine_counts"].values, g.size))
+                                    group_sum(g.membership, h["fine_counts"].values, g.size))
     # exact per-group coefficient variance (for KDE bandwidths), from the scaled co-moments
-    gn, _, gc = group_comoments(g.codes, m["n"].values, m["scaled_sum"].values,
+    gn, _, gc = group_comoments(g.membership, m["n"].values, m["scaled_sum"].values,
                                        m["scaled_comoment"].values, g.size)
     comps = np.asarray(basis.components_, np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -147,6 +147,8 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
                       "min_filters": int(min_filters), "min_models": int(min_models),
                       "n_filters_total": int(m["n"].values.sum()),
                       "normalisation": "density, empty bins = float32 eps, then sum 1", **g.dropped(m)})
+    if g.overlapping:
+        out.attrs["overlapping"] = True
     out["explained_variance_ratio"].attrs["description"] = ("share of the total variance per component (the drift "
                                                             "weights)")
     out["small"].attrs["description"] = (f"n_filters < {min_filters}" if tuple(g.by) == ("model",) else
@@ -235,10 +237,14 @@ def density2d(data, basis=None, components=(0, 1), bins: int = 512, by=None, kee
     else:
         g = groups(m, by, keep_empty=keep_empty, keep_missing=keep_missing, tables=stats.tables)
         attrs.update(g.dropped(m))
+        codes, sets = g.atoms(len(m["n"]))
         params = {"mean": np.asarray(basis.mean_, np.float64),
                   "components": np.ascontiguousarray(basis.components_, np.float64), **spec.params(),
-                  "pair_record": m["record"].values, "pair_group": g.codes, "n_groups": len(g.labels)}
+                  "pair_record": m["record"].values, "pair_group": codes,
+                  "n_groups": len(g.labels) if sets is None else int(codes.max(initial=-1)) + 1}
         counts, labels = stats.run(HIST2D, params=params, desc="2D density")["density"], g.labels
+        if sets is not None:  # overlapping groups: one histogram per set of groups, added to each of its groups
+            counts = group_sum(sets, counts, g.size)
     counts, edges = coarsen2d(counts, spec.edges, min_count)
     centers = (edges[:-1] + edges[1:]) / 2
     attrs.update({"components": [j0, j1], "range": [lo, hi], "bins": len(edges) - 1, "bins_requested": bins,

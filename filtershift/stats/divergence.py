@@ -236,7 +236,8 @@ def drift_ci(dist: xr.Dataset, metric: str = "kl_sym", n_boot: int = 200, seed: 
     ``std`` (group_a, group_b). A pair with a group of one model has no interval (NaN): one model cannot be
     resampled, so its side would add no variability and the interval would look narrower than it is. A
     random-initialisation reference (:func:`~filtershift.stats.init_reference.init_reference`, pseudo-models
-    with negative ids) is a fixed distribution: its pairs get the interval of resampling the other group.
+    with negative ids) is a fixed distribution: its pairs get the interval of resampling the other group. With
+    overlapping groups (``NAME:each``) a model in two groups is resampled in each of them on its own.
 
     The default is the *basic* bootstrap interval ``[2 d - q(1 - a/2), 2 d - q(a/2)]`` of the point estimate ``d``
     and the replicates' quantiles ``q``, clipped at 0: a divergence of finite samples is biased upwards, so its

@@ -36,8 +36,8 @@ def analysis_kernels() -> list:
     i2, i3, b1 = array("int64", 2), array("int64", 3), array("boolean", 1)
     return [
         (moments.moments_kernel, (w, idx, idx, f2, f3, f2, f3, f1, f1, f1, f1)),
-        (grouping.group_add_kernel, (idx, i2, i2)),
-        (grouping.group_add_kernel, (idx, f2, f2)),
+        (grouping.group_add_kernel, (idx, idx, i2, i2)),
+        (grouping.group_add_kernel, (idx, idx, f2, f2)),
         (moments.range_kernel, (w, idx, f1, f2, f2, f2)),
         (moments.sparsity_kernel, (w, idx, f2, f1, b1, b1, idx, idx, f2, f3)),
         (histograms.hist_kernel, (w, idx, f1, f2, f1, f1, i3, i3, idx, f1, idx, i3)),
