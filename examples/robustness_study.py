@@ -11,15 +11,16 @@ Convolutional Filters", CVPR 2022 workshops), asked of a synthetic store where t
    permutation test ``fs.drift_test``), the difference drowns in the spread between models of different tasks and
    data: the planted effect lives in one training data set only.
 2. Within each training data set (``fs.conditional_drift``, and a permutation test inside each set with enough
-   models on each side to reach p <= 0.05, Benjamini-Hochberg adjusted over those sets): one set stands out; inside
-   it alone
-   (``ds.filtershift.query``, as ``drift --where``) the drift is significant, and ``fs.drift_components`` says which
-   eigenfilters carry it. A control split of the same models by an unplanted column (``Epochs``) is not.
+   models on each side to reach p <= 0.05, Benjamini-Hochberg adjusted over those sets): one set stands out.
+   Inside it alone (``ds.filtershift.query``, as ``drift --where``) the drift is significant, and
+   ``fs.drift_components`` says which eigenfilters carry it. A control split of the same models by an unplanted
+   column (``Epochs``) is not.
 3. Do bigger models have less diverse layers? Spearman's rho of the variance entropy with ``total_filters``, with a
    bootstrap interval over models (``fs.correlate``); and with the unplanted ``Epochs`` as a control.
 
 It writes the store (``OUTDIR/planted.zarr`` with its truth sidecar), ``OUTDIR/findings.json`` (the numbers printed)
-and ``OUTDIR/robustness_study.png``. No pass over the data beyond the first three: every question reuses them.
+and ``OUTDIR/robustness_study.png``. The tests inside a training set read its filters again (a selection, as
+``drift --where`` does); everything else reuses the three passes of the first question.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def sides(found: dict) -> str:
 
 
 def interval(r) -> dict:
+    """Spearman's rho of a correlate result, its interval and what it was computed over."""
     return {k: float(r[k]) for k in ("rho", "lower", "upper")} | {"n_layers": int(r["n_layers"]),
                                                                     "n_models": int(r["n_models"])}
 
@@ -104,7 +106,7 @@ def study(store: pathlib.Path, n_boot: int = 1000) -> tuple[dict, dict]:
             found["within"]["strata"][str(s)] = {"drift": float(d[0, 1]), "n_models": dict(zip(groups, n.tolist())),
                                                  "p_value": float(permutation_test(alone)["p_value"][0, 1])}
     tested = found["within"]["strata"]
-    adjusted = false_discovery_control([t["p_value"] for t in tested.values()])
+    adjusted = false_discovery_control([t["p_value"] for t in tested.values()]) if tested else []
     for t, q in zip(tested.values(), adjusted):
         t["p_adjusted"] = float(q)
 
@@ -139,7 +141,7 @@ def draw(found: dict, data: dict, path: pathlib.Path) -> None:
     plain = found["plain"]
     left.axvline(plain["drift"], color="k", ls="--", lw=1,
                  label=f"all models: {plain['drift']:.3f}, p_adj {plain['p_adjusted']:.2g}")
-    left.set_xlim(0, 1.6 * max(t["drift"] for t in tested.values()))
+    left.set_xlim(0, 1.6 * max([t["drift"] for t in tested.values()] + [plain["drift"]]))
     left.set_title("robust vs normal (kl_sym, nats) within each training data set\n(red: significant at "
                    f"{ALPHA:g} after Benjamini-Hochberg over the sets)", fontsize=9)
     left.tick_params(axis="y", labelsize=8)
@@ -158,6 +160,7 @@ def draw(found: dict, data: dict, path: pathlib.Path) -> None:
 
 
 def report(found: dict, truth: dict) -> None:
+    """What was planted (from the truth sidecar) and what the study found, with the numbers."""
     planted = truth["robustness"]
     p, s, c = found["plain"], found["stratum"], found["stratum_control"]
     print(f"planted: Robust changes the filters of models trained on {planted['stratum']} only (robust "
