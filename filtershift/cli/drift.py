@@ -29,8 +29,9 @@ def register(sub) -> None:
     p.add_argument("--by", action="append", required=True, metavar="COLUMN",
                    help="grouping: a column ('Visual Category', 'Task'), its coordinate name (visual_category), "
                         "'depth' (tenths of conv_depth_norm), 'model', or a numeric column cut into bins "
-                        "(total_filters:quantiles=5, conv_depth_norm:deciles, in_channels:bins=0,64,512); repeat "
-                        "for a combined grouping")
+                        "(total_filters:quantiles=5, conv_depth_norm:deciles, in_channels:bins=0,64,512), or "
+                        "NAME:each to count a cell listing several values ('A, B') in each of them (groups then "
+                        "overlap; docs/analysis.md); repeat for a combined grouping")
     p.add_argument("--metric", choices=tuple(METRICS), default=DEFAULT,
                    help=f"{help_text()} (default %(default)s)")
     p.add_argument("--bins", type=positive_int, default=70,
@@ -57,7 +58,7 @@ def register(sub) -> None:
                         "they are left out, as in a pandas groupby, and the output says how many")
     p.add_argument("--json", action="store_true",
                    help="print JSON: labels, matrix, n_filters, n_models, small, metric, bins, by, "
-                        "n_filters_dropped, n_models_dropped, missing_labels, contributions (per pair and "
+                        "n_filters_dropped, n_models_dropped, missing_labels, overlapping, contributions (per pair and "
                         "component); with --permutations, p_value and p_adjusted matrices (null: no test), "
                         "permutations, alpha; basis, range (store or selection) and range_values")
     add_where(p)
@@ -102,7 +103,8 @@ def run(args) -> int:
         out = {"labels": labels, "matrix": _matrix(d.values),
                "n_filters": dist["n_filters"].values.tolist(), "n_models": dist["n_models"].values.tolist(),
                "small": dist["small"].values.tolist(), "metric": args.metric, "bins": args.bins,
-               "by": dist.attrs["by"], **{k: dist.attrs[k] for k in DROPPED}, **_scope_json(scope, args)}
+               "by": dist.attrs["by"], **{k: dist.attrs[k] for k in DROPPED},
+               "overlapping": bool(dist.attrs.get("overlapping", False)), **_scope_json(scope, args)}
         out["contributions"] = [[_row(v) for v in row] for row in drift_components(dist, args.metric).values]
         if test is not None:
             out.update({"p_value": _matrix(test["p_value"].values), "p_adjusted": _matrix(test["p_adjusted"].values),
@@ -118,6 +120,10 @@ def run(args) -> int:
         cells = " ".join(f"{v:>9.4g}" for v in row)
         print(f"{i:>3} {lab:<{width}}{flag} {int(dist['n_models'][i]):>5} {int(dist['n_filters'][i]):>11,} {cells}")
     print(dropped_note(dist.attrs))
+    if dist.attrs.get("overlapping"):
+        print("groups overlap (NAME:each): a model whose cell lists several values is in each of their groups with "
+              "all its filters, so the group sizes add up to more than the store; in the permutation test the "
+              "models in both groups of a pair stay in both")
     print(scope_note(scope, bool(args.where)))
     if test is not None:
         _print_test(test, labels, args)

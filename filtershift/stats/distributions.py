@@ -27,7 +27,8 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
     ``data`` is a Dataset, a :class:`RecordStats` or a fitted basis (then its statistics are reused, so asking
     for more groupings costs no pass). The result has dims (group, component, bin) with ``p`` (normalised
     histograms, NaN for empty groups), ``counts``, ``n_filters``, ``n_models``, ``small`` (under ``min_filters``
-    or ``min_models``), the basis' ``explained_variance_ratio`` (drift weights), and the per-(group, model)
+    or ``min_models``; ``by="model"`` ignores ``min_models``: each group is one model by design), the basis'
+    ``explained_variance_ratio`` (drift weights), and the per-(group, model)
     ``member_counts`` used by :func:`drift_ci`. ``fine_bins`` > 0 adds ``fine_counts`` for :func:`kde`. Filters
     whose label is missing are left out of the groups, as in a pandas ``groupby`` (attrs ``n_filters_dropped``,
     ``n_models_dropped``), unless ``keep_missing``. The basis and the histogram range are those of the whole store
@@ -45,7 +46,9 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
         or a fitted basis (a Basis passed as ``data`` is used when this is not given).
     by : str or list of str, default "task"
         Grouping key or keys: a grouping coordinate of the Dataset or its column name, ``"depth"`` (deciles),
-        ``"model"`` or ``"conv_depth"``; several keys group by their observed combinations.
+        ``"model"`` or ``"conv_depth"``, a binned numeric column (``"total_filters:quantiles=5"``) or
+        ``"NAME:each"`` (a cell "A, B" puts its filters in the groups A and B: groups may overlap); several keys
+        group by their observed combinations.
     bins : int, default 70
         Number of histogram bins per component (a positive integer).
     min_filters : int, default 1000
@@ -77,7 +80,8 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
         fine_bin) and ``fine_edges`` (fine_edge). attrs ``by``, ``bins``, ``range``, ``basis_scope`` and
         ``range_scope`` (``"store"``, ``"selection"`` or ``"given"``), ``basis_n_filters``, ``min_filters``,
         ``min_models``, ``n_filters_total``, ``normalisation``, ``n_filters_dropped`` and ``n_models_dropped``
-        (left out for a missing label; 0 with ``keep_missing``), ``missing_labels`` (``"dropped"`` or ``"kept"``).
+        (left out for a missing label; 0 with ``keep_missing``), ``missing_labels`` (``"dropped"`` or ``"kept"``),
+        and ``overlapping`` (True, present only when a ``NAME:each`` key puts some filters in several groups).
 
     Raises
     ------
@@ -103,16 +107,13 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
     m = stats.moments()
     h = stats.histograms(basis, bins, fine_bins, range=scope.range)
     g = groups(m, by, keep_empty=keep_empty, keep_missing=keep_missing, tables=stats.tables)
-    counts = group_sum(g.codes, h["counts"].values, g.size)
-    n_filters = group_sum(g.codes, m["n"].values, g.size)
-    model_ids = m["model_id"].values
-    members = pd.DataFrame({"group": g.codes, "model": model_ids})
-    members = members[members["group"] >= 0]
+    counts = group_sum(g.membership, h["counts"].values, g.size)
+    n_filters = group_sum(g.membership, m["n"].values, g.size)
+    rows, in_group = g.members
+    members = pd.DataFrame({"group": in_group, "model": m["model_id"].values[rows]})
     pairs = members.drop_duplicates().sort_values(["group", "model"]).reset_index(drop=True)
     member_of = pd.MultiIndex.from_frame(pairs).get_indexer(pd.MultiIndex.from_frame(members))
-    member_codes = np.full(len(g.codes), -1, np.int64)
-    member_codes[np.flatnonzero(g.codes >= 0)] = member_of
-    member_counts = group_sum(member_codes, h["counts"].values, len(pairs))
+    member_counts = group_sum((rows, member_of), h["counts"].values, len(pairs))
     n_models = np.bincount(pairs["group"].to_numpy(), minlength=g.size)
     edges = h["bin_edges"].values
     data_vars = {
@@ -120,7 +121,7 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
         "counts": (("group", "component", "bin"), counts),
         "n_filters": ("group", n_filters.astype(np.int64)),
         "n_models": ("group", n_models.astype(np.int64)),
-        "small": ("group", (n_filters < min_filters) | (n_models < min_models)),
+        "small": ("group", (n_filters < min_filters) | ((n_models < min_models) & (tuple(g.by) != ("model",)))),
         "explained_variance_ratio": ("component", np.asarray(basis.explained_variance_ratio_, np.float64)),
         "explained_variance": ("component", np.asarray(basis.explained_variance_, np.float64)),
         "member_counts": (("member", "component", "bin"), member_counts),
@@ -129,9 +130,9 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
     }
     if fine_bins:
         data_vars["fine_counts"] = (("group", "component", "fine_bin"),
-                                    group_sum(g.codes, h["fine_counts"].values, g.size))
+                                    group_sum(g.membership, h["fine_counts"].values, g.size))
     # exact per-group coefficient variance (for KDE bandwidths), from the scaled co-moments
-    gn, _, gc = group_comoments(g.codes, m["n"].values, m["scaled_sum"].values,
+    gn, _, gc = group_comoments(g.membership, m["n"].values, m["scaled_sum"].values,
                                        m["scaled_comoment"].values, g.size)
     comps = np.asarray(basis.components_, np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -154,9 +155,12 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
                       "n_filters_total": int(m["n"].values.sum()),
                       "normalisation": "density, empty bins = float32 eps, then sum 1", **g.dropped(m),
                       **scope.attrs()})
+    if g.overlapping:
+        out.attrs["overlapping"] = True
     out["explained_variance_ratio"].attrs["description"] = ("share of the total variance per component (the drift "
                                                             "weights)")
-    out["small"].attrs["description"] = f"n_filters < {min_filters} or n_models < {min_models}"
+    out["small"].attrs["description"] = (f"n_filters < {min_filters}" if tuple(g.by) == ("model",) else
+                                         f"n_filters < {min_filters} or n_models < {min_models}")
     describe(out, "coefficient distributions", "1",
              f"histograms of the PCA coefficients per {' x '.join(g.by)} group and component, {bins} bins over "
              "one global range")
@@ -229,10 +233,14 @@ def density2d(data, basis=None, components=(0, 1), bins: int = 512, by=None, kee
     else:
         g = groups(m, by, keep_empty=keep_empty, keep_missing=keep_missing, tables=stats.tables)
         attrs.update(g.dropped(m))
+        codes, sets = g.atoms(len(m["n"]))
         params = {"mean": np.asarray(basis.mean_, np.float64),
                   "components": np.ascontiguousarray(basis.components_, np.float64), **spec.params(),
-                  "pair_record": m["record"].values, "pair_group": g.codes, "n_groups": len(g.labels)}
+                  "pair_record": m["record"].values, "pair_group": codes,
+                  "n_groups": len(g.labels) if sets is None else int(codes.max(initial=-1)) + 1}
         counts, labels = stats.run(HIST2D, params=params, desc="2D density")["density"], g.labels
+        if sets is not None:  # overlapping groups: one histogram per set of groups, added to each of its groups
+            counts = group_sum(sets, counts, g.size)
     counts, edges = coarsen2d(counts, spec.edges, min_count)
     centers = (edges[:-1] + edges[1:]) / 2
     attrs.update({"components": [j0, j1], "range": [lo, hi], "bins": len(edges) - 1, "bins_requested": bins,
