@@ -111,7 +111,7 @@ def study(store: pathlib.Path, n_boot: int = 1000) -> tuple[dict, dict]:
         t["p_adjusted"] = float(q)
 
     inside = ds.filtershift.query(f'`Training-Dataset` == "{STRATUM}"')
-    dist = fs.distributions(inside, by="robust")                            # its own basis, as drift --where
+    dist = fs.distributions(inside, by="robust")                 # the store's basis and range, as drift --where
     parts = fs.drift_components(dist).values[0, 1]
     found["stratum"] = {"name": STRATUM, **pair(dist, permutation_test(dist)),
                         "component_shares": (parts / parts.sum()).round(4).tolist()}
