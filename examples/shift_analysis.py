@@ -3,8 +3,12 @@
     python examples/shift_analysis.py STORE [--task Classification] [--by visual_category] [--out DIR]
 
 Opens the store lazily, keeps one task's models (``ds.sel(task=...)``), fits the PCA basis of the scaled
-filters (``ds.filtershift.basis()``), computes the drift matrix of a grouping and its 95% bootstrap intervals over
-models, and draws the eigenimages and the matrix to PNG files: three passes over the selected filters. Then the
+filters of the whole store (``ds.filtershift.basis()``), and computes the drift matrix of a grouping of the
+selection and its 95% bootstrap intervals over models. As the CNN-Filter-DB notebook, the selection is projected on
+the whole store's basis and binned over the whole store's coefficient range (``basis="store"``, ``range="store"``,
+the default: histograms of every subset share one axis); the same matrix in the selection's own basis and range
+(``basis="selection"``, ``range="selection"``) follows, and each output says which it used. The eigenimages and
+the matrix go to PNG files. The store's passes 1 and 2 serve every selection; the selection adds its pass 3. Then the
 mean filter per task (a lazy ``groupby`` whose groups come from the index), the coefficients of a few filters
 (``basis.transform``, lazy), and a sample of the selection saved to netCDF.
 """
@@ -71,14 +75,18 @@ def main(argv=None) -> int:
 
     ds = fs.open_store(args.store)
     sub = ds.sel(task=args.task)                              # lazy: no data read yet
-    basis = sub.filtershift.basis()                           # pass 1
-    dist = sub.filtershift.distributions(by=args.by)          # passes 2 and 3 (the same basis)
+    basis = ds.filtershift.basis()                            # pass 1 of the whole store: one basis for every subset
+    dist = sub.filtershift.distributions(by=args.by)          # the store's pass 2 (its range), the selection's pass 3
     ci = fs.drift_ci(dist, n_boot=args.n_boot, seed=0)        # no pass: per-model histograms
-    print(f"{sub.sizes['filter']:,} filters of {len(sub.filtershift.models)} models of task {args.task!r}; "
-          f"explained variance ratio {np.round(basis.explained_variance_ratio_, 3).tolist()}")
-    matrix = fs.drift(dist)
-    print(f"{matrix.attrs['long_name']} ({matrix.attrs['units']})")
-    print(matrix.to_pandas().round(4).to_string())
+    print(f"{sub.sizes['filter']:,} filters of {len(sub.filtershift.models)} models of task {args.task!r}; the "
+          f"store's basis (of {basis.n_samples_:,} filters) explains {np.round(basis.explained_variance_ratio_, 3)}")
+    own = sub.filtershift.distributions(by=args.by, basis="selection", range="selection")   # the selection alone
+    for d in (dist, own):
+        matrix = fs.drift(d)
+        lo, hi = d.attrs["range"]
+        print(f"{matrix.attrs['long_name']} ({matrix.attrs['units']}); basis of the {d.attrs['basis_scope']} "
+              f"({d.attrs['basis_n_filters']:,} filters), range of the {d.attrs['range_scope']} [{lo:.3f}, {hi:.3f}]")
+        print(matrix.to_pandas().round(4).to_string())
     draw_eigenimages(basis, out / "eigenimages.png")
     draw_matrix(ci, out / "drift.png")
     print(f"figures: {out / 'eigenimages.png'}, {out / 'drift.png'}")

@@ -19,6 +19,16 @@ from filtershift.metrics import metric as declared
 
 #: Layer quality metrics placed against the database's distribution of the same metric over its records.
 QUALITY = ("sparsity", "variance_entropy_norm", "variance_entropy_clean_norm", "orthogonality")
+#: What a record is (docs/quality.md, "Records and layers"): one layer (it has a layer name: extracted models,
+#: per-layer meta tables) or one model x conv depth with its parallel branches pooled (CNN-Filter-DB v1.0).
+DEFINITIONS = {"layer": "layer records (one per convolution)",
+               "depth": "model x conv depth records (parallel branches pooled, as CNN-Filter-DB)"}
+
+
+def record_definition(table: pd.DataFrame) -> np.ndarray:
+    """``"layer"`` or ``"depth"`` per row of a records or quality table (a layer name makes a layer record)."""
+    names = table["layer"] if "layer" in table else pd.Series("", index=table.index)
+    return np.where(names.fillna("").astype(str).to_numpy() != "", "layer", "depth")
 
 
 def percentile_of(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -44,6 +54,19 @@ def model_dataset(model) -> xr.Dataset:
                              "groups": layer.groups, "n": layer.weights.shape[0]} for layer in model.layers])
     models = pd.DataFrame({"model_id": [-1], "model": [str(model.source)], "Task": ["(this model)"]})
     return from_arrays(model.filters(), records, models)
+
+
+def depth_dataset(model) -> xr.Dataset:
+    """The same model as CNN-Filter-DB records: one per conv depth, its parallel branches' filters pooled."""
+    from filtershift.store.dataset import from_arrays
+
+    layers = sorted(model.layers, key=lambda layer: layer.conv_depth)
+    depths = list(dict.fromkeys(layer.conv_depth for layer in layers))
+    records = pd.DataFrame([{"model_id": -1, "conv_depth": d,
+                             "conv_depth_norm": next(x.conv_depth_norm for x in layers if x.conv_depth == d),
+                             "n": sum(x.weights.shape[0] for x in layers if x.conv_depth == d)} for d in depths])
+    models = pd.DataFrame({"model_id": [-1], "model": [str(model.source)], "Task": ["(this model)"]})
+    return from_arrays(np.concatenate([x.weights for x in layers]), records, models)
 
 
 def compare(model, store, *, by=("task",), metric: str = "kl_sym", bins: int = 70, top: int = 10,
@@ -85,8 +108,13 @@ def compare(model, store, *, by=("task",), metric: str = "kl_sym", bins: int = 7
         ``nearest_name`` (dim ``nearest``, at most ``top``, nearest first). Per layer of the model (dim ``layer``):
         ``layer_n``, ``layer_degenerated``, and for sparsity, variance_entropy_norm, variance_entropy_clean_norm
         and orthogonality ``layer_METRIC`` and ``layer_METRIC_percentile`` (percentile among the database's
-        records). attrs ``model``, ``model_sha256``, ``metric``, ``bins``, ``n_filters``, ``n_layers``,
-        ``outside_range``, ``range``, ``store``.
+        layer records, or among its model x conv depth records when it has no layer record: ``layer_reference``).
+        Where the database holds model x conv depth records, the model's conv depths with their parallel
+        branches pooled (dim ``depth``): ``depth_n``, ``depth_METRIC``, ``depth_METRIC_percentile`` among those
+        records (like with like). attrs ``model``, ``model_sha256``, ``metric``, ``bins``, ``n_filters``,
+        ``n_layers``, ``outside_range``, ``range``, ``store``, ``layer_reference`` (``"layer"`` or ``"depth"``),
+        ``definitions_mixed`` (layers ranked among depth records of a model with parallel branches),
+        ``n_layer_records``, ``n_depth_records``.
 
     Raises
     ------
@@ -143,7 +171,7 @@ def compare(model, store, *, by=("task",), metric: str = "kl_sym", bins: int = 7
     result["nearest_drift"] = ("nearest", nearest.values)
     if name_col:
         result["nearest_name"] = ("nearest", mods.reindex(ids)[name_col].astype(str).to_numpy(dtype=object))
-    _layer_quality(result, mine, stats)
+    _layer_quality(result, m, mine, stats)
     result.attrs.update({"model": str(m.source), "model_sha256": m.sha256, "metric": metric, "bins": bins,
                          "n_filters": int(m.filters().shape[0]), "n_layers": len(m.layers),
                          "outside_range": outside, "range": [lo, hi], "store": db.attrs.get("store", "")})
@@ -171,32 +199,65 @@ def _described(result: xr.Dataset, metric: str) -> xr.Dataset:
     return result
 
 
-def _layer_quality(result: xr.Dataset, mine: xr.Dataset, stats) -> None:
-    """Per-layer quality of the model and its percentile among the database's records (passes shared)."""
+def _layer_quality(result: xr.Dataset, model, mine: xr.Dataset, stats) -> None:
+    """Per-layer quality of the model and its percentile among the database's records of the same definition
+    (passes shared); per conv depth, pooled as CNN-Filter-DB records, where the database holds such records."""
     from filtershift.stats import record_stats
     from filtershift.stats.quality import layer_quality
 
     own = layer_quality(record_stats(mine))
     db = layer_quality(stats, orthogonality=False)
+    kind = record_definition(db)
+    n_layer, n_depth = int((kind == "layer").sum()), int((kind == "depth").sum())
+    reference = "layer" if n_layer else "depth"
+    ref = db[kind == reference]
+    branches = len({layer.conv_depth for layer in model.layers}) < len(model.layers)
     result.coords["layer"] = ("layer", own["layer"].astype(str).to_numpy(dtype=object))
     result["layer_n"] = ("layer", own["n"].to_numpy(np.int64))
     result["layer_degenerated"] = ("layer", own["degenerated"].to_numpy(bool))
+    _ranked(result, "layer", own, ref, DEFINITIONS[reference])
+    if n_depth:
+        pooled = layer_quality(record_stats(depth_dataset(model)))
+        result.coords["depth"] = ("depth", pooled["conv_depth"].to_numpy(np.int64))
+        result["depth_n"] = ("depth", pooled["n"].to_numpy(np.int64))
+        _ranked(result, "depth", pooled, db[kind == "depth"], DEFINITIONS["depth"])
+    result.attrs.update({"layer_reference": reference, "definitions_mixed": bool(reference == "depth" and branches),
+                         "n_layer_records": n_layer, "n_depth_records": n_depth})
+
+
+def _ranked(result: xr.Dataset, dim: str, own: pd.DataFrame, ref: pd.DataFrame, what: str) -> None:
+    """``DIM_METRIC`` and its percentile among ``ref``'s rows, for each metric of :data:`QUALITY`."""
     for metric in QUALITY:
         values = own[metric].to_numpy(np.float64)
-        result[f"layer_{metric}"] = ("layer", values)
-        result[f"layer_{metric}_percentile"] = ("layer", percentile_of(db[metric].to_numpy(np.float64), values))
-        result[f"layer_{metric}_percentile"].attrs["description"] = (
-            f"percentile of the layer's {metric} among the database's records (model x conv depth)")
+        result[f"{dim}_{metric}"] = (dim, values)
+        result[f"{dim}_{metric}_percentile"] = (dim, percentile_of(ref[metric].to_numpy(np.float64), values))
+        result[f"{dim}_{metric}_percentile"].attrs["description"] = (
+            f"percentile of the {dim}'s {metric} among the database's {what}")
 
 
-def layer_table(result: xr.Dataset) -> pd.DataFrame:
-    """One row per layer of the model: its quality metrics and their database percentiles."""
-    cols = {"layer": result["layer"].values, "n": result["layer_n"].values,
-            "degenerated": result["layer_degenerated"].values}
+def layer_table(result: xr.Dataset, dim: str = "layer") -> pd.DataFrame:
+    """One row per layer of the model (``dim="depth"``: per conv depth, branches pooled; empty when the database
+    holds no such records): its quality metrics and their database percentiles."""
+    if dim not in result.coords:
+        return pd.DataFrame()
+    cols = {dim: result[dim].values, "n": result[f"{dim}_n"].values}
+    if dim == "layer":
+        cols["degenerated"] = result["layer_degenerated"].values
     for metric in QUALITY:
-        cols[metric] = result[f"layer_{metric}"].values
-        cols[f"{metric}_percentile"] = result[f"layer_{metric}_percentile"].values
+        cols[metric] = result[f"{dim}_{metric}"].values
+        cols[f"{metric}_percentile"] = result[f"{dim}_{metric}_percentile"].values
     return pd.DataFrame(cols)
+
+
+def reference_note(result: xr.Dataset) -> str:
+    """Which database records the layer percentiles rank among, and whether definitions are mixed."""
+    a = result.attrs
+    note = (f"layer percentiles among the database's {DEFINITIONS[a['layer_reference']]}: "
+            f"{a['n_' + a['layer_reference'] + '_records']:,} records")
+    if a["definitions_mixed"]:
+        note += ("; MIXED DEFINITIONS: the database has no layer records and this model has parallel branches "
+                 "(see the per-depth rows, pooled like the database's records)")
+    return note
 
 
 def summary_table(result: xr.Dataset) -> pd.DataFrame:

@@ -20,6 +20,9 @@ meta table) whose filters carry known structure, and a JSON sidecar ``<OUT>.trut
 - **Degenerate records.** A few records hold an exact share ``k/n`` of all-zero filters, and a few hold copies of
   scaled copies of one filter (scale 1 +- 0.3) plus isotropic noise of relative size 1e-3: their variance lies
   along one direction, so their variance entropy (torchconvquality's definition, centred) is near 0.
+- **A robustness study** (off by default: ``robust_within``, ``entropy_gain``). ``Robust`` changes the filters of
+  the models of one training data set only, and variance entropy falls with model size, for
+  ``examples/robustness_study.py`` and ``tests/test_robustness_study.py`` to recover.
 
 Generation is block by block (``BLOCK`` filters), so memory does not grow with N. Filters are assembled from
 small banks of kernels indexed by one 64-bit PCG64 draw per filter, which keeps generation well above 10 M
@@ -65,6 +68,8 @@ DEPTH_DECAY = 0.4
 DUPLICATE_NOISE = 1e-3
 DUPLICATE_SPREAD = 0.3
 SPARSITIES = (0.5, 0.9, 0.75)
+#: robust_within: share of a robust model's filters drawn from the smooth family inside the planted training set
+ROBUST_SHARE = 0.3
 TRUTH_SCHEMA = 1
 
 FORMATS = ("h5", "zarr")
@@ -104,6 +109,9 @@ NATURAL_DATASETS = {
     "Generative": ["CelebA", "horse2zebra"],
     "Super Resolution": ["DIV2K"],
 }
+
+#: The training data sets that ``robust_within`` can plant in: those of natural-image Classification models only.
+ROBUST_STRATA = tuple(NATURAL_DATASETS[REFERENCE_TASK])
 
 
 def _channels(widths):
@@ -182,7 +190,8 @@ def read_truth(out) -> dict:
 def synthesize(out, n_filters: int = 1_000_000, n_models: int = 40, seed: int = 0, format: str = "h5",
                style: str = "v1.0", meta_format: str = "table", layout: str = "flat", dtype: str = "float32",
                shuffle_records: bool = False, overwrite: bool = False, resume: bool = False,
-               layer_meta: bool = False) -> pathlib.Path:
+               layer_meta: bool = False, robust_within: str | None = None,
+               entropy_gain: float = 0.0) -> pathlib.Path:
     """Write a synthetic CNN-Filter-DB data set and its planted truth.
 
     The data set goes to ``out`` (a ``dataset.h5``, or a store when ``format="zarr"``) and its planted truth to
@@ -222,6 +231,17 @@ def synthesize(out, n_filters: int = 1_000_000, n_models: int = 40, seed: int = 
         Write the meta table one row per layer (index level ``layer_id``, columns ``layer_name``, ``in_channels``,
         ``out_channels``, ``groups``; the last two layers of a model of 3+ layers are parallel branches at one conv
         depth) with extra model columns (:data:`LAYER_META_COLUMNS`); the planted truth is otherwise the same.
+    robust_within : str, optional
+        Plant an effect of the ``Robust`` column inside one training data set (needs ``layer_meta``; one of
+        :data:`ROBUST_STRATA`): every natural-image Classification model is trained on it, every second of them
+        (in model order) is robust, and a robust model trained on it draws :data:`ROBUST_SHARE` of its filters from
+        the smooth family. Elsewhere ``Robust`` is the seeded draw and changes no filter (truth: ``robustness``).
+    entropy_gain : float, default 0.0
+        Plant a fall of variance entropy with model size: each filter is multiplied by ``1 + g (k . u)^2``, ``k``
+        the filter's direction, ``u`` the unit constant kernel, and ``g = (1 + entropy_gain)^x - 1`` with ``x``
+        the model's place between the fewest (0) and the most (1) filters on a log scale: smooth filters dominate
+        the layers of big models. A positive factor per filter leaves the scaled filters, and so every drift, as
+        they are (up to float32 rounding; truth: ``entropy``).
 
     Returns
     -------
@@ -235,10 +255,14 @@ def synthesize(out, n_filters: int = 1_000_000, n_models: int = 40, seed: int = 
     """
     out = local_path(out, "OUT")
     _validate(out, n_filters, n_models, seed, format, style, meta_format, layout, dtype, overwrite, resume)
-    plan = _plan(int(n_filters), int(n_models), int(seed), style, bool(shuffle_records), bool(layer_meta))
+    _validate_planting(robust_within, entropy_gain, layer_meta)
+    planting = {**({"robust_within": robust_within} if robust_within else {}),
+                **({"entropy_gain": float(entropy_gain)} if entropy_gain else {})}
+    plan = _plan(int(n_filters), int(n_models), int(seed), style, bool(shuffle_records), bool(layer_meta),
+                 **planting)
     truth = _truth(plan, seed=int(seed), style=style, meta_format=meta_format, layout=layout, dtype=dtype,
                    shuffle_records=bool(shuffle_records), format=format,
-                   **({"layer_meta": True} if layer_meta else {}))
+                   **({"layer_meta": True} if layer_meta else {}), **planting)
     text = json.dumps(truth, indent=1, sort_keys=True) + "\n"
     tmp = out.with_name(f".{out.name}.synth-{os.getpid()}.h5")
     truth_tmp = out.with_name(f".{truth_path(out).name}.{os.getpid()}.tmp")
@@ -302,6 +326,18 @@ def _validate(out, n_filters, n_models, seed, format, style, meta_format, layout
         raise InputError(f"{out.parent}: no such directory for {out.name}; create it first.")
 
 
+def _validate_planting(robust_within, entropy_gain, layer_meta) -> None:
+    if robust_within is not None and robust_within not in ROBUST_STRATA:
+        raise InputError(f"robust_within={robust_within!r} is not one of {list(ROBUST_STRATA)} (the training data "
+                         "sets of natural-image Classification models).")
+    if robust_within is not None and not layer_meta:
+        raise InputError("robust_within plants an effect of the Robust column, which only layer_meta=True "
+                         "(--layer-meta) writes: pass it too.")
+    if isinstance(entropy_gain, bool) or not isinstance(entropy_gain, (int, float, np.integer, np.floating)) \
+            or not 0 <= entropy_gain < math.inf:
+        raise InputError(f"entropy_gain must be a finite number >= 0, got {entropy_gain!r}.")
+
+
 # ---- planning: models, records, layout ---------------------------------------------------------------------
 
 
@@ -328,9 +364,12 @@ def _allocate(total: int, weights: np.ndarray, minimum: int) -> np.ndarray:
     return parts
 
 
-def _plan(n_filters: int, n_models: int, seed: int, style: str, shuffle: bool, per_layer: bool = False) -> dict:
+def _plan(n_filters: int, n_models: int, seed: int, style: str, shuffle: bool, per_layer: bool = False,
+          robust_within: str | None = None, entropy_gain: float = 0.0) -> dict:
     """Models, their records (with ``per_layer``: the last two records of a model of 3+ share a conv depth, parallel
-    branches of one depth) and where the records go in the file."""
+    branches of one depth) and where the records go in the file; with ``robust_within`` or ``entropy_gain`` the
+    planted effects (:func:`_plant_robust`, :func:`_plant_entropy`), which draw no random numbers, so the rest of
+    the plan is the same with or without them."""
     rng = np.random.default_rng([seed, 0])
     tasks = list(rng.permutation(np.array(_quota({k: v[0] for k, v in TASKS.items()}, n_models), dtype=object)))
     # nested design: other categories only among reference-task models, other tasks only on the reference
@@ -352,6 +391,8 @@ def _plan(n_filters: int, n_models: int, seed: int, style: str, shuffle: bool, p
         models.append({"model_id": m, "task": tasks[m], "category": category_of[m], "arch": arch,
                        "size": float(sum(ARCHS[arch][0])) ** 0.35 * math.exp(0.25 * rng.standard_normal())})
     sizes = _allocate(n_filters, np.array([x["size"] for x in models]), MIN_MODEL)
+    if robust_within:
+        _plant_robust(models, robust_within)
 
     rec_model, rec_depth, rec_norm, rec_n, rec_scale, rec_pt, rec_pc = [], [], [], [], [], [], []
     for mod, n_model in zip(models, sizes):
@@ -373,7 +414,7 @@ def _plan(n_filters: int, n_models: int, seed: int, style: str, shuffle: bool, p
             rec_n.append(int(n))
             rec_scale.append(0.25 * math.exp(-DEPTH_DECAY * norm))
             rec_pt.append(a)
-            rec_pc.append((1 - a) * b)
+            rec_pc.append(ROBUST_SHARE if mod.get("robust") and mod.get("train") else (1 - a) * b)
     n_rec = np.array(rec_n, dtype=np.int64)
     records = {
         "model_id": np.array(rec_model, dtype=np.int64), "conv_depth": np.array(rec_depth, dtype=np.int64),
@@ -385,10 +426,33 @@ def _plan(n_filters: int, n_models: int, seed: int, style: str, shuffle: bool, p
         "offset": np.zeros(len(n_rec), dtype=np.int64), "base": np.zeros((len(n_rec), 9), dtype=np.float32),
     }
     degenerate = _plant_degenerate(records, rng)
+    if entropy_gain:
+        _plant_entropy(models, records, entropy_gain)
     segments = _layout(records, np.random.default_rng([seed, 2]), style, shuffle)
     return {"n_filters": n_filters, "models": models, "records": records, "segments": segments,
             "degenerate": degenerate, "task_weight": task_weight, "category_weight": cat_weight,
-            "task_order": task_order, "category_order": cat_order, "seed": seed, "per_layer": per_layer}
+            "task_order": task_order, "category_order": cat_order, "seed": seed, "per_layer": per_layer,
+            "robust_within": robust_within, "entropy_gain": entropy_gain}
+
+
+def _plant_robust(models: list, dataset: str) -> None:
+    """Every natural-image Classification model is trained on ``dataset``; every second of them is robust (its
+    records then draw :data:`ROBUST_SHARE` of their filters from the smooth family). The other models keep the
+    seeded draws of :func:`_meta` and :func:`_layer_meta`."""
+    stratum = [m for m in models if m["task"] == REFERENCE_TASK and m["category"] == REFERENCE_CATEGORY]
+    for i, mod in enumerate(stratum):
+        mod["train"], mod["robust"] = dataset, i % 2 == 1
+
+
+def _plant_entropy(models: list, records: dict, gain: float) -> None:
+    """Per record, the gain ``g = (1 + gain)^x - 1`` of its model, ``x`` its place between the fewest (0) and the
+    most (1) filters on a log scale (geometric, so that the entropy does not level off among the big models):
+    :func:`generate_block` multiplies each filter by ``1 + g (k . u)^2`` (:func:`_stretch`)."""
+    size = np.log([m["n_filters"] for m in models])
+    span = size.max() - size.min()
+    for mod, s in zip(models, size):
+        mod["gain"] = float((1 + gain) ** ((s - size.min()) / span) - 1) if span > 0 else 0.0
+    records["gain"] = np.array([models[m]["gain"] for m in records["model_id"]], dtype=np.float32)
 
 
 def _plant_degenerate(records: dict, rng) -> list:
@@ -585,7 +649,19 @@ def generate_block(plan: dict, banks, q0: int, q1: int, out: np.ndarray | None =
     fill_kernel(out, raw, q0, rec_lo, rec_hi, rec["start"], rec["n"], rec["p_task"], rec["p_category"], rec["scale"],
           rec["kind"], rec["n_zero"], rec["offset"], rec["base"], *banks, np.float32(NOISE),
           np.float32(DUPLICATE_NOISE))
+    if "gain" in rec:
+        _stretch(out, q0, rec)
     return out
+
+
+def _stretch(out: np.ndarray, q0: int, rec: dict) -> None:
+    """The planted entropy fall: row ``w`` of record ``r`` becomes ``w (1 + g_r (k . u)^2)``, ``k = w / |w|``, ``u``
+    the unit constant kernel (zero rows stay zero), in place. A positive factor per filter: scaled filters, and so
+    every drift, are unchanged up to float32 rounding."""
+    r = np.searchsorted(rec["start"] + rec["n"], np.arange(q0, q0 + len(out)), side="right")
+    norm = np.linalg.norm(out, axis=1)
+    cos = out.sum(axis=1) / (3 * np.where(norm > 0, norm, 1))
+    out *= (1 + rec["gain"][r] * cos * cos)[:, None]
 
 
 # ---- writing -----------------------------------------------------------------------------------------------
@@ -657,7 +733,7 @@ def _meta(plan: dict, style: str) -> pd.DataFrame:
     for mod in plan["models"]:
         task, cat, arch = mod["task"], mod["category"], mod["arch"]
         pool = NATURAL_DATASETS[task] if cat == REFERENCE_CATEGORY else CATEGORIES[cat][1]
-        train = pool[int(rng.integers(len(pool)))]
+        train = mod.get("train", pool[int(rng.integers(len(pool)))])
         op_set = int(rng.integers(9, 14))
         model = f"{_slug(arch)}_{_slug(train)}_{op_set}"
         while model in names:
@@ -728,7 +804,7 @@ def _layer_meta(plan: dict, df: pd.DataFrame) -> pd.DataFrame:
     rec = plan["records"]
     extra = {}
     for mod in plan["models"]:
-        robust = bool(rng.random() < 0.4)
+        robust = mod.get("robust", bool(rng.random() < 0.4))
         accuracy = round(float(rng.uniform(55, 85)) - 8 * robust, 2) if mod["task"] == REFERENCE_TASK else np.nan
         extra[mod["model_id"]] = (robust, accuracy, int(rng.integers(30, 300)),
                                   "adversarial" if robust else "standard")
@@ -784,7 +860,30 @@ def _truth(plan: dict, **settings) -> dict:
         "depth": {"scale": f"0.25 * exp(-{DEPTH_DECAY} * conv_depth_norm), per filter x lognormal(0, {SCALE_SIGMA})",
                   "order": "filter magnitude decreases with conv_depth_norm"},
         "degenerate": plan["degenerate"],
+        **_planted_truth(plan),
     }
+
+
+def _planted_truth(plan: dict) -> dict:
+    """The truth of ``robust_within`` and ``entropy_gain`` (nothing when they are off)."""
+    out = {}
+    if plan.get("robust_within"):
+        stratum = [m for m in plan["models"] if "robust" in m]
+        out["robustness"] = {
+            "column": "Robust", "stratum_column": "Training-Dataset", "stratum": plan["robust_within"],
+            "robust_models": [m["model_id"] for m in stratum if m["robust"]],
+            "normal_models": [m["model_id"] for m in stratum if not m["robust"]],
+            "share": ROBUST_SHARE, "family": "constant and wide-blob kernels",
+            "rule": "robust models trained on the stratum draw `share` of their filters from the family; Robust "
+                    "changes no filter elsewhere"}
+    if plan.get("entropy_gain"):
+        out["entropy"] = {
+            "covariate": "model size (its 3x3 filters; total_filters follows it)", "gain": plan["entropy_gain"],
+            "sign": -1, "model_gain": {str(m["model_id"]): round(m["gain"], 6) for m in plan["models"]},
+            "rule": "each filter x (1 + g (k . u)^2), k its direction, u the unit constant kernel, g = (1 + gain)^x "
+                    "- 1, x the model's place from the fewest (0) to the most (1) filters on a log scale; scaled "
+                    "filters unchanged"}
+    return out
 
 
 # ---- writing a store directly --------------------------------------------------------------------------------

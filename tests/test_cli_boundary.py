@@ -334,8 +334,9 @@ def test_repeated_constants_agree_with_their_modules():
 
     assert (cli_convert.CODECS, cli_convert.DEFAULT_CODEC, cli_convert.DEFAULT_CHUNK_FILTERS) == \
            (store_format.CODECS, store_format.DEFAULT_CODEC, store_format.DEFAULT_CHUNK_FILTERS)
-    assert (cli_synth.FORMATS, cli_synth.STYLES, cli_synth.META_FORMATS, cli_synth.LAYOUTS, cli_synth.DTYPES) == \
-           (synth.FORMATS, synth.STYLES, synth.META_FORMATS, synth.LAYOUTS, synth.DTYPES)
+    assert (cli_synth.FORMATS, cli_synth.STYLES, cli_synth.META_FORMATS, cli_synth.LAYOUTS, cli_synth.DTYPES,
+            cli_synth.ROBUST_STRATA) == \
+           (synth.FORMATS, synth.STYLES, synth.META_FORMATS, synth.LAYOUTS, synth.DTYPES, synth.ROBUST_STRATA)
 
 
 def test_scheduler_options_reach_the_scheduler_context(monkeypatch):

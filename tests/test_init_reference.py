@@ -110,6 +110,31 @@ def test_pseudo_groups_bins_match_numpy(planted):
     assert (out["member_model"].values[dist.sizes["member"]:] < 0).all()
 
 
+def test_reference_is_sampled_once_per_basis_and_range(planted, monkeypatch):
+    """init_reference and init_distance on one basis and range (a report asks for both) sample each initialiser
+    once; another seed, basis or range samples anew, and the remembered counts cannot be changed."""
+    basis = planted[2]
+    dist = filtershift.distributions(basis, by="task")     # no fine bins, as the report's
+    calls = []
+    sample = ir.sample_filters
+    monkeypatch.setattr(ir, "sample_filters", lambda *a, **k: calls.append((a, k)) or sample(*a, **k))
+    monkeypatch.setattr(ir, "_COUNTED", {})
+    ref = ir.init_reference(dist, basis, ["kaiming_uniform"], seed=5, **SMALL)
+    assert len(calls) == 1
+    dist_a = ir.init_distance(basis, basis, "kaiming_uniform", bins=dist.sizes["bin"], seed=5, **SMALL)
+    assert len(calls) == 1, "the same sample, counted once"
+    ir.init_distance(basis, basis, "kaiming_uniform", bins=dist.sizes["bin"], seed=6, **SMALL)
+    ir.init_distance(basis, basis, "kaiming_uniform", bins=dist.sizes["bin"] + 1, seed=5, **SMALL)
+    assert len(calls) == 3
+    monkeypatch.setattr(ir, "_COUNTED", {})
+    fresh = ir.init_distance(basis, basis, "kaiming_uniform", bins=dist.sizes["bin"], seed=5, **SMALL)
+    pd.testing.assert_series_equal(dist_a, fresh)
+    np.testing.assert_array_equal(ref.sel(group="init:kaiming_uniform")["counts"].values,
+                                  next(iter(ir._COUNTED.values()))[0]["counts"].sum(0))
+    with pytest.raises(ValueError):
+        next(iter(ir._COUNTED.values()))[0]["counts"][0, 0, 0] = 1
+
+
 def test_pseudo_groups_drift_within_seed_error(planted):
     """kaiming_uniform and xavier_uniform are the same distribution after scaling, so their drift is sampling
     error (two seeds of one initialiser likewise); the Gaussian and the real groups are far."""
@@ -126,7 +151,10 @@ def test_pseudo_groups_drift_within_seed_error(planted):
     seed_drift = pairwise(p, dist["explained_variance_ratio"].values)[0, 1]
     assert 0 < seed_drift < ir.SEED_ERROR
     ci = filtershift.drift_ci(out, n_boot=20)
-    assert np.isfinite(ci["upper"].values).all() and (ci["upper"] >= ci["lower"]).all()
+    # a reference is many sampled pseudo-layers, not one model: its pairs get intervals
+    refs = [g for g in out["group"].values if str(g).startswith("init:")]
+    sub = ci.sel(group_a=refs)
+    assert np.isfinite(sub["upper"].values).all() and (sub["upper"] >= sub["lower"]).all()
     test = filtershift.drift_test(out, n_perm=19)
     assert test["p_value"].sel(group_a="Classification", group_b="init:kaiming_uniform") < 0.2
 

@@ -164,7 +164,7 @@ def test_layer_metrics_match_port(name, dtype):
     if dtype == "float16" and name in ("huge", "tiny"):
         w = w / np.abs(w).max() * 6e4
     w = w.astype(dtype)
-    got = layer_metrics(w)
+    got = layer_metrics(w, convention="torchconvquality")
     want = port_quality(w)
     assert got["n"] == want["n"]
     for key in PORT_KEYS:
@@ -176,10 +176,10 @@ def test_layer_metrics_match_port(name, dtype):
 def test_layer_metrics_documented_cases():
     assert np.isnan(layer_metrics(LAYERS["one"])["variance_entropy"])
     assert np.isnan(layer_metrics(LAYERS["one"])["orthogonality"])
-    ident = layer_metrics(LAYERS["identical"])
+    ident = layer_metrics(LAYERS["identical"], convention="torchconvquality")
     assert ident["variance_entropy"] == pytest.approx(0, abs=1e-12)
-    assert layer_metrics(np.float32(LAYERS["identical"]))["variance_entropy"] == 0
-    zeros = layer_metrics(LAYERS["zeros"])
+    assert layer_metrics(np.float32(LAYERS["identical"]), convention="torchconvquality")["variance_entropy"] == 0
+    zeros = layer_metrics(LAYERS["zeros"], convention="torchconvquality")
     assert zeros["sparsity"] == 1 and zeros["n_nonsparse"] == 0 and zeros["variance_entropy_clean"] == 0
     # dead out channels count their |0 - 1| diagonal term, as in the reference
     assert zeros["orthogonality"] == pytest.approx(1 - 1 / 3)
@@ -218,7 +218,8 @@ def test_finalize_is_vectorised_over_records():
         stats["nn"].append(len(keep))
         dk = keep - keep.mean(0) if len(keep) else keep
         stats["ncom"].append(dk.T @ dk)
-    res = finalize(*[np.asarray(stats[k]) for k in ("n", "sum", "com", "l1", "l2", "sc", "nn", "ncom")])
+    res = finalize(*[np.asarray(stats[k]) for k in ("n", "sum", "com", "l1", "l2", "sc", "nn", "ncom")],
+                   convention="torchconvquality")
     for i, name in enumerate(names):
         want = port_quality(LAYERS[name])
         for key in PORT_KEYS[:-1]:
@@ -262,7 +263,7 @@ def test_layer_quality_matches_port_per_layer():
     layers["depthwise"] = rng.normal(size=(8, 1, 3, 3))
     layers["grouped"] = rng.normal(size=(6, 2, 3, 3))
     ds = store_of(layers, groups={"depthwise": 8, "grouped": 2})
-    table = layer_quality(ds)
+    table = layer_quality(ds, convention="torchconvquality")
     assert list(table["layer"]) == list(layers)
     for row, (name, w4) in zip(table.itertuples(), layers.items()):
         w4 = np.asarray(w4, np.float32)
@@ -278,7 +279,7 @@ def test_layer_quality_matches_port_per_layer():
 
 def test_orthogonality_only_where_channels_are_known():
     layers = {k: LAYERS[k] for k in ("gauss32x16", "trained8x3", "zeros")}
-    table = layer_quality(store_of(layers, channels=False))
+    table = layer_quality(store_of(layers, channels=False), convention="torchconvquality")
     assert table["orthogonality"].isna().all()
     assert table["in_channels"].isna().all()
     np.testing.assert_allclose(table["variance_entropy"], [port_quality(np.float32(w))["variance_entropy"]

@@ -112,7 +112,7 @@ def test_cli_where_on_pca_and_drift(tables, capsys):
     store, joined, w = tables
     text = 'conv_depth_norm <= 0.5 and task in ["Classification", "Detection"]'
     keep = ((joined["conv_depth_norm"] <= np.float32(0.5)) & joined["Task"].isin(["Classification", "Detection"]))
-    assert main(["pca", store[0], "--where", text, "--json", "--scheduler", "threads"]) == 0
+    assert main(["pca", store[0], "--where", text, "--basis", "selection", "--json", "--scheduler", "threads"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["n_samples"] == int(joined["n"][keep.to_numpy()].sum())
     mean, comps, _ = _pca_reference(_expected(joined, w, keep.to_numpy()))

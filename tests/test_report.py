@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import xarray as xr
 
 from filtershift.cli import main as cli
 from filtershift.errors import InputError
@@ -153,6 +154,32 @@ def test_large_grouping_is_clustered_and_top_k(built):
     assert g["top"] == list(np.argsort(-md, kind="stable")[:SPEC["figures"]["top_k"]])
     assert "g-model" in built[0].index_html.read_text()
     assert r["groupings"]["depth"]["display"] == "matrix"
+
+
+def test_models_are_shown_by_name_and_never_small_for_being_one_model(store, built):
+    """The per-model grouping names each model as ``model (Task, Training-Dataset)`` from the models table (read
+    here with plain xarray), in results.json and in the drift tables; its small flags come from filters only."""
+    result, r = built
+    g = r["groupings"]["model"]
+    table = xr.open_zarr(store, group="tables/v1/models", consolidated=False)
+    models = {c: table[c].values for c in ("model_id", "model", "Task", "Training-Dataset")}
+    want = {str(i): f"{m} ({t}, {d})" for i, m, t, d in zip(*models.values())}
+    assert g["names"] == [want[label] for label in g["labels"]]
+    n_filters = np.array(g["n_filters"])
+    assert g["small"] == (n_filters < SPEC["thresholds"]["min_filters"]).tolist()
+    t = pd.read_parquet(result.run_dir / g["metrics"]["kl_sym"]["table"])
+    assert set(t["name_a"]) == set(want.values())
+    assert r["groupings"]["task"]["names"] is None
+    # the most degenerated layers: the model's name, its conv depth and the criteria that flag the layer
+    layers = layer_quality(open_store(store), sparsity_eps=0.01).set_index(["model_id", "conv_depth"])
+    words = {"sparse": "sparse", "low_diversity": "low diversity", "random_like": "random-like"}
+    worst = r["quality"]["most_degenerated_layers"]
+    assert worst
+    for row in worst:
+        assert row["model"] == want[str(row["model_id"])]
+        flags = layers.loc[(row["model_id"], row["conv_depth"])]
+        assert row["reason"] == ", ".join(w for c, w in words.items() if flags[c])
+    assert all(row["model"] == want[str(row["model_id"])] for row in r["quality"]["most_degenerated_models"])
 
 
 def test_quality_numbers(store, built):

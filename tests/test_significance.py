@@ -154,7 +154,8 @@ def test_report_tests_the_first_metric_and_takes_where(labelled_store, tmp_path)
     path, ds = labelled_store[0], labelled_store[1]
     where = 'conv_depth_norm <= 0.6 and task != "Generative"'
     spec = {"groupings": ["task"], "metrics": ["js", "kl_sym"], "bootstrap": {"n_boot": 0},
-            "significance": {"n_perm": 99, "seed": 3}, "figures": {"density_bins": 0}, "where": where}
+            "significance": {"n_perm": 99, "seed": 3}, "figures": {"density_bins": 0}, "where": where,
+            "basis": "selection"}
     result = build_report(path, tmp_path / "rep", config=spec, scheduler="threads")
     gr = result.results["groupings"]["task"]
     sub = fs.query(ds, where)

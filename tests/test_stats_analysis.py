@@ -251,17 +251,41 @@ def test_bootstrap_intervals(data):
     ci = drift_ci(dist, n_boot=60, seed=1)
     again = drift_ci(dist, n_boot=60, seed=1)
     np.testing.assert_array_equal(ci["lower"].values, again["lower"].values)
-    assert np.all(ci["lower"].values <= ci["upper"].values)
+    has = np.isfinite(ci["lower"].values)
+    assert has.any() and np.all(ci["lower"].values[has] <= ci["upper"].values[has])
     # each model's histograms are its records' histograms: the member counts add up to the group counts
     for g in range(dist.sizes["group"]):
         members = dist["member_counts"].values[dist["member_group"].values == g]
         np.testing.assert_array_equal(members.sum(0), dist["counts"].values[g])
-    # groups of one model cannot vary: model-to-model intervals collapse on the point estimate
+    # a group of one model cannot be resampled: its pairs have no interval at all
     per_model = drift_ci(distributions(ds, basis, by="model"), n_boot=20)
-    np.testing.assert_allclose(per_model["lower"].values, per_model["drift"].values, rtol=1e-12)
-    np.testing.assert_allclose(per_model["upper"].values, per_model["drift"].values, rtol=1e-12)
+    for part in ("lower", "upper", "std"):
+        assert np.isnan(per_model[part].values).all()
     pair = ci.sel(group_a="Classification", group_b="Segmentation")
     assert float(pair["lower"]) < float(pair["upper"])
+
+
+def test_basic_interval_reflects_the_percentile_interval_around_the_estimate(data):
+    """The default (basic) interval is [2d - q_hi, 2d - q_lo] clipped at 0, from the same replicates as the
+    percentile interval; pairs with a one-model group have none, the others have one."""
+    w, recs, mods, ds, basis = data
+    dist = distributions(ds, basis, by="task")
+    basic = drift_ci(dist, n_boot=80, seed=4)
+    pct = drift_ci(dist, n_boot=80, seed=4, method="percentile")
+    d = basic["drift"].values
+    n_models = np.bincount(dist["member_group"].values, minlength=dist.sizes["group"])
+    alone = (n_models == 1)[:, None] | (n_models == 1)[None, :]
+    assert np.isnan(basic["lower"].values[alone]).all() and np.isfinite(basic["lower"].values[~alone]).all()
+    np.testing.assert_allclose(basic["lower"].values[~alone], np.maximum(2 * d - pct["upper"].values, 0)[~alone],
+                               rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(basic["upper"].values[~alone], np.maximum(2 * d - pct["lower"].values, 0)[~alone],
+                               rtol=1e-12, atol=1e-15)
+    assert basic.attrs["method"].startswith("basic") and pct.attrs["method"].startswith("percentile")
+    off = ~alone & ~np.eye(len(d), dtype=bool)
+    # the upward bias of a finite-sample divergence: the replicates' median sits above the estimate
+    assert (pct["lower"].values[off] + pct["upper"].values[off] > 2 * d[off]).mean() > 0.5
+    with pytest.raises(InputError, match="unknown interval method 'bca'"):
+        drift_ci(dist, method="bca")
 
 
 def test_kde_and_density2d(data):

@@ -209,3 +209,22 @@ def test_group_sum_counts_and_floats(n_groups):
     got = grouping.group_sum(codes, small, n_groups)
     assert got.dtype == np.int64
     np.testing.assert_array_equal(got, np.bincount(codes[codes >= 0], small[codes >= 0], n_groups))
+
+
+def test_precompile_child_process_writes_numba_cache(tmp_path, monkeypatch):
+    """The demo's child process compiles the kernels it is given into numba's cache (the directory the parent's
+    environment names), and the parent's thread then has them compiled too."""
+    from filtershift.stats import kernels
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    kernel, signature = kernels.analysis_kernels()[1]
+    assert kernel.__name__ == "group_add_kernel"
+    kernels.precompile([], child=("group_add_kernel",)).join(timeout=300)
+    assert list(tmp_path.rglob("grouping.group_add_kernel-*.nbi")), sorted(p.name for p in tmp_path.rglob("*"))
+    assert signature in kernel.overloads
+
+
+def test_precompile_child_refuses_unknown_kernel_names():
+    from filtershift.stats import kernels
+
+    assert kernels.main(["no_such_kernel"]) == 2

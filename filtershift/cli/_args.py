@@ -127,3 +127,24 @@ def add_where(parser: argparse.ArgumentParser) -> None:
                              "conv_depth_norm <= 0.3': comparisons of coordinates and table columns (`Name "
                              "With-Dashes` in backticks) with \"labels\" or numbers, in [...], and/or/not, ()")
 
+
+
+def add_scope(parser: argparse.ArgumentParser) -> None:
+    """``--basis``, ``--range``: with ``--where``, whose PCA basis and coefficient range the selection is analysed
+    in (:mod:`filtershift.stats.scope`)."""
+    parser.add_argument("--basis", choices=("store", "selection"), default="store",
+                        help="with --where: project on the PCA basis of the whole store (default, as the "
+                             "CNN-Filter-DB notebook) or of the selected filters alone")
+    parser.add_argument("--range", choices=("store", "selection"), default=None,
+                        help="with --where: bin over the coefficient range of the whole store or of the selected "
+                             "filters (default: that of --basis)")
+
+
+def scope_note(scope, selected: bool) -> str:
+    """One line saying whose basis and range an output used."""
+    whose = {"store": "the whole store's", "selection": "the selection's", "given": "given"}
+    lo, hi = scope.range
+    basis, rng = whose[scope.basis_scope], whose[scope.range_scope]
+    head = f"basis and range: {basis}" if basis == rng else f"basis: {basis}; range: {rng}"
+    note = f"{head} (basis fitted on {scope.attrs()['basis_n_filters']:,} filters; range [{lo:.4g}, {hi:.4g}])"
+    return note if selected else note + "; no --where, so the store is the selection"

@@ -39,7 +39,7 @@ def check(args) -> None:
 
 
 def run(args) -> int:
-    from filtershift.compare import compare, figure_target, layer_table, plot, summary_table
+    from filtershift.compare import compare, figure_target, layer_table, plot, reference_note, summary_table
 
     if args.figure:
         figure_target(args.figure)
@@ -53,10 +53,11 @@ def run(args) -> int:
         result["nearest_name"].values if "nearest_name" in result else result["nearest_model_id"].values,
         result["nearest_drift"].values)]
     if args.json:
-        layers = layer_table(result).astype(object).where(lambda t: t.notna(), None)
+        layers, depths = (layer_table(result, dim).astype(object).where(lambda t: t.notna(), None)
+                          for dim in ("layer", "depth"))
         print(json.dumps({**{k: v for k, v in result.attrs.items()}, "groups": table.to_dict("records"),
-                          "nearest_models": nearest, "layers": layers.to_dict("records")}, indent=2,
-                         default=float))
+                          "nearest_models": nearest, "layers": layers.to_dict("records"),
+                          "depths": depths.to_dict("records")}, indent=2, default=float))
         return 0
     a = result.attrs
     print(f"{a['model']}: {a['n_filters']:,} 3x3 filters in {a['n_layers']} layers; {a['metric']} drift; "
@@ -69,11 +70,18 @@ def run(args) -> int:
     print("\nnearest database models")
     for n in nearest:
         print(f"  {n['model_id']:>6}  {n['name']:<32} {n['drift']:10.4f}")
-    print("\nlayer quality (value, percentile among database records)")
+    print(f"\nlayer quality (value, percentile); {reference_note(result)}")
     for row in layer_table(result).itertuples():
         print(f"  {row.layer:<28} n={row.n:<7} sparsity {row.sparsity:.3f} ({row.sparsity_percentile:5.1f}%)  "
               f"entropy {row.variance_entropy_norm:.3f} ({row.variance_entropy_norm_percentile:5.1f}%)"
               f"{'  DEGENERATED' if row.degenerated else ''}")
+    depths = layer_table(result, "depth")
+    if len(depths):
+        print("\nper conv depth, parallel branches pooled (percentile among the database's model x conv depth "
+              "records)")
+        for row in depths.itertuples():
+            print(f"  depth {row.depth:<22} n={row.n:<7} sparsity {row.sparsity:.3f} ({row.sparsity_percentile:5.1f}%)"
+                  f"  entropy {row.variance_entropy_norm:.3f} ({row.variance_entropy_norm_percentile:5.1f}%)")
     if args.figure:
         print(f"\nfigure: {args.figure}")
     return 0

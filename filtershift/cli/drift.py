@@ -4,7 +4,15 @@ import json
 import math
 
 from filtershift.cli import computing
-from filtershift.cli._args import add_storage_options, add_where, non_negative_int, number, positive_int
+from filtershift.cli._args import (
+    add_scope,
+    add_storage_options,
+    add_where,
+    non_negative_int,
+    number,
+    positive_int,
+    scope_note,
+)
 from filtershift.metrics import DEFAULT, METRICS, help_text
 
 #: the initialisers of --init (filtershift.stats.init_reference.INITS; listed here so --help imports no numpy)
@@ -21,8 +29,9 @@ def register(sub) -> None:
     p.add_argument("--by", action="append", required=True, metavar="COLUMN",
                    help="grouping: a column ('Visual Category', 'Task'), its coordinate name (visual_category), "
                         "'depth' (tenths of conv_depth_norm), 'model', or a numeric column cut into bins "
-                        "(total_filters:quantiles=5, conv_depth_norm:deciles, in_channels:bins=0,64,512); repeat "
-                        "for a combined grouping")
+                        "(total_filters:quantiles=5, conv_depth_norm:deciles, in_channels:bins=0,64,512), or "
+                        "NAME:each to count a cell listing several values ('A, B') in each of them (groups then "
+                        "overlap; docs/analysis.md); repeat for a combined grouping")
     p.add_argument("--metric", choices=tuple(METRICS), default=DEFAULT,
                    help=f"{help_text()} (default %(default)s)")
     p.add_argument("--bins", type=positive_int, default=70,
@@ -49,10 +58,11 @@ def register(sub) -> None:
                         "they are left out, as in a pandas groupby, and the output says how many")
     p.add_argument("--json", action="store_true",
                    help="print JSON: labels, matrix, n_filters, n_models, small, metric, bins, by, "
-                        "n_filters_dropped, n_models_dropped, missing_labels, contributions (per pair and "
+                        "n_filters_dropped, n_models_dropped, missing_labels, overlapping, contributions (per pair and "
                         "component); with --permutations, p_value and p_adjusted matrices (null: no test), "
-                        "permutations, alpha")
+                        "permutations, alpha; basis, range (store or selection) and range_values")
     add_where(p)
+    add_scope(p)
     add_storage_options(p)
     computing(p, run)
 
@@ -70,16 +80,17 @@ def _row(values):
 
 
 def run(args) -> int:
-    from filtershift.stats import distributions, drift, drift_components, drift_test, fit_basis
+    from filtershift.stats import distributions, drift, drift_components, drift_test
     from filtershift.stats.divergence import DROPPED
+    from filtershift.stats.scope import resolve
 
-    ds = args.dataset
-    basis = fit_basis(ds)
+    scope = resolve(args.dataset, args.basis, args.range)
+    basis = scope.basis
     by = args.by[0] if len(args.by) == 1 else args.by
     if args.within:
-        return _run_within(ds, basis, by, args)
-    dist = distributions(ds, basis, by=by, bins=args.bins, min_filters=args.min_filters,
-                         min_models=args.min_models, keep_missing=args.keep_missing)
+        return _run_within(scope, by, args)
+    dist = distributions(scope.stats, basis, by=by, bins=args.bins, min_filters=args.min_filters,
+                         min_models=args.min_models, keep_missing=args.keep_missing, range=scope.range)
     if args.init:
         from filtershift.stats import init_reference
 
@@ -92,7 +103,8 @@ def run(args) -> int:
         out = {"labels": labels, "matrix": _matrix(d.values),
                "n_filters": dist["n_filters"].values.tolist(), "n_models": dist["n_models"].values.tolist(),
                "small": dist["small"].values.tolist(), "metric": args.metric, "bins": args.bins,
-               "by": dist.attrs["by"], **{k: dist.attrs[k] for k in DROPPED}}
+               "by": dist.attrs["by"], **{k: dist.attrs[k] for k in DROPPED},
+               "overlapping": bool(dist.attrs.get("overlapping", False)), **_scope_json(scope, args)}
         out["contributions"] = [[_row(v) for v in row] for row in drift_components(dist, args.metric).values]
         if test is not None:
             out.update({"p_value": _matrix(test["p_value"].values), "p_adjusted": _matrix(test["p_adjusted"].values),
@@ -108,6 +120,11 @@ def run(args) -> int:
         cells = " ".join(f"{v:>9.4g}" for v in row)
         print(f"{i:>3} {lab:<{width}}{flag} {int(dist['n_models'][i]):>5} {int(dist['n_filters'][i]):>11,} {cells}")
     print(dropped_note(dist.attrs))
+    if dist.attrs.get("overlapping"):
+        print("groups overlap (NAME:each): a model whose cell lists several values is in each of their groups with "
+              "all its filters, so the group sizes add up to more than the store; in the permutation test the "
+              "models in both groups of a pair stay in both")
+    print(scope_note(scope, bool(args.where)))
     if test is not None:
         _print_test(test, labels, args)
     if args.explain:
@@ -165,7 +182,13 @@ def _print_test(test, labels, args) -> None:
         print(f"not testable (one model on each side, or an empty group): {len(untested)} pairs")
 
 
-def _run_within(ds, basis, by, args) -> int:
+def _scope_json(scope, args) -> dict:
+    """What --json says about the basis and range: whose (store or selection), the range, the selection."""
+    return {"basis": scope.basis_scope, "range": scope.range_scope, "range_values": list(scope.range),
+            "basis_n_filters": scope.attrs()["basis_n_filters"], "where": args.where}
+
+
+def _run_within(scope, by, args) -> int:
     """``--within``: the drift inside each stratum and pooled (no permutation test or attribution)."""
 
     from filtershift.errors import InputError
@@ -173,8 +196,9 @@ def _run_within(ds, basis, by, args) -> int:
 
     if not isinstance(by, str):
         raise InputError("--within takes one --by grouping; repeat neither, or drop --within for a combined one.")
-    c = conditional_drift(basis, by=by, within=args.within, metric=args.metric, bins=args.bins,
-                          min_filters=args.min_filters, min_models=args.min_models, keep_missing=args.keep_missing)
+    c = conditional_drift(scope.stats, scope.basis, by=by, within=args.within, metric=args.metric, bins=args.bins,
+                          min_filters=args.min_filters, min_models=args.min_models, keep_missing=args.keep_missing,
+                          range=scope.range)
     groups, strata = [str(g) for g in c["group_a"].values], [str(s) for s in c["stratum"].values]
     if args.json:
         print(json.dumps({"labels": groups, "strata": strata, "pooled": _matrix(c["pooled"].values),
@@ -182,7 +206,7 @@ def _run_within(ds, basis, by, args) -> int:
                           "drift": [_matrix(m) for m in c["drift"].values], "weight": c["weight"].values.tolist(),
                           "n_filters": c["n_filters"].values.tolist(), "n_models": c["n_models"].values.tolist(),
                           "metric": args.metric, "bins": args.bins, "by": c.attrs["by"],
-                          "within": c.attrs["within"]}, indent=1))
+                          "within": c.attrs["within"], **_scope_json(scope, args)}, indent=1))
         return 0
     width = max([len(x) for x in groups] + [8])
     print(f"{args.metric} drift by {c.attrs['by']} within {c.attrs['within']}, pooled over {len(strata)} strata "
@@ -190,6 +214,7 @@ def _run_within(ds, basis, by, args) -> int:
     print(" " * (width + 4) + " ".join(f"{i:>9}" for i in range(len(groups))))
     for i, (lab, row) in enumerate(zip(groups, c["pooled"].values)):
         print(f"{i:>3} {lab:<{width}} " + " ".join(f"{v:>9.4g}" for v in row))
+    print(scope_note(scope, bool(args.where)))
     shared = (c["n_filters"].values > 0).sum(1)
     print("strata with at least two groups: " + ", ".join(f"{s} ({int(k)})" for s, k in zip(strata, shared) if k >= 2)
           + (f"; {int((shared < 2).sum())} strata hold one group only and compare nothing" if (shared < 2).any()

@@ -28,6 +28,9 @@ def register(sub) -> None:
     p.add_argument("--eps", type=number(0, 1, lo_open=True, hi_open=True), default=0.01,
                    help="sparsity eps: a filter is sparse when every |w| < eps * max |w| of its layer "
                         "(default %(default)s)")
+    p.add_argument("--convention", choices=("notebook", "torchconvquality"), default="notebook",
+                   help="where the references differ, whose values: a layer of zeros has sparsity 0 (notebook) or 1, "
+                        "filters of zero variance entropy NaN (notebook) or 0 (default %(default)s; docs/quality.md)")
     p.add_argument("--models", action="store_true", help="one row per model instead of per layer")
     p.add_argument("--init", metavar="INIT",
                    help="add init_distance, each layer's drift (kl_sym) from freshly initialised filters of INIT: "
@@ -125,7 +128,8 @@ def run(args) -> int:
         from filtershift.stats.init_reference import init_distance
 
         ds = record_stats(ds)  # one RecordStats: the quality table and the distance share pass 1
-    table = layer_quality(ds, args.eps, thresholds=thresholds, orthogonality=not args.no_orthogonality)
+    table = layer_quality(ds, args.eps, thresholds=thresholds, orthogonality=not args.no_orthogonality,
+                          convention=args.convention)
     if args.init is not None:
         table["init_distance"] = init_distance(ds, init=args.init).reindex(table["record"]).to_numpy()
     if args.models:
@@ -140,7 +144,8 @@ def run(args) -> int:
         return 0
     n_bad = int(table["n_degenerated"].sum() if args.models else table["degenerated"].sum())
     what = "models" if args.models else "records"
-    print(f"{total:,} {what}; sparsity eps {args.eps}; thresholds: sparsity >= {thresholds.sparsity}, clean "
+    print(f"{total:,} {what}; {args.convention} convention; sparsity eps {args.eps}; thresholds: sparsity >= "
+          f"{thresholds.sparsity}, clean "
           f"normalised entropy <= {thresholds.entropy_low} or >= {thresholds.entropy_high} "
           f"(with >= {thresholds.min_filters} non-sparse filters)")
     if args.out:

@@ -1,6 +1,6 @@
 """``filtershift synth OUT``"""
 
-from filtershift.cli._args import non_negative_int, positive_int
+from filtershift.cli._args import non_negative_int, number, positive_int
 
 #: The choices of filtershift.synth (FORMATS, STYLES, META_FORMATS, LAYOUTS, DTYPES), repeated so that
 #: building the parser imports no numpy or h5py; tests/test_cli_boundary.py checks that they agree.
@@ -9,6 +9,7 @@ STYLES = ("v1.0", "v0.1")
 META_FORMATS = ("table", "fixed", "csv")
 LAYOUTS = ("flat", "3x3")
 DTYPES = ("float32", "float16", "float64")
+ROBUST_STRATA = ("ImageNet1k", "CIFAR-10", "CIFAR-100", "SVHN")
 
 
 def register(sub) -> None:
@@ -34,6 +35,14 @@ def register(sub) -> None:
     p.add_argument("--layer-meta", action="store_true",
                    help="meta table with one row per layer (layer_id level, layer_name, channels; parallel "
                         "branches) and extra model columns (Robust, Top-1 accuracy, Epochs, Training Regime)")
+    p.add_argument("--robust-within", choices=ROBUST_STRATA, metavar="DATASET",
+                   help="with --layer-meta: plant an effect of Robust inside this training data set only (one of "
+                        f"{', '.join(ROBUST_STRATA)}): every natural-image Classification model is trained on it, "
+                        "every second one is robust and draws 30%% of its filters from the smooth family")
+    p.add_argument("--entropy-gain", type=number(0), default=0.0, metavar="G",
+                   help="plant a fall of variance entropy with model size: each filter x (1 + g (k . u)^2), u the "
+                        "unit constant kernel, g from 0 (fewest filters) to G (most), geometric in log filters; "
+                        "drifts unchanged (default 0: off)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--resume", action="store_true",
                    help="--format zarr: finish a store whose writing was interrupted (same arguments)")
@@ -47,7 +56,8 @@ def run(args) -> int:
     out = synth.synthesize(args.out, n_filters=args.filters, n_models=args.models, seed=args.seed,
                            format=args.format, style=args.style, meta_format=meta_format, layout=args.layout,
                            dtype=args.dtype, shuffle_records=args.shuffle_records, overwrite=args.overwrite,
-                           resume=args.resume, layer_meta=args.layer_meta)
+                           resume=args.resume, layer_meta=args.layer_meta, robust_within=args.robust_within,
+                           entropy_gain=args.entropy_gain)
     truth = synth.read_truth(out)
     print(f"{out}: {truth['n_filters']:,} filters, {truth['n_records']:,} records, {truth['n_models']:,} models; "
           f"truth in {synth.truth_path(out)}")

@@ -199,7 +199,8 @@ def _build_run(spec: dict, identity: dict, name: str, staging: Path, default_sch
     (staging / "figures").mkdir()
     (staging / "tables").mkdir()
     created = utc_now()
-    n_steps = 3 + len(spec["groupings"]) + (1 if spec["figures"]["density_bins"] else 0)
+    n_steps = (3 + len(spec["groupings"]) + len(spec["within"]) + (1 if spec["init"] else 0)
+               + (1 if spec["figures"]["density_bins"] else 0))
     with progress.bar(total=n_steps, desc="report", unit="stage") as bar:
         def step(label):
             log.info("stage: %s", label)

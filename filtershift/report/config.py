@@ -32,6 +32,11 @@ DEFAULTS: dict = {
     "bins": 70,
     "keep_missing": False,
     "where": None,
+    "within": [],
+    "init": [],
+    "explain": 3,
+    "basis": "store",
+    "range": None,
     "thresholds": {
         "min_filters": 1000,
         "min_models": 2,
@@ -41,6 +46,7 @@ DEFAULTS: dict = {
         "n_boot": 200,
         "seed": 0,
         "level": 0.95,
+        "method": "basic",
         "max_groups": 40,
     },
     "significance": {
@@ -67,6 +73,7 @@ DEFAULTS: dict = {
 #: (key path, kind, lower bound, upper bound) for every scalar number.
 _NUMBERS = [
     (("bins",), int, 2, 4096),
+    (("explain",), int, 0, 20),
     (("thresholds", "min_filters"), int, 0, None),
     (("thresholds", "min_models"), int, 0, None),
     (("thresholds", "sparsity_eps"), float, 0.0, 0.999999),
@@ -222,6 +229,18 @@ def validate(spec: dict, where: str = "report config") -> dict:
             raise InputError(f"{where}: 'where' must be an expression in quotes (docs/analysis.md); got "
                              f"{spec['where']!r}.")
         parse(spec["where"])
+    from filtershift.stats.divergence import INTERVALS
+
+    if spec["bootstrap"]["method"] not in INTERVALS:
+        raise InputError(f"{where}: 'bootstrap.method' must be one of {list(INTERVALS)}; got "
+                         f"{spec['bootstrap']['method']!r}.")
+    spec["within"] = _within(spec["within"], where)
+    spec["init"] = _inits(spec["init"], where)
+    for key, choices in (("basis", ("store", "selection")), ("range", (None, "store", "selection"))):
+        if spec[key] not in choices:
+            also = "; or null, that of 'basis'" if key == "range" else ""
+            raise InputError(f"{where}: {key!r} must be 'store' (of the whole store, as the CNN-Filter-DB notebook) "
+                             f"or 'selection' (of the records of 'where' alone){also}; got {spec[key]!r}.")
     if spec["bootstrap"]["n_boot"] == 1:
         raise InputError(f"{where}: 'bootstrap.n_boot' must be 0 (no intervals) or at least 2; got 1.")
     return spec
@@ -235,6 +254,50 @@ def _density_range(value, where: str) -> list:
         raise InputError(f"{where}: 'figures.density_range' must be [lower, upper], two finite numbers with lower < "
                          f"upper (the coefficient range of both axes, default [-3.3, 3.3]); got {value!r}.")
     return [float(value[0]), float(value[1])]
+
+
+def _within(value, where: str) -> list:
+    """``within``: one ``{by: NAME, strata: NAME}`` or a list of them (none by default); returns the list."""
+    entries = [] if value is None else [value] if isinstance(value, dict) else value
+    form = ("'within' takes {by: GROUPING, strata: GROUPING} or a list of them, e.g. {by: Robust, strata: "
+            "training_dataset}: the groups of 'by' compared inside each stratum of 'strata'")
+    if not isinstance(entries, list):
+        raise InputError(f"{where}: {form}; got {value!r}.")
+    out = []
+    for entry in entries:
+        if not isinstance(entry, dict) or set(entry) != {"by", "strata"}:
+            raise InputError(f"{where}: {form}; got {entry!r}.")
+        names = [entry[k].strip() if isinstance(entry[k], str) else "" for k in ("by", "strata")]
+        if not all(names):
+            raise InputError(f"{where}: 'within' entry {entry!r}: 'by' and 'strata' must each name one grouping "
+                             "(a column, depth or a binned numeric column such as total_filters:quantiles=5).")
+        if names[0] == names[1]:
+            raise InputError(f"{where}: 'within' entry {entry!r} names the same grouping twice; choose two.")
+        out.append({"by": names[0], "strata": names[1]})
+    keys = [within_name(e) for e in out]
+    if len(set(keys)) != len(keys):
+        raise InputError(f"{where}: 'within' lists the same comparison twice: {keys}.")
+    return out
+
+
+def _inits(value, where: str) -> list:
+    """``init``: ``true`` (every initialiser), ``false``/none (none), a name or a list of names."""
+    if value is None or value is False or value == []:
+        return []
+    from filtershift.stats.init_reference import INITS
+
+    if value is True:
+        return list(INITS)
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or any(n not in INITS for n in names):
+        raise InputError(f"{where}: 'init' must be true (all of them), false, or a list of {list(INITS)}; got "
+                         f"{value!r}.")
+    return list(dict.fromkeys(names))
+
+
+def within_name(entry: dict) -> str:
+    """The display and file-name key of a ``within`` entry: '<by> within <strata>'."""
+    return f"{entry['by']} within {entry['strata']}"
 
 
 def grouping_name(grouping) -> str:

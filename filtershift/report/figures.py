@@ -402,10 +402,12 @@ def boxes(matrix, labels, small, order, *, metric: str, title: str) -> plt.Figur
     return fig
 
 
-def intervals(pairs, metrics, *, level: float, title: str) -> plt.Figure:
+def intervals(pairs, metrics, *, level: float, title: str, method: str = "basic") -> plt.Figure:
     """Point estimate and bootstrap interval of the drift of each pair, one panel per metric.
 
     ``pairs``: list of pair labels; ``metrics``: {metric: (drift, lower, upper)} arrays aligned with ``pairs``.
+    The interval is drawn as it is (a bias-corrected interval may lie beside the estimate); a pair without one
+    (a one-model group) is an open marker.
     """
     n = len(pairs)
     left, width, gap, bottom, height = text_width(pairs, 7) + TICK + 0.1, 2.6, 0.35, TICK + 2 * LINE, 0.24 * n + 0.2
@@ -422,11 +424,35 @@ def intervals(pairs, metrics, *, level: float, title: str) -> plt.Figure:
             ax.sharey(first)
             ax.tick_params(axis="y", labelleft=False)
         d, lo, hi = (np.asarray(v, np.float64) for v in (d, lo, hi))
-        ax.errorbar(d, y, xerr=[np.clip(d - lo, 0, None), np.clip(hi - d, 0, None)], fmt="o", ms=3,
-                    color="#4c72b0", ecolor="#999", capsize=2)
+        has = np.isfinite(lo) & np.isfinite(hi)
+        ax.hlines(y[has], lo[has], hi[has], color="#999", lw=1.2)
+        ax.plot(d[has], y[has], "o", ms=3, color="#4c72b0")
+        ax.plot(d[~has], y[~has], "o", ms=4, mfc="none", color="#4c72b0", label="no interval (one model)")
         ax.set_xlabel(f"{metric} drift")
+        if (~has).any():
+            ax.legend(fontsize=7, loc="lower right")
     fig.text(0.1 / fig.get_size_inches()[0], 1 - 0.08 / fig.get_size_inches()[1],
-             f"{title} ({level:.0%} bootstrap intervals over models)", va="top", fontsize=10)
+             f"{title} ({level:.0%} {method} bootstrap intervals over models)", va="top", fontsize=10)
+    return fig
+
+
+def contributions(pairs, parts, totals, *, metric: str, title: str) -> plt.Figure:
+    """Per-component terms of the drift of each pair as grouped bars (one colour per pair, components on x); the
+    bars of a pair sum to its drift, given in the legend."""
+    parts = np.asarray(parts, np.float64)
+    k, n = parts.shape
+    x = np.arange(n)
+    width = 0.8 / k
+    fig, ax = _frame(max(4.4, 0.35 * k * n + 0.6), 2.6, left=text_width(["0.000"]) + TICK + LINE + 0.1,
+                     bottom=TICK + 2 * LINE, top=LINE + 0.1)
+    for i in range(k):
+        ax.bar(x - 0.4 + width * (i + 0.5), parts[i], width, color=plt.cm.tab10(i % 10),
+               label=f"{pairs[i]} ({totals[i]:.3g})")
+    ax.set_xticks(x, [f"c{j}" for j in x])
+    ax.set_xlabel("component")
+    ax.set_ylabel(f"{metric} term")
+    ax.legend(frameon=False, fontsize=7)
+    ax.set_title(title)
     return fig
 
 
@@ -530,7 +556,7 @@ class ReportFigure:
 
 def _group_sizes(c):
     r = c["gr"]
-    return c["g"].labels, r["n_models"], r["n_filters"], r["small"]
+    return c["g"].display, r["n_models"], r["n_filters"], r["small"]
 
 
 def _heatmap(c, order, title):
@@ -576,12 +602,9 @@ def _boxes(c, order, title):
 
 def _largest_pairs(ci, labels: list, k: int):
     """Labels and (row, column) indices of the ``k`` pairs (a < b) of largest drift in ``ci``, largest first."""
-    d = ci["drift"].values
-    a, b = np.triu_indices(len(labels), 1)
-    keep = np.isfinite(d[a, b])
-    a, b = a[keep], b[keep]
-    order = np.argsort(-d[a, b], kind="stable")[:k]
-    a, b = a[order], b[order]
+    from filtershift.report.analysis import largest_pairs
+
+    a, b = largest_pairs(ci["drift"].values, k)
     return [f"{labels[i]} vs {labels[j]}" for i, j in zip(a, b)], (a, b)
 
 
@@ -590,11 +613,49 @@ def _intervals(c):
     if not g.ci:
         return None
     first = next(iter(g.ci.values()))
-    pairs, idx = _largest_pairs(first, g.labels, c["fig_spec"]["top_k"])
+    if not np.isfinite(first["lower"].values).any():
+        return None
+    pairs, idx = _largest_pairs(first, g.display, c["fig_spec"]["top_k"])
     if not pairs:
         return None
     data = {m: tuple(ci[part].values[idx] for part in ("drift", "lower", "upper")) for m, ci in g.ci.items()}
-    return {"pairs": pairs, "metrics": data, "level": first.attrs["level"], "title": f"Largest drifts by {c['name']}"}
+    return {"pairs": pairs, "metrics": data, "level": first.attrs["level"], "title": f"Largest drifts by {c['name']}",
+            "method": first.attrs["method"].split(" bootstrap")[0]}
+
+
+def _attribution(c):
+    a = c["gr"].get("attribution")
+    if not a:
+        return None
+    pairs = a["pairs"]
+    return {"pairs": [f"{p['a']} vs {p['b']}" for p in pairs], "parts": [p["contributions"] for p in pairs],
+            "totals": [p["drift"] for p in pairs], "metric": a["metric"],
+            "title": f"The {len(pairs)} largest {a['metric']} drifts by {c['name']}, by component"}
+
+
+def _attribution_caption(c) -> str:
+    return (f"Each bar is one component's term of a pair's {c['gr']['attribution']['metric']} drift: its explained "
+            "variance ratio times the divergence between the two groups' histograms of that coefficient. A pair's "
+            "bars sum to its drift (in the legend); a tall bar at component k means the coefficients of "
+            "eigenimage k moved. results.json also lists each pair's leading bins.")
+
+
+def _init_matrix(c):
+    i = c["gr"].get("init")
+    if not i:
+        return None
+    return {"matrix": i["matrix"], "labels": i["labels"], "n_models": i["n_models"], "n_filters": i["n_filters"],
+            "small": i["small"], "order": i["order"], "metric": i["metric"],
+            "title": f"{i['metric']} drift by {c['name']} and from random initialisation"}
+
+
+def _init_caption(c) -> str:
+    i = c["gr"]["init"]
+    return (f"The groups of {c['name']} (same order as above) and freshly initialised filters of "
+            f"{', '.join(i['inits'])} (last; sampled in {len(i['layers'])} layers each, seed {i['seed']}, counted in "
+            "the same bins). A group close to an initialisation looks untrained. Two samples of one initialiser "
+            "differ by about 0.0007 nats (kl_sym); after scaling, the two uniform initialisers give one "
+            "distribution, and so do the two Gaussian ones.")
 
 
 def _group_eigenimages(c):
@@ -781,10 +842,17 @@ FIGURES = (
                  boxes, "boxes-{slug}", lambda c: "Drift of the most shifted groups to every other group.",
                  lambda c: f"{c['name']} drift boxes", display="clustered"),
     ReportFigure("grouping.{name}.intervals", "grouping", _intervals, intervals, "intervals-{slug}",
-                 lambda c: f"The largest drifts with {c['gr']['bootstrap']['level']:.0%} percentile bootstrap "
-                           f"intervals ({c['gr']['bootstrap']['n_boot']} resamples of the models within each group), "
-                           "one panel per metric; pairs ordered by the first metric.",
+                 lambda c: f"The largest drifts with {c['gr']['bootstrap']['level']:.0%} "
+                           f"{c['gr']['bootstrap']['method']} ({c['gr']['bootstrap']['n_boot']} resamples), one "
+                           "panel per metric; pairs ordered by the first metric. A finite-sample divergence is "
+                           "biased upwards, so a bias-corrected interval may lie below the estimate.",
                  lambda c: f"{c['name']} bootstrap intervals", heading=lambda c: "Bootstrap intervals"),
+    ReportFigure("grouping.{name}.attribution", "grouping", _attribution, contributions, "attribution-{slug}",
+                 _attribution_caption, lambda c: f"{c['name']} drift by component",
+                 heading=lambda c: "Which components drive the largest drifts"),
+    ReportFigure("grouping.{name}.init", "grouping", _init_matrix, heatmap, "drift-{slug}-{metric0}-init",
+                 _init_caption, lambda c: f"{c['name']} drift from random initialisation", vector=False,
+                 heading=lambda c: "Against random initialisation"),
     ReportFigure("grouping.{name}.eigenimages", "grouping", _group_eigenimages, group_eigenimages,
                  "eigenimages-{slug}", lambda c: "The same PCA fitted on each group's filters.",
                  lambda c: f"{c['name']} eigenimages", heading=lambda c: "Eigenimages per group"),

@@ -37,6 +37,7 @@ th { background: var(--soft); }
 .scroll { overflow-x: auto; max-width: 100%; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.small td { color: var(--warn); }
+tr.pooled td { font-weight: 600; background: var(--soft); }
 .row { display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; }
 .row > * { flex: 0 1 auto; min-width: 0; max-width: 100%; }
 .cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 12px 0; }
@@ -104,7 +105,8 @@ def cards(items: list) -> str:
 
 def sizes_table(g: dict, order: list) -> str:
     """Group sizes in display order; small groups in red with a flag."""
-    rows = [[g["labels"][i], g["n_models"][i], g["n_filters"][i], "small" if g["small"][i] else ""] for i in order]
+    shown = g.get("names") or g["labels"]
+    rows = [[shown[i], g["n_models"][i], g["n_filters"][i], "small" if g["small"][i] else ""] for i in order]
     return table(["group", "models", "filters", ""], rows, numeric={1, 2},
                  row_class=lambda i: "small" if rows[i][3] else "")
 
@@ -171,6 +173,9 @@ def overview_section(r: dict) -> str:
               ["sparsity eps", p["thresholds"]["sparsity_eps"]],
               ["bootstrap", f"{p['bootstrap']['n_boot']} replicates, seed {p['bootstrap']['seed']}, "
                             f"level {p['bootstrap']['level']}"],
+              ["within strata", ", ".join(r.get("within", {})) or "none"],
+              ["random-initialisation references", ", ".join(p.get("init") or []) or "none"],
+              ["attribution (most drifted pairs)", p.get("explain", 0)],
               ["spec hash", r["run"]["spec_hash"][:16]], ["filtershift", r["run"]["filtershift_version"]],
               ["scheduler", r["run"].get("scheduler", "")]]
     parts.append("<h3>Parameters of this report</h3>" + table(["parameter", "value"], params))
@@ -180,12 +185,24 @@ def overview_section(r: dict) -> str:
     return "\n".join(parts)
 
 
+def scope_note(b: dict, where) -> str:
+    """Whose basis and coefficient range the histograms use (the whole store's or the selection's)."""
+    if "basis_scope" not in b:
+        return ""
+    whose = {"store": "the whole store", "selection": "the selected records", "given": "a given basis"}
+    lo, hi = b["range"]
+    sel = f" Selection: <code>{escape(where)}</code>." if where else ""
+    return (f'<p class="note">Basis of {whose[b["basis_scope"]]}; histograms binned over the coefficient range of '
+            f'{whose[b["range_scope"]]}, [{lo:.4g}, {hi:.4g}].{sel}</p>')
+
+
 def basis_section(r: dict, figs: dict) -> str:
     b = r["basis"]
     return "\n".join([
         '<section id="basis"><h2>Global basis</h2>',
         f'<p class="note">PCA of {cell(b["n_samples"])} filters, each scaled by its largest absolute weight '
         "(the CNN-Filter-DB convention). Signs: each component's largest entry is positive.</p>",
+        scope_note(b, r["parameters"].get("where")),
         registered("basis", figs, _context(r)),
         "</section>"])
 
@@ -232,6 +249,61 @@ def key_section(r: dict, figs: dict) -> str:
             + registered("key", figs, _context(r)) + "</section>")
 
 
+#: Pairs of a ``within`` comparison listed on the page, largest pooled drift first (results.json has every pair).
+WITHIN_PAIRS = 10
+
+
+def within_section(name: str, w: dict) -> str:
+    """One ``within`` comparison: for each pair, the pooled drift and the drift inside each stratum with its
+    weight (the pair's filters there) and the weight's share of the pooled weight."""
+    labels, strata, n = w["labels"], w["strata"], len(w["labels"])
+    pairs = [(a, b) for a in range(n) for b in range(a + 1, n) if w["pooled"][a][b] is not None]
+    pairs.sort(key=lambda ab: -w["pooled"][ab[0]][ab[1]])
+    rows, pooled_rows = [], set()
+    for a, b in pairs[:WITHIN_PAIRS]:
+        total = w["pooled_weight"][a][b]
+        pooled_rows.add(len(rows))
+        rows.append([f"{labels[a]} vs {labels[b]}", "pooled", w["pooled"][a][b], total, 1.0, None, None])
+        for s, stratum in enumerate(strata):
+            value = w["drift"][s][a][b]
+            if value is not None:
+                weight = w["weight"][s][a][b]
+                rows.append(["", stratum, value, weight, weight / total if total else None, w["n_models"][s][a],
+                             w["n_models"][s][b]])
+    shared = sum(1 for s in range(len(strata)) if sum(1 for x in w["n_filters"][s] if x) >= 2)
+    more = (f" The {len(pairs) - WITHIN_PAIRS} other pairs are in results.json." if len(pairs) > WITHIN_PAIRS
+            else "")
+    note = (f'<p class="note">{esc(w["metric"])} drift between the groups of {esc(w["by"])} inside each stratum of '
+            f'{esc(w["within"])}, and pooled: the mean over the strata where both groups have filters, weighted by '
+            "the pair's filters in the stratum (weight; share: of the pooled weight). A pooled value compares like "
+            f"with like: drift that comes from {esc(w['within'])} alone is not in it. {shared} of {len(strata)} "
+            f"strata hold at least two groups; the others compare nothing. Largest pooled drift first.{more}</p>")
+    return (f'<section id="{esc("w-" + w["slug"])}"><h2>Within strata: {esc(name)}</h2>{note}'
+            + table(["pair", "stratum", w["metric"], "weight (filters)", "share", "models a", "models b"], rows,
+                    numeric={2, 3, 4, 5, 6}, row_class=lambda i: "pooled" if i in pooled_rows else "")
+            + "</section>")
+
+
+def init_part(q: dict) -> str:
+    """The layers closest to an initialisation reference (they look untrained), with how to read the distance."""
+    i = q.get("init")
+    if not i:
+        return ""
+    rows = i["closest_layers"]
+    cols = list(rows[0]) if rows else []
+    kl = (f" For kl_sym, two samples of one initialiser differ by about 0.0007 nats: a distance below "
+          f"{i['seed_error_kl_sym']:g} cannot be told from initialisation." if i["metric"] == "kl_sym" else "")
+    note = (f'<p class="note">Each layer\'s {esc(i["metric"])} drift from freshly initialised filters of '
+            f'{esc(", ".join(i["inits"]))} (its coefficient histogram against the sampled reference, on the global '
+            f"basis in {i['bins']} bins; <code>init_distance</code> in <code>tables/layer_quality</code> is the "
+            "smallest over the initialisers, <code>init_nearest</code> names it). The layers closest to one look "
+            f"untrained. Layers of few filters have noisy histograms and sit far from everything.{kl}</p>")
+    numeric = {j for j, c in enumerate(cols) if c in ("model_id", "conv_depth", "conv_depth_norm", "n",
+                                                      "init_distance")}
+    return ("<h3>Closest to random initialisation</h3>" + note
+            + table(cols, [[x[c] for c in cols] for x in rows], numeric=numeric))
+
+
 def density_section(r: dict, figs: dict) -> str:
     d = r.get("density2d")
     if not d:
@@ -254,6 +326,7 @@ def quality_section(r: dict, figs: dict) -> str:
         parts.append(f"<h3>By {esc(by)}</h3>" + table(["group", *cols], [[x["group"], *[x[c] for c in cols]]
                                                                           for x in rows],
                                                        numeric=set(range(1, len(cols) + 1))))
+    parts.append(init_part(q))
     for title, key in (("Most degenerated layers", "most_degenerated_layers"),
                        ("Most degenerated models", "most_degenerated_models")):
         rows = q.get(key) or []
@@ -272,10 +345,12 @@ def run_page(r: dict) -> str:
     figs = r["figures"]
     nav = [("overview", "Overview")] + ([("key", "Key figure")] if "key" in figs else []) + [("basis", "Basis")]
     nav += [("g-" + g["slug"], name) for name, g in r["groupings"].items()]
+    nav += [("w-" + w["slug"], name) for name, w in r.get("within", {}).items()]
     nav += [("density", "2D density")] if r.get("density2d") else []
     nav += [("quality", "Quality"), ("files", "Files")]
     body = [overview_section(r), key_section(r, figs), basis_section(r, figs)]
     body += [grouping_section(name, g, figs, r) for name, g in r["groupings"].items()]
+    body += [within_section(name, w) for name, w in r.get("within", {}).items()]
     body += [density_section(r, figs), quality_section(r, figs)]
     files = [[k, v.get("parquet"), v.get("csv")] for k, v in r["tables"].items()]
     body.append('<section id="files"><h2>Files</h2><p><a href="results.json">results.json</a> (schema '

@@ -58,12 +58,17 @@ def histogram_table(dist) -> pd.DataFrame:
                          "count": counts.ravel(), "p": dist["p"].values.ravel()})
 
 
-def matrix_table(da) -> pd.DataFrame:
-    """Long table of a drift matrix: group_a, group_b, value."""
+def matrix_table(da, names: list | None = None) -> pd.DataFrame:
+    """Long table of a drift matrix: group_a, group_b, value (and name_a, name_b when the groups have names)."""
     labels = np.array([str(x) for x in da["group_a"].values], dtype=object)
     n = len(labels)
     a, b = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
-    return pd.DataFrame({"group_a": labels[a.ravel()], "group_b": labels[b.ravel()], "value": da.values.ravel()})
+    out = pd.DataFrame({"group_a": labels[a.ravel()], "group_b": labels[b.ravel()], "value": da.values.ravel()})
+    if names is not None:
+        names = np.array(names, dtype=object)
+        out.insert(2, "name_a", names[a.ravel()])
+        out.insert(3, "name_b", names[b.ravel()])
+    return out
 
 
 def model_labels(moments, key: str, keep_missing: bool = False) -> pd.Series | None:
@@ -103,10 +108,16 @@ QUALITY_BY = ("depth", "task", "visual_category")
 QUALITY_METRICS = ("sparsity", "variance_entropy_norm", "variance_entropy_clean_norm")
 
 
-def quality_summary(layer: pd.DataFrame, model: pd.DataFrame, top: int, eps: float) -> dict:
+#: The criteria columns of a quality table (:func:`filtershift.stats.quality.degeneration`) as a reader names them.
+REASONS = {"sparse": "sparse", "low_diversity": "low diversity", "random_like": "random-like"}
+
+
+def quality_summary(layer: pd.DataFrame, model: pd.DataFrame, top: int, eps: float,
+                    names: dict | None = None) -> dict:
     """Per grouping (depth decile, task, visual category): layer counts, filter-weighted means, medians and
     degenerated share of each metric (:func:`filtershift.stats.quality.quality_by`); the most degenerated layers
-    and models (:func:`~filtershift.stats.quality.most_degenerated`)."""
+    (with the model's name from ``names``, {model id: name}, and the criteria that flag them) and models
+    (:func:`~filtershift.stats.quality.most_degenerated`)."""
     from filtershift.stats.quality import most_degenerated, quality_by
 
     by = {}
@@ -126,8 +137,16 @@ def quality_summary(layer: pd.DataFrame, model: pd.DataFrame, top: int, eps: flo
     model_cols = [c for c in ("model_id", "task", "visual_category", "n_layers", "n_filters", "sparsity",
                               "variance_entropy_clean_norm", "n_degenerated", "degenerated_share",
                               "degenerated_filter_share") if c in model]
-    worst_layers = most_degenerated(layer, top)[layer_cols]
+    worst = most_degenerated(layer, top)
+    worst_layers = worst[layer_cols]
+    if names is not None:
+        worst_layers.insert(1, "model", worst["model_id"].astype(str).map(names).fillna("").to_numpy())
+    flags = [c for c in REASONS if c in worst]
+    worst_layers.insert(len(worst_layers.columns) - 1, "reason", [
+        ", ".join(REASONS[c] for c in flags if row[c]) for _, row in worst[flags].iterrows()])
     worst_models = most_degenerated(model, top)[model_cols]
+    if names is not None:
+        worst_models.insert(1, "model", worst_models["model_id"].astype(str).map(names).fillna("").to_numpy())
     return {"sparsity_eps": eps, "thresholds": clean(layer.attrs.get("thresholds")), "n_layers": int(len(layer)),
             "n_degenerated": int(layer["degenerated"].sum()), "metrics": list(QUALITY_METRICS), "by": by,
             "most_degenerated_layers": _records(worst_layers), "most_degenerated_models": _records(worst_models)}
@@ -152,7 +171,7 @@ def grouping_results(g, spec: dict, tables: Path, table_index: dict) -> dict:
     dist = g.dist
     slug = safe_name(g.name)
     inline = g.size <= spec["figures"]["max_groups"]
-    out = {"by": list(dist.attrs["by"]), "slug": slug, "size": g.size, "labels": g.labels,
+    out = {"by": list(dist.attrs["by"]), "slug": slug, "size": g.size, "labels": g.labels, "names": g.names,
            "n_filters": dist["n_filters"].values, "n_models": dist["n_models"].values,
            "small": dist["small"].values, "order": g.order, "display": "matrix" if inline else "clustered",
            "cluster_order": g.cluster_order, "top": g.top, "metrics": {}, "mean_drift": {}, "bootstrap": None,
@@ -166,7 +185,7 @@ def grouping_results(g, spec: dict, tables: Path, table_index: dict) -> dict:
         if inline:
             entry["matrix"] = da.values
         else:
-            files = write_table(matrix_table(da), tables, f"drift-{slug}-{metric}")
+            files = write_table(matrix_table(da, g.names), tables, f"drift-{slug}-{metric}")
             table_index[f"drift-{slug}-{metric}"] = files
             entry["table"] = files["parquet"]
         if metric in g.ci:
@@ -193,7 +212,46 @@ def grouping_results(g, spec: dict, tables: Path, table_index: dict) -> dict:
     if g.bases is not None:
         out["group_bases"] = {"explained_variance_ratio": g.bases["explained_variance_ratio"].values,
                               "components": g.bases["components"].values, "valid": g.bases["valid"].values}
+    if g.attribution is not None:
+        out["attribution"] = attribution_results(g.attribution, g.labels)
+    if g.init is not None:
+        ref = g.init
+        out["init"] = {"metric": g.init_drift.attrs["metric"], "inits": ref.attrs["init_names"],
+                       "labels": [str(x) for x in ref["group"].values], "n_filters": ref["n_filters"].values,
+                       "n_models": ref["n_models"].values, "small": ref["small"].values,
+                       "matrix": g.init_drift.values, "order": [*g.order, *range(g.size, ref.sizes["group"])],
+                       "seed": ref.attrs["init_seed"], "layers": ref.attrs["init_layers"],
+                       "dropped": ref.attrs["init_dropped"]}
     return out
+
+
+def attribution_results(a: dict, labels: list) -> dict:
+    """The most drifted pairs: each one's drift, per-component terms and shares of it, and leading bins."""
+    pairs = []
+    for (i, j), total, parts, bins in zip(a["pairs"], a["drift"], a["contributions"], a["top_bins"]):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            shares = parts / total if total > 0 else np.full_like(parts, np.nan)
+        pairs.append({"a": labels[i], "b": labels[j], "index": [i, j], "drift": total, "contributions": parts,
+                      "shares": shares, "top_bins": bins.to_dict("records")})
+    return {"metric": a["metric"], "pairs": pairs}
+
+
+def within_results(c) -> dict:
+    """One ``within`` comparison (:func:`~filtershift.conditional_drift`): per stratum and pooled, with weights
+    (filter counts, as integers)."""
+    return {"by": c.attrs["by"], "within": c.attrs["within"], "metric": c.attrs["metric"],
+            "labels": [str(x) for x in c["group_a"].values], "strata": [str(x) for x in c["stratum"].values],
+            "pooled": c["pooled"].values, "pooled_weight": c["pooled_weight"].values.astype(np.int64),
+            "drift": c["drift"].values, "weight": c["weight"].values.astype(np.int64),
+            "n_filters": c["n_filters"].values, "n_models": c["n_models"].values}
+
+
+def closest_to_init(layer: pd.DataFrame, top: int) -> list:
+    """The ``top`` layers of smallest ``init_distance`` (the ones that look untrained), NaN last."""
+    cols = [c for c in ("model_id", "model", "name", "conv_depth", "conv_depth_norm", "layer", "n", "init_nearest",
+                        "init_distance") if c in layer]
+    rows = layer.sort_values("init_distance", kind="stable", na_position="last").head(top)[cols]
+    return _records(rows)
 
 
 def build_results(analysis, spec: dict, run: dict, tables: Path, models: pd.DataFrame,
@@ -208,10 +266,12 @@ def build_results(analysis, spec: dict, run: dict, tables: Path, models: pd.Data
         "parameters": content_spec(spec),
         "basis": {"n_samples": int(b.n_samples_), "mean": b.mean_, "components": b.components_,
                   "explained_variance": b.explained_variance_,
-                  "explained_variance_ratio": b.explained_variance_ratio_, "covariance": analysis.covariance},
+                  "explained_variance_ratio": b.explained_variance_ratio_, "covariance": analysis.covariance,
+                  **analysis.scope},
         "groupings": {name: grouping_results(g, spec, tables, table_index)
                       for name, g in analysis.groupings.items()},
         "notes": list(analysis.notes),
+        "within": {name: dict(within_results(c), slug=safe_name(name)) for name, c in analysis.within.items()},
     }
     results["overview"] = {"share_3x3": share_3x3(models, model_labels(analysis.moments, "task",
                                                                         spec["keep_missing"]))}
@@ -233,8 +293,19 @@ def build_results(analysis, spec: dict, run: dict, tables: Path, models: pd.Data
         layer, model = analysis.layer_quality, analysis.model_quality
         table_index["layer_quality"] = write_table(layer_table(layer), tables, "layer_quality")
         table_index["model_quality"] = write_table(layer_table(model), tables, "model_quality")
+        from filtershift.report.analysis import model_names
+
+        ids = models["model_id"].astype(str).tolist()
         results["quality"] = quality_summary(layer, model, spec["figures"]["degenerated_top"],
-                                             spec["thresholds"]["sparsity_eps"])
+                                             spec["thresholds"]["sparsity_eps"],
+                                             names=dict(zip(ids, model_names(models, ids))))
+        if "init" in layer.attrs:
+            from filtershift.stats.init_reference import SEED_ERROR
+
+            results["quality"]["init"] = {**layer.attrs["init"], "seed_error_kl_sym": SEED_ERROR,
+                                          "columns": ["init_distance", "init_nearest",
+                                                      *(f"init_distance_{n}" for n in layer.attrs["init"]["inits"])],
+                                          "closest_layers": closest_to_init(layer, spec["figures"]["degenerated_top"])}
     results["headline"] = headline(results, spec)
     results["tables"] = table_index
     return results, table_index

@@ -269,14 +269,15 @@ def group_bases(data, by="task", *, min_filters: int = 1000, min_models: int = 2
     stats = as_stats(data)
     m = stats.moments()
     g = groups(m, by, keep_empty=keep_empty, keep_missing=keep_missing, tables=stats.tables)
-    gn, gs, gc = group_comoments(g.codes, m["n"].values, m["scaled_sum"].values,
+    gn, gs, gc = group_comoments(g.membership, m["n"].values, m["scaled_sum"].values,
                                  m["scaled_comoment"].values, g.size)
     fits = [pca_from_moments(gn[i], gs[i], gc[i]) for i in range(g.size)]
     mean = np.array([f[0] for f in fits]).reshape(g.size, K)
     comps = np.array([f[1] for f in fits]).reshape(g.size, K, K)
     ev = np.array([f[2] for f in fits]).reshape(g.size, K)
     ratio = np.array([f[3] for f in fits]).reshape(g.size, K)
-    members = {(c, mid) for c, mid in zip(g.codes, m["model_id"].values) if c >= 0}
+    rows, in_group = g.members
+    members = set(zip(in_group, m["model_id"].values[rows]))
     n_models = np.bincount(np.array([c for c, _ in members], np.int64), minlength=g.size) if members \
         else np.zeros(g.size, np.int64)
     coords = {"group": np.array(g.labels, dtype=object), "component": np.arange(K), "k": np.arange(K),

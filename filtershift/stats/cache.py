@@ -23,7 +23,7 @@ from filtershift.stats import histograms, moments
 from filtershift.stats._attrs import PASS_ATTRS, describe, describe_vars
 from filtershift.stats.pca import pca_from_moments, scaled_totals
 from filtershift.stats.reduction import SPLIT_EVERY, reduce
-from filtershift.store.dataset import record_table
+from filtershift.store.dataset import is_whole, record_table
 from filtershift.store.index import RecordIndex
 
 
@@ -111,6 +111,9 @@ class RecordStats:
         self._range_sparsity = {}
         self._hist = {}
         self._density = {}
+        index = record_index(ds)
+        if index is not None and "dataset" in index.tables.shared and is_whole(ds):
+            index.tables.shared.setdefault("stats", self)   # the whole store's statistics, which selections reuse
 
     def __repr__(self) -> str:
         return f"<RecordStats of {self.ds.sizes['filter']:,} filters, {self.passes} pass(es) run>"
@@ -151,6 +154,28 @@ class RecordStats:
         from filtershift.store.dataset import models, records
 
         return records(self.ds), models(self.ds)
+
+    def rows_from(self, other: RecordStats) -> bool:
+        """Take pass 1 and every pass 2 that ``other`` ran (and this has not) from ``other``'s per-record rows, when
+        these filters are whole records of the same tables (a selection of ``other``'s Dataset by records:
+        ``query``, ``sel``): per-record values do not depend on which other records are present, so they are not
+        read again. True if taken; records cut by a selection (``isel`` of a slice) or coordinates of their own
+        need their passes."""
+        mine, theirs = record_index(self.ds), record_index(other.ds)
+        if mine is None or theirs is None or mine.tables is not theirs.tables or other._moments is None \
+                or set(_code_coords(self.ds)) != set(_code_coords(other.ds)):
+            return False
+        n = mine.tables.records["n"].to_numpy(np.int64)[mine.row]
+        if np.any(mine.offset != 0) or np.any(mine.stop - mine.start != n) or len(np.unique(mine.row)) != len(mine.row):
+            return False
+        ids = np.unique(mine.tables.values["record"][mine.row]).astype(np.int64)
+        if not np.isin(ids, other._moments["record"].values).all():
+            return False
+        if self._moments is None:
+            self._moments = other._moments.sel(record=ids)
+        for key, s in other._range_sparsity.items():
+            self._range_sparsity.setdefault(key, s.sel(record=ids))
+        return True
 
     def moments(self) -> xr.Dataset:
         """Pass 1 (once): per-record counts, sums, co-moments, norms and group codes."""

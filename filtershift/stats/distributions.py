@@ -13,10 +13,10 @@ import xarray as xr
 
 from filtershift.errors import InputError
 from filtershift.stats._attrs import describe, describe_vars
-from filtershift.stats.basis import default_basis
-from filtershift.stats.cache import RecordStats, as_stats, check_bins
+from filtershift.stats.cache import check_bins
 from filtershift.stats.grouping import group_comoments, group_sum, groups
 from filtershift.stats.histograms import HIST2D, Density2D, coarsen2d, normalise
+from filtershift.stats.scope import resolve
 
 
 def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: int = 1000, min_models: int = 2,
@@ -27,21 +27,28 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
     ``data`` is a Dataset, a :class:`RecordStats` or a fitted basis (then its statistics are reused, so asking
     for more groupings costs no pass). The result has dims (group, component, bin) with ``p`` (normalised
     histograms, NaN for empty groups), ``counts``, ``n_filters``, ``n_models``, ``small`` (under ``min_filters``
-    or ``min_models``), the basis' ``explained_variance_ratio`` (drift weights), and the per-(group, model)
+    or ``min_models``; ``by="model"`` ignores ``min_models``: each group is one model by design), the basis'
+    ``explained_variance_ratio`` (drift weights), and the per-(group, model)
     ``member_counts`` used by :func:`drift_ci`. ``fine_bins`` > 0 adds ``fine_counts`` for :func:`kde`. Filters
     whose label is missing are left out of the groups, as in a pandas ``groupby`` (attrs ``n_filters_dropped``,
-    ``n_models_dropped``), unless ``keep_missing``. The basis and the histogram range stay those of all filters.
+    ``n_models_dropped``), unless ``keep_missing``. The basis and the histogram range are those of the whole store
+    by default, also for a selection (as in the CNN-Filter-DB notebook); ``basis="selection"`` and
+    ``range="selection"`` take them from the selected filters alone (:mod:`filtershift.stats.scope`). attrs
+    ``basis_scope`` and ``range_scope`` say which was used.
 
     Parameters
     ----------
     data : xarray.Dataset, RecordStats or Basis
         A filtershift Dataset, its :class:`RecordStats`, or a fitted :class:`Basis` (its statistics are reused).
-    basis : Basis, optional
-        The fitted basis whose coefficients are histogrammed; default the full-rank basis of the data's statistics
-        (fitted from pass 1 if not yet).
+    basis : {"store", "selection"} or Basis, default "store"
+        The basis whose coefficients are histogrammed: the full-rank PCA of every filter of the store ``data`` was
+        selected from (``"store"``; for a whole Dataset, its own), of ``data``'s filters alone (``"selection"``),
+        or a fitted basis (a Basis passed as ``data`` is used when this is not given).
     by : str or list of str, default "task"
         Grouping key or keys: a grouping coordinate of the Dataset or its column name, ``"depth"`` (deciles),
-        ``"model"`` or ``"conv_depth"``; several keys group by their observed combinations.
+        ``"model"`` or ``"conv_depth"``, a binned numeric column (``"total_filters:quantiles=5"``) or
+        ``"NAME:each"`` (a cell "A, B" puts its filters in the groups A and B: groups may overlap); several keys
+        group by their observed combinations.
     bins : int, default 70
         Number of histogram bins per component (a positive integer).
     min_filters : int, default 1000
@@ -53,8 +60,10 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
     fine_bins : int, default 0
         If > 0, also count the coefficients in this many fine bins over the same range (``fine_counts``, for
         :func:`kde`); a non-negative integer.
-    range : tuple of float, optional
-        (lower, upper) of the histogram range; default the global coefficient range of the data.
+    range : {"store", "selection"} or tuple of float, optional
+        The histogram range: the coefficient range (all components) of the store's filters, of ``data``'s filters,
+        or (lower, upper); default that of the filters the basis comes from (for a given basis, the store's if it
+        was fitted on the whole store, else ``data``'s).
     keep_missing : bool, default False
         Keep the filters of models whose label of a key is missing as a group of their own (labelled as the
         coordinate's ``missing`` attr says, ``"unknown"``); by default they are left out.
@@ -68,15 +77,17 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
         (group), ``explained_variance_ratio`` and ``explained_variance`` (component), ``coef_var`` (group,
         component; exact per-group coefficient variance, ddof=1), ``member_counts`` (member, component, bin),
         ``member_group`` and ``member_model`` (member); with ``fine_bins``, ``fine_counts`` (group, component,
-        fine_bin) and ``fine_edges`` (fine_edge). attrs ``by``, ``bins``, ``range``, ``min_filters``,
+        fine_bin) and ``fine_edges`` (fine_edge). attrs ``by``, ``bins``, ``range``, ``basis_scope`` and
+        ``range_scope`` (``"store"``, ``"selection"`` or ``"given"``), ``basis_n_filters``, ``min_filters``,
         ``min_models``, ``n_filters_total``, ``normalisation``, ``n_filters_dropped`` and ``n_models_dropped``
-        (left out for a missing label; 0 with ``keep_missing``), ``missing_labels`` (``"dropped"`` or ``"kept"``).
+        (left out for a missing label; 0 with ``keep_missing``), ``missing_labels`` (``"dropped"`` or ``"kept"``),
+        and ``overlapping`` (True, present only when a ``NAME:each`` key puts some filters in several groups).
 
     Raises
     ------
     filtershift.errors.InputError
         If ``data`` is not a filtershift Dataset, RecordStats or fitted Basis, ``bins``/``fine_bins`` are not
-        valid integers, or a grouping key is unknown.
+        valid integers, ``basis`` or ``range`` is not one of the choices, or a grouping key is unknown.
 
     See Also
     --------
@@ -91,21 +102,18 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
     >>> dist["p"].dims
     ('group', 'component', 'bin')
     """
-    stats = _stats_for(data, basis)
-    basis = basis if basis is not None else default_basis(stats)
+    scope = resolve(data, basis, range)
+    stats, basis = scope.stats, scope.basis
     m = stats.moments()
-    h = stats.histograms(basis, bins, fine_bins, range=range)
+    h = stats.histograms(basis, bins, fine_bins, range=scope.range)
     g = groups(m, by, keep_empty=keep_empty, keep_missing=keep_missing, tables=stats.tables)
-    counts = group_sum(g.codes, h["counts"].values, g.size)
-    n_filters = group_sum(g.codes, m["n"].values, g.size)
-    model_ids = m["model_id"].values
-    members = pd.DataFrame({"group": g.codes, "model": model_ids})
-    members = members[members["group"] >= 0]
+    counts = group_sum(g.membership, h["counts"].values, g.size)
+    n_filters = group_sum(g.membership, m["n"].values, g.size)
+    rows, in_group = g.members
+    members = pd.DataFrame({"group": in_group, "model": m["model_id"].values[rows]})
     pairs = members.drop_duplicates().sort_values(["group", "model"]).reset_index(drop=True)
     member_of = pd.MultiIndex.from_frame(pairs).get_indexer(pd.MultiIndex.from_frame(members))
-    member_codes = np.full(len(g.codes), -1, np.int64)
-    member_codes[np.flatnonzero(g.codes >= 0)] = member_of
-    member_counts = group_sum(member_codes, h["counts"].values, len(pairs))
+    member_counts = group_sum((rows, member_of), h["counts"].values, len(pairs))
     n_models = np.bincount(pairs["group"].to_numpy(), minlength=g.size)
     edges = h["bin_edges"].values
     data_vars = {
@@ -113,7 +121,7 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
         "counts": (("group", "component", "bin"), counts),
         "n_filters": ("group", n_filters.astype(np.int64)),
         "n_models": ("group", n_models.astype(np.int64)),
-        "small": ("group", (n_filters < min_filters) | (n_models < min_models)),
+        "small": ("group", (n_filters < min_filters) | ((n_models < min_models) & (tuple(g.by) != ("model",)))),
         "explained_variance_ratio": ("component", np.asarray(basis.explained_variance_ratio_, np.float64)),
         "explained_variance": ("component", np.asarray(basis.explained_variance_, np.float64)),
         "member_counts": (("member", "component", "bin"), member_counts),
@@ -122,9 +130,9 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
     }
     if fine_bins:
         data_vars["fine_counts"] = (("group", "component", "fine_bin"),
-                                    group_sum(g.codes, h["fine_counts"].values, g.size))
+                                    group_sum(g.membership, h["fine_counts"].values, g.size))
     # exact per-group coefficient variance (for KDE bandwidths), from the scaled co-moments
-    gn, _, gc = group_comoments(g.codes, m["n"].values, m["scaled_sum"].values,
+    gn, _, gc = group_comoments(g.membership, m["n"].values, m["scaled_sum"].values,
                                        m["scaled_comoment"].values, g.size)
     comps = np.asarray(basis.components_, np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -145,24 +153,18 @@ def distributions(data, basis=None, by="task", bins: int = 70, *, min_filters: i
     out.attrs.update({"by": list(g.by), "bins": int(bins), "range": list(h.attrs["range"]),
                       "min_filters": int(min_filters), "min_models": int(min_models),
                       "n_filters_total": int(m["n"].values.sum()),
-                      "normalisation": "density, empty bins = float32 eps, then sum 1", **g.dropped(m)})
+                      "normalisation": "density, empty bins = float32 eps, then sum 1", **g.dropped(m),
+                      **scope.attrs()})
+    if g.overlapping:
+        out.attrs["overlapping"] = True
     out["explained_variance_ratio"].attrs["description"] = ("share of the total variance per component (the drift "
                                                             "weights)")
-    out["small"].attrs["description"] = f"n_filters < {min_filters} or n_models < {min_models}"
+    out["small"].attrs["description"] = (f"n_filters < {min_filters}" if tuple(g.by) == ("model",) else
+                                         f"n_filters < {min_filters} or n_models < {min_models}")
     describe(out, "coefficient distributions", "1",
              f"histograms of the PCA coefficients per {' x '.join(g.by)} group and component, {bins} bins over "
              "one global range")
     return describe_vars(out)
-
-
-def _stats_for(data, basis):
-    if isinstance(data, xr.Dataset) and basis is not None:
-        s = getattr(basis, "stats_", None)
-        if isinstance(s, RecordStats) and s.ds is data:
-            return s
-    return as_stats(data)
-
-
 
 
 def density2d(data, basis=None, components=(0, 1), bins: int = 512, by=None, keep_empty: bool = False,
@@ -178,9 +180,8 @@ def density2d(data, basis=None, components=(0, 1), bins: int = 512, by=None, kee
     ----------
     data : xarray.Dataset, RecordStats or Basis
         A filtershift Dataset, its :class:`RecordStats`, or a fitted :class:`Basis` (its statistics are reused).
-    basis : Basis, optional
-        The fitted basis whose coefficients are histogrammed; default the full-rank basis of the data's statistics
-        (fitted from pass 1 if not yet).
+    basis : {"store", "selection"} or Basis, default "store"
+        The basis whose coefficients are histogrammed, as for :func:`distributions`.
     components : tuple of int, default (0, 1)
         The two component indices (x, y), each in [0, n_components).
     bins : int, default 512
@@ -189,8 +190,9 @@ def density2d(data, basis=None, components=(0, 1), bins: int = 512, by=None, kee
         Grouping key or keys, as for :func:`distributions`; default None, one histogram over all filters.
     keep_empty : bool, default False
         With ``by``, keep every combination of the keys' labels as a group, even those without filters.
-    range : tuple of float, optional
-        (lower, upper) of both axes; default the global coefficient range of the data.
+    range : {"store", "selection"} or tuple of float, optional
+        (lower, upper) of both axes, or the coefficient range of the store or of the data, as for
+        :func:`distributions`.
     min_count : float, default 0
         Halve the bins per axis (2 x 2 bins summed) while the counted filters average fewer than ``min_count`` per
         occupied bin, down to 16 bins per axis (:func:`~filtershift.stats.histograms.coarsen2d`); 0 keeps ``bins``.
@@ -203,7 +205,8 @@ def density2d(data, basis=None, components=(0, 1), bins: int = 512, by=None, kee
     xarray.DataArray
         ``density2d``: counts with dims (x, y), or (group, x, y) with ``by``; coords ``x``, ``y`` (bin centres)
         and ``group``; attrs ``components``, ``range``, ``bins`` (used), ``bins_requested``, ``min_count``,
-        ``bin_edges`` and, without ``by``, ``n_filters`` (all filters, counted or not); with ``by``,
+        ``bin_edges``, ``basis_scope``, ``range_scope``, ``basis_n_filters`` and, without ``by``,
+        ``n_filters`` (all filters, counted or not); with ``by``,
         those of :func:`distributions` on the filters left out for a missing label.
 
     Raises
@@ -212,31 +215,32 @@ def density2d(data, basis=None, components=(0, 1), bins: int = 512, by=None, kee
         If ``components`` are not two valid indices, ``bins`` is not a positive integer, the range is not two
         finite increasing numbers, or a grouping key is unknown.
     """
-    stats = _stats_for(data, basis)
-    basis = basis if basis is not None else default_basis(stats)
     bins = check_bins(bins, "bins")
+    scope = resolve(data, basis, range)
+    stats, basis, (lo, hi) = scope.stats, scope.basis, scope.range
     nc = basis.components_.shape[0]
     j0, j1 = (int(c) for c in components)
     if not (0 <= j0 < nc and 0 <= j1 < nc):
         raise InputError(f"components must be two indices in [0, {nc}); got {components!r}.")
-    lo, hi = stats.coef_range(basis) if range is None else (float(range[0]), float(range[1]))
-    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-        raise InputError(f"range must be two finite numbers, lower < upper; got {range!r}.")
     if not (isinstance(min_count, (int, float)) and min_count >= 0):
         raise InputError(f"min_count must be a number >= 0; got {min_count!r}.")
     spec = Density2D((j0, j1), bins, (lo, hi))
     m = stats.moments()
-    attrs = {}
+    attrs = scope.attrs()
     if by is None:
         counts, labels = stats.density(basis, spec)[None].copy(), ["all"]
         attrs["n_filters"] = int(m["n"].values.sum())
     else:
         g = groups(m, by, keep_empty=keep_empty, keep_missing=keep_missing, tables=stats.tables)
         attrs.update(g.dropped(m))
+        codes, sets = g.atoms(len(m["n"]))
         params = {"mean": np.asarray(basis.mean_, np.float64),
                   "components": np.ascontiguousarray(basis.components_, np.float64), **spec.params(),
-                  "pair_record": m["record"].values, "pair_group": g.codes, "n_groups": len(g.labels)}
+                  "pair_record": m["record"].values, "pair_group": codes,
+                  "n_groups": len(g.labels) if sets is None else int(codes.max(initial=-1)) + 1}
         counts, labels = stats.run(HIST2D, params=params, desc="2D density")["density"], g.labels
+        if sets is not None:  # overlapping groups: one histogram per set of groups, added to each of its groups
+            counts = group_sum(sets, counts, g.size)
     counts, edges = coarsen2d(counts, spec.edges, min_count)
     centers = (edges[:-1] + edges[1:]) / 2
     attrs.update({"components": [j0, j1], "range": [lo, hi], "bins": len(edges) - 1, "bins_requested": bins,

@@ -218,14 +218,31 @@ def top_bins(dist: xr.Dataset, group_a, group_b, metric: str = "kl_sym", top: in
                          "share": terms[comp, bins] / total if total > 0 else np.nan})
 
 
+#: Interval methods of :func:`drift_ci`, with the sentence that names them in captions and results.
+INTERVALS = {
+    "basic": "basic bootstrap interval over models within each group (2 x estimate - quantiles, clipped at 0); "
+             "none for a pair with a one-model group",
+    "percentile": "percentile bootstrap interval over models within each group; none for a pair with a one-model "
+                  "group",
+}
+
+
 def drift_ci(dist: xr.Dataset, metric: str = "kl_sym", n_boot: int = 200, seed: int = 0,
-             level: float = 0.95) -> xr.Dataset:
-    """Percentile bootstrap intervals for every drift value.
+             level: float = 0.95, method: str = "basic") -> xr.Dataset:
+    """Bootstrap intervals for every drift value.
 
     Each replicate resamples, within each group, the group's models with replacement and sums their per-model
     histograms (no pass over the data). The result holds ``drift`` (the point estimate), ``lower``, ``upper`` and
-    ``std`` (group_a, group_b). Groups of one model have zero-width intervals from their side; their
-    ``n_models_*`` coordinate says so.
+    ``std`` (group_a, group_b). A pair with a group of one model has no interval (NaN): one model cannot be
+    resampled, so its side would add no variability and the interval would look narrower than it is. A
+    random-initialisation reference (:func:`~filtershift.stats.init_reference.init_reference`, pseudo-models
+    with negative ids) is a fixed distribution: its pairs get the interval of resampling the other group. With
+    overlapping groups (``NAME:each``) a model in two groups is resampled in each of them on its own.
+
+    The default is the *basic* bootstrap interval ``[2 d - q(1 - a/2), 2 d - q(a/2)]`` of the point estimate ``d``
+    and the replicates' quantiles ``q``, clipped at 0: a divergence of finite samples is biased upwards, so its
+    replicates sit above ``d`` and the plain percentile interval ``[q(a/2), q(1 - a/2)]`` (``method="percentile"``)
+    sits above the estimate too; the basic interval reflects that bias around ``d``.
 
     Parameters
     ----------
@@ -240,18 +257,21 @@ def drift_ci(dist: xr.Dataset, metric: str = "kl_sym", n_boot: int = 200, seed: 
         Seed of the random generator (the same seed gives the same intervals).
     level : float, default 0.95
         Confidence level of the interval, in (0, 1).
+    method : {"basic", "percentile"}, default "basic"
+        The interval from the replicates (see above).
 
     Returns
     -------
     xarray.Dataset
         ``drift``, ``lower``, ``upper``, ``std`` with dims (group_a, group_b) and the coordinates of
-        :func:`drift`; attrs ``metric``, ``n_boot``, ``seed``, ``level``, ``method``.
+        :func:`drift`; attrs ``metric``, ``n_boot``, ``seed``, ``level``, ``method`` (a sentence naming the
+        interval).
 
     Raises
     ------
     filtershift.errors.InputError
-        If ``dist`` is not a result of :func:`distributions`, ``metric`` is unknown, ``n_boot`` < 2 or ``level`` is
-        not in (0, 1).
+        If ``dist`` is not a result of :func:`distributions`, ``metric`` or ``method`` is unknown, ``n_boot`` < 2
+        or ``level`` is not in (0, 1).
     """
     _check_dist(dist)
     declared(metric)
@@ -259,6 +279,8 @@ def drift_ci(dist: xr.Dataset, metric: str = "kl_sym", n_boot: int = 200, seed: 
         raise InputError(f"n_boot must be an integer >= 2; got {n_boot!r}.")
     if not 0 < level < 1:
         raise InputError(f"level must be in (0, 1); got {level!r}.")
+    if method not in INTERVALS:
+        raise InputError(f"unknown interval method {method!r}; choose one of {', '.join(INTERVALS)}.")
     rng = np.random.default_rng(seed)
     groups = dist.sizes["group"]
     member_group = dist["member_group"].values
@@ -278,11 +300,21 @@ def drift_ci(dist: xr.Dataset, metric: str = "kl_sym", n_boot: int = 200, seed: 
     boots = pairwise(p, dist["explained_variance_ratio"].values, metric, widths)
     point = drift(dist, metric)
     alpha = (1 - level) / 2
-    lower, upper = np.quantile(boots, [alpha, 1 - alpha], axis=0)
+    q_lo, q_hi = np.quantile(boots, [alpha, 1 - alpha], axis=0)
+    if method == "basic":
+        d = point.values
+        lower, upper = np.maximum(2 * d - q_hi, 0.0), np.maximum(2 * d - q_lo, 0.0)
+    else:
+        lower, upper = q_lo, q_hi
+    std = boots.std(axis=0, ddof=1)
+    real = dist["member_model"].values >= 0
+    one = np.bincount(member_group[real], minlength=groups) == 1
+    alone = one[:, None] | one[None, :]
+    lower, upper, std = (np.where(alone, np.nan, v) for v in (lower, upper, std))
     out = xr.Dataset({"drift": point, "lower": _labelled(dist, lower, metric, "lower"),
                       "upper": _labelled(dist, upper, metric, "upper"),
-                      "std": _labelled(dist, boots.std(axis=0, ddof=1), metric, "std")})
+                      "std": _labelled(dist, std, metric, "std")})
     out.attrs.update({"metric": metric, "n_boot": int(n_boot), "seed": seed, "level": float(level),
-                      "method": "percentile bootstrap over models within each group"})
+                      "method": INTERVALS[method]})
     return describe(out, f"{declared(metric).long_name} with bootstrap intervals", declared(metric).units,
-                    f"drift and its {level:.0%} percentile bootstrap interval over models, {n_boot} replicates")
+                    f"drift and its {level:.0%} {INTERVALS[method]}, {n_boot} replicates")

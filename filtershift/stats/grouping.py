@@ -1,8 +1,11 @@
-"""Groupings of records: group codes from per-record meta (pass 1), and exact sums into groups.
+"""Groupings of records: group membership from per-record meta (pass 1), and exact sums into groups.
 
 Everything here works on per-record arrays (O(records)); no pass over the data. :func:`groups` turns one or more
-grouping keys into a code per record; :func:`group_sum` and :func:`group_comoments` add per-record statistics into
-groups (co-moments exactly: within plus between records).
+grouping keys into a membership of the records in groups: a code per record when the groups are disjoint, or, with
+a key ``NAME:each`` (a cell "A, B" makes its records members of A and of B), the 0/1 matrix records x groups as the
+positions of its ones (``Groups.members``; a code per record is its special case). :func:`group_sum` and
+:func:`group_comoments` add per-record statistics into groups through that membership (co-moments exactly: within
+plus between records).
 """
 
 from __future__ import annotations
@@ -25,24 +28,51 @@ FIXED_KEYS = ("depth", "model", "model_id", "conv_depth")
 
 @dataclass
 class Groups:
-    """A grouping of records: ``codes`` (per record, group index), the group ``labels``, per key the label of
-    every group (``columns``), and ``left_out`` (per record: True when a key's label is missing, so that the record
-    is in no group)."""
+    """A grouping of records: ``codes`` (per record, group index; None when a record is in several groups), the
+    group ``labels``, per key the label of every group (``columns``), ``left_out`` (per record: True when a key's
+    label is missing, so that the record is in no group) and ``members``: the membership matrix (records x groups,
+    0/1) as the (record positions, groups) of its ones, in record order then group order."""
 
     by: list
-    codes: np.ndarray
+    codes: np.ndarray | None
     labels: list
     columns: dict
     left_out: np.ndarray | None = None
+    members: tuple = ()
 
     @property
     def size(self) -> int:
         return len(self.labels)
 
+    @property
+    def membership(self):
+        """What :func:`group_sum` takes: the codes when every record is in one group at most (the special case,
+        summed without a copy), else ``members``."""
+        return self.members if self.codes is None else self.codes
+
+    @property
+    def overlapping(self) -> bool:
+        """True when some record is in more than one group (a ``NAME:each`` key with multi-valued cells)."""
+        return self.codes is None
+
+    def atoms(self, n_records: int):
+        """(code per record of its set of groups, -1 for none; the sets' membership in the groups as (set, group)
+        positions, None when the groups are disjoint and the codes are the groups): what a pass that counts one
+        group per record counts overlapping groups with (then :func:`group_sum` adds each set into its groups)."""
+        if self.codes is not None:
+            return self.codes, None
+        rows, grp = self.members
+        per_record = pd.Series(grp).groupby(rows).agg(tuple)
+        set_of, sets = pd.factorize(per_record)
+        codes = np.full(n_records, -1, np.int64)
+        codes[per_record.index.to_numpy()] = set_of
+        return codes, (np.repeat(np.arange(len(sets)), [len(s) for s in sets]),
+                       np.array([g for s in sets for g in s], np.int64))
+
     def dropped(self, meta: xr.Dataset) -> dict:
         """``n_filters_dropped``, ``n_models_dropped``: the filters and the models (any of whose filters) left out
         for a missing label; ``missing_labels``: ``"dropped"`` or ``"kept"`` (as their own group)."""
-        out = np.zeros(len(self.codes), bool) if self.left_out is None else self.left_out
+        out = np.zeros(len(meta["n"]), bool) if self.left_out is None else self.left_out
         return {"n_filters_dropped": int(np.asarray(meta["n"].values)[out].sum()),
                 "n_models_dropped": int(np.unique(np.asarray(meta["model_id"].values)[out]).size),
                 "missing_labels": "kept" if self.left_out is None else "dropped"}
@@ -168,15 +198,26 @@ def groups(meta: xr.Dataset, by, keep_empty: bool = False, keep_missing: bool = 
         raise InputError("by: give at least one grouping key.")
     names, per_key = [], []
     for k in keys:
-        if isinstance(k, str) and ":" in k:
+        if isinstance(k, str) and k.partition(":")[2] == "each":
+            names.append(k)
+            per_key.append(each_codes(meta, k, keep_missing))
+        elif isinstance(k, str) and ":" in k:
             names.append(k)
             per_key.append(binned_codes(meta, k, tables, keep_missing))
         else:
             names.append(fmt.resolve_name(k, grouping_names(meta), meta, FIXED_KEYS))
             per_key.append(_key_codes(meta, names[-1], keep_missing))
     sizes = [len(lab) for _, lab, _ in per_key]
-    codes = np.stack([c for c, _, _ in per_key], axis=1) if per_key else np.zeros((0, 0), np.int64)
-    left_out = None if keep_missing else np.zeros(len(codes), bool)
+    n_records = len(meta["n"])
+    row_record, columns_of_rows = np.arange(n_records), []
+    for c, _, _ in per_key:
+        if isinstance(c, tuple):  # (record positions, codes): one row per record and value of a multi-valued cell
+            rows, take = _expand(row_record, c[0])
+            row_record, columns_of_rows = row_record[rows], [col[rows] for col in columns_of_rows] + [c[1][take]]
+        else:
+            columns_of_rows.append(c[row_record])
+    codes = np.stack(columns_of_rows, axis=1)
+    left_out = None if keep_missing else np.zeros(n_records, bool)
     for _, _, out in per_key:
         if out is not None:
             left_out |= out
@@ -199,40 +240,109 @@ def groups(meta: xr.Dataset, by, keep_empty: bool = False, keep_missing: bool = 
     group_codes = np.where(ok, pos, -1).astype(np.int64)
     columns = {n: [per_key[i][1][c] for c in combos[:, i]] for i, n in enumerate(names)}
     labels = [" / ".join(parts) for parts in zip(*columns.values())] if len(combos) else []
-    return Groups(by=names, codes=group_codes, labels=labels, columns=columns, left_out=left_out)
+    members = (row_record[ok], group_codes[ok])
+    if len(row_record) > n_records and np.bincount(members[0], minlength=n_records).max(initial=0) > 1:
+        per_record = None
+    else:
+        per_record = np.full(n_records, -1, np.int64)
+        per_record[members[0]] = members[1]
+    return Groups(by=names, codes=per_record, labels=labels, columns=columns, left_out=left_out, members=members)
+
+
+def _expand(keys: np.ndarray, positions: np.ndarray):
+    """Join ``keys`` with sorted ``positions`` (every key present): (index into keys, index into positions) of every
+    pair with equal values, in the order of keys and then of positions."""
+    counts = np.bincount(positions, minlength=int(keys.max(initial=-1)) + 1)
+    starts = np.cumsum(counts) - counts
+    per_key = counts[keys]
+    rows = np.repeat(np.arange(len(keys)), per_key)
+    offset = np.arange(len(rows)) - np.repeat(np.cumsum(per_key) - per_key, per_key)
+    return rows, starts[keys[rows]] + offset
+
+
+def each_codes(meta: xr.Dataset, key: str, keep_missing: bool = False):
+    """(membership, labels, left out per record) of ``NAME:each``: a label coordinate whose cells list several
+    values ("A, B"). A cell is split on commas, its parts stripped and empty parts dropped; its records are members
+    of the group of each part, with all their filters. The groups are the parts, sorted. A missing cell (or one
+    without a part) is in no group unless ``keep_missing`` (then the last group, the coordinate's missing label).
+    The membership is (record positions, codes), one entry per record and part, and one code -1 for a record in no
+    group."""
+    name = key.partition(":")[0]
+    names = grouping_names(meta)
+    try:
+        resolved = fmt.resolve_name(name, names, [n for n in meta.data_vars if n in names])
+    except InputError as e:
+        raise InputError(f"{key}: ':each' splits the cells of a label column on commas; {e}") from None
+    attrs = meta[resolved].attrs
+    missing = attrs.get("missing")
+    parts = [[] if lab == missing else sorted({p.strip() for p in str(lab).split(",")} - {""})
+             for lab in attrs["labels"]]
+    labels = sorted({p for ps in parts for p in ps})
+    code = {lab: i for i, lab in enumerate(labels)}
+    none = -1
+    if keep_missing and any(not ps for ps in parts):
+        label = missing or fmt.MISSING_LABEL
+        while label in code:
+            label += " (missing)"
+        labels.append(label)
+        none = len(labels) - 1
+    per_label = [[code[p] for p in ps] or [none] for ps in parts]
+    label_of = np.repeat(np.arange(len(parts)), [len(c) for c in per_label])
+    label_codes = np.array([c for cs in per_label for c in cs], np.int64)
+    rows, take = _expand(np.asarray(meta[resolved].values, np.int64), label_of)
+    values = label_codes[take]
+    left_out = None if keep_missing else np.bincount(rows[values < 0], minlength=len(meta["n"])) > 0
+    return (rows, values), labels, left_out if left_out is not None and left_out.any() else None
 
 
 @numba.njit(nogil=True, cache=True)
-def group_add_kernel(codes, values, out):
-    """:func:`group_sum`'s loop: adds row ``r`` of ``values`` to row ``codes[r]`` of ``out`` (codes -1 skipped)."""
-    for r in range(codes.size):
-        g = codes[r]
+def group_add_kernel(rows, codes, values, out):
+    """:func:`group_sum`'s loop: adds row ``rows[i]`` of ``values`` to row ``codes[i]`` of ``out`` (codes -1
+    skipped)."""
+    for i in range(codes.size):
+        g = codes[i]
         if g >= 0:
+            r = rows[i]
             for k in range(values.shape[1]):
                 out[g, k] += values[r, k]
 
 
-def group_sum(codes: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
-    """Sum of per-record ``values`` into groups (records with code -1 are left out), in record order: one loop
-    over the records, with no copy of the values per group."""
+def as_members(codes) -> tuple:
+    """(record positions, groups) of a membership: ``codes`` itself when a pair, else one code per record."""
+    if isinstance(codes, tuple):
+        return codes
+    codes = np.asarray(codes)
+    return np.arange(len(codes)), codes
+
+
+def group_sum(codes, values: np.ndarray, n_groups: int) -> np.ndarray:
+    """Sum of per-record ``values`` into groups, in record order: one loop over the records, with no copy of the
+    values per group. ``codes``: one group per record (-1: none) or a membership (record positions, groups) in
+    which a record may be in several groups (:attr:`Groups.members`)."""
+    rows, codes = as_members(codes)
     values = np.asarray(values)
     dtype = np.result_type(values, np.int64) if values.dtype.kind in "iub" else values.dtype
     out = np.zeros((n_groups,) + values.shape[1:], dtype=dtype)
     flat = np.ascontiguousarray(values, dtype=dtype).reshape(len(values), -1)
-    group_add_kernel(np.ascontiguousarray(codes, np.int64), flat, out.reshape(n_groups, -1))
+    group_add_kernel(np.ascontiguousarray(rows, np.int64), np.ascontiguousarray(codes, np.int64), flat,
+                     out.reshape(n_groups, -1))
     return out
 
 
 def group_comoments(codes, n, sums, comoments, n_groups):
-    """Count, sum and co-moment per group from per-record ones (exact: within plus between records)."""
-    gn = group_sum(codes, n, n_groups)
-    gs = group_sum(codes, sums, n_groups)
+    """Count, sum and co-moment per group from per-record ones (exact: within plus between records); ``codes`` as
+    for :func:`group_sum`."""
+    rows, grp = as_members(codes)
+    gn = group_sum((rows, grp), n, n_groups)
+    gs = group_sum((rows, grp), sums, n_groups)
+    n = np.asarray(n)
     with np.errstate(invalid="ignore", divide="ignore"):
         gmean = gs / gn[:, None]
-        rmean = sums / np.asarray(n, np.float64)[:, None]
-    keep = (codes >= 0) & (np.asarray(n) > 0)
+        rmean = sums[rows] / np.asarray(n[rows], np.float64)[:, None]
+    keep = (grp >= 0) & (n[rows] > 0)
     d = np.zeros_like(rmean)
-    d[keep] = rmean[keep] - gmean[codes[keep]]
-    between = np.asarray(n, np.float64)[:, None, None] * d[:, :, None] * d[:, None, :]
-    gc = group_sum(codes, comoments + np.where(keep[:, None, None], between, 0.0), n_groups)
+    d[keep] = rmean[keep] - gmean[grp[keep]]
+    between = np.asarray(n[rows], np.float64)[:, None, None] * d[:, :, None] * d[:, None, :]
+    own = comoments if not isinstance(codes, tuple) else comoments[rows]
+    gc = group_sum((np.arange(len(rows)), grp), own + np.where(keep[:, None, None], between, 0.0), n_groups)
     return gn, gs, gc

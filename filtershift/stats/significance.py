@@ -7,7 +7,9 @@ in members, and recomputes the drift between the two pooled histograms. The p-va
 ``(1 + #{permuted drift >= observed}) / (1 + n_perm)`` for ``n_perm`` random splits, or the exact share of splits
 when there are no more distinct splits than ``n_perm`` (every split enumerated once). A pair of two one-model groups
 has one distinct split up to symmetry, so it gets no p-value (NaN), and neither does a pair involving an empty group.
-No pass over the data: everything runs on the small output of ``distributions``.
+When groups overlap (``NAME:each``), a model that is a member of both groups of a pair stays in both under every
+split; only the models in one of the two are shuffled (and counted for the rules above). No pass over the data:
+everything runs on the small output of ``distributions``.
 """
 
 from __future__ import annotations
@@ -75,6 +77,18 @@ def bh_adjust(p: np.ndarray) -> np.ndarray:
     return out
 
 
+def _shuffled(dist: xr.Dataset, a: np.ndarray, b: np.ndarray) -> tuple:
+    """The members of a pair that the test shuffles, and those that stay: with overlapping groups (attr
+    ``overlapping``, a ``NAME:each`` key), the models that are members of both groups stay in both under every
+    split (a model listing A and B is in A and in B); otherwise every member is shuffled."""
+    if not dist.attrs.get("overlapping"):
+        return (a, b), (a[:0], b[:0])
+    model = dist["member_model"].values
+    both = np.intersect1d(model[a], model[b])
+    stay_a, stay_b = np.isin(model[a], both), np.isin(model[b], both)
+    return (a[~stay_a], b[~stay_b]), (a[stay_a], b[stay_b])
+
+
 def drift_test(dist: xr.Dataset, metric: str = "kl_sym", n_perm: int = 999, seed: int = 0,
                alpha: float = 0.05) -> xr.Dataset:
     """Permutation p-values for every pair of a drift matrix, Benjamini-Hochberg adjusted.
@@ -131,14 +145,16 @@ def drift_test(dist: xr.Dataset, metric: str = "kl_sym", n_perm: int = 999, seed
     p = np.full((groups, groups), np.nan)
     n_splits = np.zeros((groups, groups), np.int64)
     for a, b in itertools.combinations(range(groups), 2):
-        n_a, n_b = len(members[a]), len(members[b])
+        (in_a_only, in_b_only), (fixed_a, fixed_b) = _shuffled(dist, members[a], members[b])
+        n_a, n_b = len(in_a_only), len(in_b_only)
         if n_a == 0 or n_b == 0 or (n_a == 1 and n_b == 1) or not np.isfinite(point.values[a, b]):
             continue
-        pooled = member_counts[np.concatenate([members[a], members[b]])]
+        pooled = member_counts[np.concatenate([in_a_only, in_b_only])]
         chosen, exhaustive = splits(n_a, n_b, int(n_perm), np.random.default_rng([seed, a, b]))
         flat = pooled.reshape(len(pooled), -1)
-        in_a = (chosen.astype(np.float64) @ flat).reshape((len(chosen),) + pooled.shape[1:])
-        in_b = flat.sum(0).reshape(pooled.shape[1:]) - in_a
+        moved = (chosen.astype(np.float64) @ flat).reshape((len(chosen),) + pooled.shape[1:])
+        in_b = flat.sum(0).reshape(pooled.shape[1:]) - moved + member_counts[fixed_b].sum(0)
+        in_a = moved + member_counts[fixed_a].sum(0)
         permuted = pair_drift(dist, in_a, in_b, metric)
         observed = float(pair_drift(dist, member_counts[members[a]].sum(0), member_counts[members[b]].sum(0), metric))
         p[a, b] = p[b, a] = p_value(observed, permuted, exhaustive)

@@ -71,7 +71,8 @@ def conditional_drift(data, basis=None, by="task", within="training_dataset", me
     full = drift(dist, metric).values
     stratum_of = np.asarray(dist[within_key].values).astype(str)
     group_of = np.asarray(dist[by_key].values).astype(str)
-    strata, groups = sorted(set(stratum_of)), sorted(set(group_of))
+    # the strata in the grouping's label order (the combined groups are ordered by it; depth: shallow first)
+    strata, groups = list(dict.fromkeys(stratum_of)), sorted(set(group_of))
     s_idx = {s: i for i, s in enumerate(strata)}
     g_idx = {g: i for i, g in enumerate(groups)}
     shape = (len(strata), len(groups), len(groups))

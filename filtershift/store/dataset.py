@@ -245,7 +245,30 @@ def _build(weights: da.Array, records: pd.DataFrame, models: pd.DataFrame, rules
     ds["weights"].attrs.update({"description": "3x3 kernels, row-major (k = 3*y + x)"})
     ds.attrs.update(attrs)
     ds.attrs.update({"filtershift_schema": fmt.SCHEMA_VERSION})
+    tables.shared["dataset"] = ds
     return ds
+
+
+def whole(ds: xr.Dataset) -> xr.Dataset:
+    """The whole Dataset (of :func:`open_store` or :func:`from_arrays`) that ``ds`` was selected from: ``ds``
+    itself when it is that Dataset, has no record index, or its tables were not built here (then nothing else is
+    known). O(1): a selection's index shares the tables, which keep the whole Dataset (lazy)."""
+    index = ds.xindexes.get("record")
+    if not isinstance(index, RecordIndex):
+        return ds
+    return index.tables.shared.get("dataset", ds)
+
+
+def is_whole(ds: xr.Dataset) -> bool:
+    """True when ``ds`` holds every filter of :func:`whole` (its full index and the same weights)."""
+    root = whole(ds)
+    if root is ds:
+        return True
+    index = ds.xindexes.get("record")
+    w, r = ds["weights"].data, root["weights"].data
+    name = getattr(w, "name", None)
+    same = w is r or (name is not None and name == getattr(r, "name", None))
+    return bool(index.full) and ds.sizes["filter"] == root.sizes["filter"] and same
 
 
 def record_index(ds: xr.Dataset) -> RecordIndex:

@@ -41,7 +41,10 @@ class Tables:
     ``values[name]`` has one entry per row of ``records`` (numbers for META, labels as an object array for the
     grouping coordinates); ``labels[name]`` is a grouping coordinate's vocabulary (sorted), ``grouping[name]``
     its models-table column, ``missing[name]`` the label that stands for a missing value (only for coordinates
-    whose column has one).
+    whose column has one). ``shared`` holds the whole Dataset built on these tables (``"dataset"``, set when
+    :func:`filtershift.store.dataset.open_store` or ``from_arrays`` builds it) and what higher layers keep for it
+    (its statistics), so that every selection finds the store it was selected from; it is not compared, shown or
+    pickled.
     """
 
     records: pd.DataFrame
@@ -52,6 +55,13 @@ class Tables:
     codes: dict
     rules: tuple
     missing: dict = field(default_factory=dict)
+    shared: dict = field(default_factory=dict, repr=False)
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "shared"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, shared={})
 
     @property
     def names(self) -> list:

@@ -64,7 +64,8 @@ def layer_orthogonality(w, out_channels: int) -> float:
     return float(1.0 - total / (out * (out - 1)))
 
 
-def layer_metrics(w, sparsity_eps: float = 0.01, out_channels: int | None = None) -> dict:
+def layer_metrics(w, sparsity_eps: float = 0.01, out_channels: int | None = None,
+                  convention: str = "notebook") -> dict:
     """All metrics of one layer held in memory: ``w`` (out, in/groups, 3, 3), (n, 3, 3) or (n, 9).
 
     The 4-d shape gives the out channels for orthogonality; otherwise pass ``out_channels`` (NaN when unknown).
@@ -77,6 +78,9 @@ def layer_metrics(w, sparsity_eps: float = 0.01, out_channels: int | None = None
         A filter is sparse when its every |w| is below ``sparsity_eps`` times the layer's largest |w|.
     out_channels : int, optional
         Number of output channels, for orthogonality; taken from a 4-d ``w`` when not given.
+    convention : {"notebook", "torchconvquality"}, default "notebook"
+        Where the references differ (a layer of zeros, filters of zero variance; see
+        :data:`~filtershift.stats.quality.formulas.CONVENTIONS`), whose values to give.
 
     Returns
     -------
@@ -88,7 +92,7 @@ def layer_metrics(w, sparsity_eps: float = 0.01, out_channels: int | None = None
     Raises
     ------
     filtershift.errors.InputError
-        If ``w`` has another shape or holds NaN or infinite values.
+        If ``w`` has another shape or holds NaN or infinite values, or ``convention`` is unknown.
     """
     a = np.asarray(w)
     if a.ndim == 4 and a.shape[2:] == (3, 3):
@@ -105,7 +109,8 @@ def layer_metrics(w, sparsity_eps: float = 0.01, out_channels: int | None = None
     raw = a.astype(np.float64)
     keep = raw[~mask]
     res = finalize(np.array([len(raw)]), raw.sum(0)[None], comoment(raw)[None], [np.abs(raw).sum()],
-                   [np.sqrt((raw ** 2).sum(1)).sum()], [int(mask.sum())], [len(keep)], comoment(keep)[None])
+                   [np.sqrt((raw ** 2).sum(1)).sum()], [int(mask.sum())], [len(keep)], comoment(keep)[None],
+                   convention=convention)
     out = {k: (int(v[0]) if v.dtype.kind == "i" else float(v[0])) for k, v in res.items()}
     out["orthogonality"] = (layer_orthogonality(raw, out_channels) if out_channels is not None
                             else float("nan"))

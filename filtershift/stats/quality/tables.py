@@ -30,7 +30,8 @@ def _labels(m: xr.Dataset) -> dict:
     return cols
 
 
-def layer_quality(data, sparsity_eps: float = 0.01, *, thresholds=None, orthogonality: bool = True) -> pd.DataFrame:
+def layer_quality(data, sparsity_eps: float = 0.01, *, thresholds=None, orthogonality: bool = True,
+                  convention: str = "notebook") -> pd.DataFrame:
     """One row per record (model x conv depth, or one layer) with every metric and the degeneration flags.
 
     ``data`` is a Dataset or a :class:`~filtershift.stats.RecordStats` (pass the one of a shift analysis to
@@ -49,6 +50,9 @@ def layer_quality(data, sparsity_eps: float = 0.01, *, thresholds=None, orthogon
         ``Thresholds()``.
     orthogonality : bool, default True
         Compute the orthogonality metric (one more pass over whole layers); False leaves it NaN.
+    convention : {"notebook", "torchconvquality"}, default "notebook"
+        Whose values where the references differ: a layer of zeros (sparsity 0 or 1) and filters of zero variance
+        (entropy NaN or 0); :data:`~filtershift.stats.quality.formulas.CONVENTIONS`.
 
     Returns
     -------
@@ -61,8 +65,8 @@ def layer_quality(data, sparsity_eps: float = 0.01, *, thresholds=None, orthogon
     Raises
     ------
     filtershift.errors.InputError
-        If ``sparsity_eps`` is not in (0, 1), ``thresholds`` is invalid, or ``data`` is not a filtershift Dataset
-        or RecordStats.
+        If ``sparsity_eps`` is not in (0, 1), ``thresholds`` or ``convention`` is invalid, or ``data`` is not a
+        filtershift Dataset or RecordStats.
     """
     from filtershift.store.dataset import records as records_table
 
@@ -74,7 +78,7 @@ def layer_quality(data, sparsity_eps: float = 0.01, *, thresholds=None, orthogon
     rec_ids = m["record"].values
     res = finalize(m["n"].values, m["raw_sum"].values, m["raw_comoment"].values, m["raw_l1_sum"].values,
                    m["raw_l2_sum"].values, s["sparse_count"].values, s["nonsparse_n"].values,
-                   s["nonsparse_comoment"].values)
+                   s["nonsparse_comoment"].values, convention=convention)
     recs = records_table(stats.ds).set_index("record").reindex(rec_ids)
     table = pd.DataFrame({
         "record": rec_ids.astype(np.int64),
@@ -98,7 +102,7 @@ def layer_quality(data, sparsity_eps: float = 0.01, *, thresholds=None, orthogon
     if orthogonality:
         table["orthogonality"] = orthogonality_values(stats, rec_ids)
     table = degeneration(table, t)
-    table.attrs.update({"sparsity_eps": eps, "thresholds": asdict(t)})
+    table.attrs.update({"sparsity_eps": eps, "thresholds": asdict(t), "convention": convention})
     return table
 
 
@@ -121,7 +125,8 @@ QUALITY_BY_ATTRS = {
 _META = ("record", "conv_depth", "conv_depth_norm", "depth", "layer", "in_channels", "out_channels", "groups")
 
 
-def model_quality(data, sparsity_eps: float = 0.01, *, thresholds=None, orthogonality: bool = True) -> pd.DataFrame:
+def model_quality(data, sparsity_eps: float = 0.01, *, thresholds=None, orthogonality: bool = True,
+                  convention: str = "notebook") -> pd.DataFrame:
     """One row per model: its layers' metrics averaged with their filter counts as weights.
 
     Each row also holds the number of layers and filters, and the share of degenerated layers
@@ -142,6 +147,8 @@ def model_quality(data, sparsity_eps: float = 0.01, *, thresholds=None, orthogon
     orthogonality : bool, default True
         Compute the orthogonality metric (one more pass over whole layers); False leaves it NaN.
         Used only when the layer table is computed here.
+    convention : {"notebook", "torchconvquality"}, default "notebook"
+        As for :func:`layer_quality`; used only when the layer table is computed here.
 
     Returns
     -------
@@ -156,7 +163,7 @@ def model_quality(data, sparsity_eps: float = 0.01, *, thresholds=None, orthogon
         If a given table lacks the columns of a :func:`layer_quality` table, or as :func:`layer_quality`.
     """
     table = data if isinstance(data, pd.DataFrame) else layer_quality(
-        data, sparsity_eps, thresholds=thresholds, orthogonality=orthogonality)
+        data, sparsity_eps, thresholds=thresholds, orthogonality=orthogonality, convention=convention)
     need = {"model_id", "n", "degenerated", *METRICS}
     missing = need - set(table.columns)
     if missing:
