@@ -773,7 +773,20 @@ def _key_caption(c) -> str:
             f"({key['vmin']:g} to {key['vmax']:.3g}); depth in depth order, the others by increasing mean drift; "
             "columns numbered as the rows. Right: each grouping's pairwise drifts (upper triangle), box of the "
             f"quartiles, white diamond the mean ({means}). The higher a grouping's box, the more that meta axis "
-            "shifts the filters.")
+            "shifts the filters." + _key_hatching(c, key))
+
+
+def _key_hatching(c, key) -> str:
+    """What hatching means in the key figure, when a grouping of it was tested (permutation test)."""
+    tests = [t for t in (c["results"]["groupings"][n].get("significance") for n in key["groupings"])
+             if t and t["metric"] == key["metric"]]
+    if not tests:
+        return ""
+    t = tests[0]
+    return (f" Hatched: not significant (permutation test of the models, {t['n_perm']} splits per pair at most, "
+            f"Benjamini-Hochberg at {t['alpha']:g} within each grouping; "
+            f"{sum(x['n_significant'] for x in tests)} of {sum(x['n_tested'] for x in tests)} tested pairs "
+            "significant).")
 
 
 def _in_key(c) -> bool:
