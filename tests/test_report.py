@@ -54,6 +54,20 @@ def store(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """A small report of a store converted from a CNN-Filter-DB-style HDF5 file (provenance kind ``h5``, not
+    ``synth``), its basis fitted on a selection."""
+    from filtershift.store.convert import convert
+
+    root = tmp_path_factory.mktemp("converted")
+    src = synthesize(root / "dataset.h5", n_filters=5_000, n_models=6, seed=2)
+    convert(src, root / "db.zarr")
+    spec = {**SMALL, "where": "task != 'Generative'", "basis": "selection"}
+    result = build_report(root / "db.zarr", root / "out", spec, scheduler="threads")
+    return result, json.loads(result.results_json.read_text())
+
+
+@pytest.fixture(scope="module")
 def built(store, tmp_path_factory):
     out = tmp_path_factory.mktemp("reports")
     result = build_report(store, out, SPEC, scheduler="threads")
@@ -310,6 +324,85 @@ def test_page_renders_in_chromium(built, tmp_path):
     assert hist["errors"] == []
 
 
+def test_page_reads_top_down_at_1400_by_900(built):
+    """At a 1400 x 900 viewport the key figure starts above the fold, nothing overflows sideways (also with every
+    ``<details>`` open), every image loads, and the folded parts say in their summary what they hold."""
+    result, r = built
+    state = inspect_page(result.index_html, Path(SHOTS) / "report-1400x900.png" if SHOTS else None, width=1400,
+                         height=900)
+    assert state["errors"] == []
+    assert 0 <= state["key_top"] < 900, state["key_top"]
+    assert state["scroll_width"] <= 1400 and state["scroll_width_open"] <= 1400
+    assert [i["src"] for i in state["images"] if not (i["complete"] and i["width"] > 0)] == []
+    summaries = [d["summary"] for d in state["details"]]
+    assert len(summaries) > 10 and all(len(t) > 8 for t in summaries)
+    assert not any(d["open"] for d in state["details"])
+    for what in ("Filters and models by task", "Provenance", "Parameters of this report", " views",
+                 "Bootstrap intervals", "Eigenimages per group", "Coefficient distributions", "Quality by",
+                 "Most degenerated layers"):
+        assert any(what in t for t in summaries), what
+    page = result.index_html.read_text()
+    assert "<script" not in page
+    # the first metric's matrices and the key figure stay open: outside every <details>
+    outside = re.sub(r"<details>.*?</details>", "", page, flags=re.S)
+    assert 'id="key"' in outside and f'src="{r["figures"]["key"]["png"]}"' in outside
+    for key in ("grouping.model.overview", "grouping.model.top", "quality"):
+        assert f'src="{r["figures"][key]["png"]}"' in outside, key
+    assert f'src="{r["figures"]["grouping.task.views"]["png"]}"' not in outside
+
+
+def test_synthetic_banner_only_for_synthetic_stores(built, converted):
+    """The banner follows the store's provenance: kind ``synth`` (filtershift synth) shows it, a converted HDF5
+    file (kind ``h5``) does not."""
+    _, r = built
+    assert [p["kind"] for p in r["store"]["provenance"]] == ["synth"]
+    page = built[0].index_html.read_text()
+    assert 'class="banner"' in page and page.index('class="banner"') < page.index('id="overview"')
+    result, r2 = converted
+    assert [p["kind"] for p in r2["store"]["provenance"]] == ["h5"]
+    assert 'class="banner"' not in result.index_html.read_text()
+
+
+def test_basis_heading_says_whose_basis(built, converted):
+    """A report on a selection with ``basis: selection`` does not call its basis global."""
+    assert "<h2>Global basis</h2>" in built[0].index_html.read_text()
+    result, r = converted
+    assert r["basis"]["basis_scope"] == "selection"
+    page = result.index_html.read_text()
+    assert "<h2>Basis of the selected records</h2>" in page and "Global basis" not in page
+
+
+def test_init_caption_names_its_order():
+    """The init matrix's caption says how its groups are ordered (by mean drift), not "as above": above, the key
+    figure shows depth in depth order."""
+    from filtershift.report.figures import _init_caption
+
+    c = {"name": "depth", "gr": {"init": {"metric": "kl_sym", "inits": ["kaiming_uniform"], "layers": [1, 2],
+                                          "seed": 0}}}
+    text = _init_caption(c)
+    assert "same order as above" not in text and "sorted by increasing mean kl_sym drift" in text
+
+
+def test_history_counts_where_the_card_counts(built):
+    """The history tracks degenerated layers as the count the quality card shows, and every trend panel names its
+    unit."""
+    from filtershift.report import build, figures
+
+    result, r = built
+    assert r["headline"]["degenerated layers (count)"] == r["quality"]["n_degenerated"]
+    assert "degenerated layers" not in r["headline"]
+    history = result.history_html.read_text()
+    assert "<th>degenerated layers (count)</th>" in history and "<th>filters (count)</th>" in history
+    runs = [json.loads((result.run_dir / "run.json").read_text())]
+    series = build.trend_series(runs)
+    assert series["degenerated layers (count)"] == [r["quality"]["n_degenerated"]]
+    fig = figures.trend(runs, series)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    figures.plt.close(fig)
+    assert len(titles) == len(series) and "mean kl_sym by task (nats)" in titles
+    assert "explained variance c0-c2 (share of variance)" in titles and "degenerated layers (count)" in titles
+
+
 # -- publishing ------------------------------------------------------------------------------------------------------
 
 
@@ -470,7 +563,9 @@ def chromium() -> str:
 
 def inspect_page(page: Path, screenshot: Path | None = None, width: int = 1280, height: int = 2400,
                  timeout: float = 60.0) -> dict:
-    """Load ``page`` and return {"errors": [...], "images": [{src, complete, width}], "title": str}."""
+    """Load ``page`` and return {"errors": [...], "images": [{src, complete, width}], "title": str, "key_top": the
+    key figure's top (px from the top of the page), "scroll_width" (and "scroll_width_open" with every
+    ``<details>`` open), "details": [{summary, open}]}."""
     profile = tempfile.mkdtemp(prefix="fs-chromium-")
     proc = subprocess.Popen([chromium(), *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
                              "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -555,11 +650,17 @@ async def _inspect(url, page: Path, screenshot, width, height, timeout) -> dict:
     await call("Page.navigate", url=Path(page).resolve().as_uri())
     await asyncio.wait_for(loaded.wait(), timeout)
     expr = ("JSON.stringify({title: document.title, images: Array.from(document.images).map(i => "
-            "({src: i.getAttribute('src'), complete: i.complete, width: i.naturalWidth}))})")
-    state = json.loads((await call("Runtime.evaluate", expression=expr, returnByValue=True))["result"]["value"])
+            "({src: i.getAttribute('src'), complete: i.complete, width: i.naturalWidth})), "
+            "key_top: (document.querySelector('#key figure') || {getBoundingClientRect: () => ({top: null})})"
+            ".getBoundingClientRect().top, scroll_width: document.documentElement.scrollWidth, "
+            "details: Array.from(document.querySelectorAll('details')).map(d => "
+            "({summary: (d.querySelector('summary') || {textContent: ''}).textContent, open: d.open})), "
+            "scroll_width_open: (document.querySelectorAll('details').forEach(d => { d.open = true; }), "
+            "document.documentElement.scrollWidth)})")
     if screenshot is not None:
         shot = await call("Page.captureScreenshot", format="png")
         Path(screenshot).write_bytes(base64.b64decode(shot["data"]))
+    state = json.loads((await call("Runtime.evaluate", expression=expr, returnByValue=True))["result"]["value"])
     task.cancel()
     conn.close()
     return {"errors": errors, **state}

@@ -275,6 +275,17 @@ def draw(analysis, results: dict, spec: dict, directory: Path) -> dict:
     return {key: {fmt: f"figures/{name}" for fmt, name in names.items()} for key, names in files.items()}
 
 
+#: Panels of the history page's trend (the headline numbers, in the order they first appear).
+TREND_PANELS = 9
+
+
+def trend_series(runs: list) -> dict:
+    """Each headline number across ``runs`` (None where a run lacks it), models left out (the filters panel says
+    how big the store is), at most :data:`TREND_PANELS`."""
+    keys = [k for k in dict.fromkeys(k for r in runs for k in r.get("headline", {})) if k != "models"]
+    return {k: [r.get("headline", {}).get(k) for r in runs] for k in keys[:TREND_PANELS]}
+
+
 def write_history(target) -> None:
     """Rewrite ``OUT/index.html`` (atomically) from the published runs of ``target`` (a
     :func:`filtershift.report.publish.open_output`)."""
@@ -283,10 +294,7 @@ def write_history(target) -> None:
     runs = target.list_runs()
     svg = ""
     if len(runs) >= 1:
-        keys = list(dict.fromkeys(k for r in runs for k in r.get("headline", {}) if k not in ("filters", "models")))
-        series = {k: [r.get("headline", {}).get(k) for r in runs] for k in keys[:5]}
-        series = {"filters": [r.get("headline", {}).get("filters") for r in runs], **series}
-        fig = figures.trend(runs, series)
+        fig = figures.trend(runs, trend_series(runs))
         buf = io.StringIO()
         fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
         figures.plt.close(fig)

@@ -504,21 +504,50 @@ def quality_panels(table, keys) -> plt.Figure:
     return fig
 
 
+def headline_unit(key: str) -> str:
+    """The unit of a headline number (:func:`filtershift.report.results.headline`) by its key: ``count``, a share
+    or the metric's unit."""
+    from filtershift.metrics import METRICS
+
+    if key in ("filters", "models") or key.endswith("(count)"):
+        return "count"
+    if key == "degenerated layers":
+        return "share of layers"
+    if key.startswith("explained variance"):
+        return "share of variance"
+    metric = key.split()[1] if key.startswith("mean ") and " by " in key else None
+    return METRICS[metric].units if metric in METRICS else ""
+
+
 def trend(runs: list, series: dict) -> plt.Figure:
-    """Headline numbers across runs (x: run order), one small panel per series, three per row."""
+    """Headline numbers across runs (x: run number, oldest first), one panel per series titled with its unit,
+    three per row; counts on an integer axis."""
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
+
     keys = [k for k, v in series.items() if any(x is not None for x in v)] or list(series)[:1]
     cols = min(3, max(len(keys), 1))
     rows = -(-max(len(keys), 1) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.1 * rows), squeeze=False)
-    x = np.arange(len(runs))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 2.7 * rows), squeeze=False)
+    x = np.arange(1, len(runs) + 1)
     for ax in axes.ravel()[len(keys):]:
         ax.axis("off")
     for ax, key in zip(axes.ravel(), keys):
         y = np.array([np.nan if v is None else v for v in series[key]], np.float64)
-        ax.plot(x, y, "o-", ms=3, color="#4c72b0")
-        ax.set_title(key, fontsize=8)
-        ax.set_xticks(x, [str(i + 1) for i in x], fontsize=7)
-        ax.set_xlabel("run", fontsize=7)
+        ax.plot(x, y, "o-", ms=4, color="#4c72b0")
+        unit = headline_unit(key)
+        ax.set_title(key if not unit or key.endswith(f"({unit})") else f"{key} ({unit})", fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=8, min_n_ticks=1))
+        ax.set_xlim(0.5, len(runs) + 0.5)
+        ax.set_xlabel("run", fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(True, color="#e5e5e5", lw=0.6)
+        if unit == "count":
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+            if np.isfinite(y).any() and np.nanmin(y) == np.nanmax(y):
+                ax.set_ylim(np.nanmin(y) - 1, np.nanmax(y) + 1)
+        formatter = ScalarFormatter(useOffset=False)
+        formatter.set_scientific(False)
+        ax.yaxis.set_major_formatter(formatter)
     fig.tight_layout()
     return fig
 
@@ -651,7 +680,8 @@ def _init_matrix(c):
 
 def _init_caption(c) -> str:
     i = c["gr"]["init"]
-    return (f"The groups of {c['name']} (same order as above) and freshly initialised filters of "
+    return (f"The groups of {c['name']} sorted by increasing mean {i['metric']} drift between them, and freshly "
+            "initialised filters of "
             f"{', '.join(i['inits'])} (last; sampled in {len(i['layers'])} layers each, seed {i['seed']}, counted in "
             "the same bins). A group close to an initialisation looks untrained. Two samples of one initialiser "
             "differ by about 0.0007 nats (kl_sym); after scaling, the two uniform initialisers give one "
@@ -833,7 +863,8 @@ FIGURES = (
                  beside="order"),
     ReportFigure("grouping.{name}.drift.{metric}.unsorted", "grouping", _unsorted, heatmap,
                  "drift-{slug}-{metric}-unsorted", lambda c: f"{c['metric']} drift in natural (depth) order.",
-                 lambda c: f"{c['name']} drift unsorted", vector=False, metrics="first", display="matrix"),
+                 lambda c: f"{c['name']} drift unsorted", vector=False, metrics="first", display="matrix",
+                 heading=lambda c: "In natural (depth) order"),
     ReportFigure("grouping.{name}.views", "grouping", _views_data, metric_panels, "drift-{slug}-views",
                  lambda c: "The other metrics' drift matrices, each on its own scale, rows in the order of the "
                            f"{c['metric0']} matrix{' of the key figure' if _in_key(c) else ''}.",

@@ -311,6 +311,11 @@ def build_results(analysis, spec: dict, run: dict, tables: Path, models: pd.Data
     return results, table_index
 
 
+#: The headline key of the degenerated layers: a count, as the quality card shows (runs before 2026-12-02 had a
+#: share of layers under ``degenerated layers``; the history page labels that one so).
+DEGENERATED = "degenerated layers (count)"
+
+
 def headline(results: dict, spec: dict) -> dict:
     """A few numbers tracked across runs on the history page."""
     out = {"filters": results["store"]["n_filters"], "models": results["store"]["n_models"],
@@ -322,7 +327,7 @@ def headline(results: dict, spec: dict) -> dict:
             out[f"mean {metric} by {name}"] = float(np.nanmean(md))
     q = results.get("quality")
     if q and q.get("n_degenerated") is not None and q["n_layers"]:
-        out["degenerated layers"] = q["n_degenerated"] / q["n_layers"]
+        out[DEGENERATED] = int(q["n_degenerated"])
     return out
 
 
