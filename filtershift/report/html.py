@@ -352,7 +352,7 @@ def init_part(q: dict) -> str:
             f"untrained. Layers of few filters have noisy histograms and sit far from everything.{kl}</p>")
     numeric = {j for j, c in enumerate(cols) if c in ("model_id", "conv_depth", "conv_depth_norm", "n",
                                                       "init_distance")}
-    return fold(f"Layers closest to random initialisation ({len(rows)})",
+    return fold(f"Closest to random initialisation: the {len(rows)} layers that look untrained",
                 note + table(cols, [[x[c] for c in cols] for x in rows], numeric=numeric))
 
 
