@@ -32,8 +32,9 @@ def default_scheduler(args) -> str:
 
 #: Why the default is threads, for ``filtershift cluster defaults``.
 DEFAULT_REASON = ("threads in this process: the kernels release the GIL, so one process uses every core, memory "
-                  "stays bounded by the chunks in flight, and no cluster starts (a report of 1e6 filters: 26-30 s "
-                  "on threads, 37-39 s on a local cluster, 46 s on processes; BENCHMARKS.md). --workers or "
+                  "stays bounded by the chunks in flight, and no cluster starts (a report on this 2-core machine, "
+                  "medians of 2 rounds: 1e6 filters 15 s on threads, 20 s on a local cluster, 23 s on processes; "
+                  "1e8 filters 30, 42 and 73 s; BENCHMARKS.md). --workers or "
                   "--memory-limit start a local cluster (separate worker memory limits, a dashboard).")
 
 
