@@ -196,6 +196,29 @@ def test_models_are_shown_by_name_and_never_small_for_being_one_model(store, bui
     assert all(row["model"] == want[str(row["model_id"])] for row in r["quality"]["most_degenerated_models"])
 
 
+def test_every_csv_table_holds_its_parquet_table(built):
+    """The CSV copy of each table (written by pyarrow) reads back, with pandas, as the Parquet table: the same
+    columns, values and missing values."""
+    result, r = built
+    assert len(r["tables"]) >= 5
+    for name, files in r["tables"].items():
+        want = pd.read_parquet(result.run_dir / files["parquet"])
+        got = pd.read_csv(result.run_dir / files["csv"], keep_default_na=False, na_values=[""])
+        assert list(got.columns) == list(want.columns), name
+        for col in want.columns:
+            w, g = want[col], got[col]
+            if pd.api.types.is_numeric_dtype(w) and not pd.api.types.is_bool_dtype(w):
+                np.testing.assert_array_equal(g.to_numpy(np.float64), w.to_numpy(np.float64, na_value=np.nan),
+                                              err_msg=f"{name}.{col}")
+            else:
+                assert [_cell(x) for x in g] == [_cell(x) for x in w], f"{name}.{col}"
+
+
+def _cell(x):
+    """A text cell as CSV keeps it: missing and empty are one (a CSV cannot tell them apart), booleans any case."""
+    return None if pd.isna(x) or x == "" else str(x).lower()
+
+
 def test_quality_numbers(store, built):
     result, r = built
     want = layer_quality(open_store(store), sparsity_eps=0.01)
