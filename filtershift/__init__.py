@@ -36,6 +36,7 @@ _API = {
     "top_bins": "filtershift.stats",
     "correlate": "filtershift.stats.correlate",
     "group_bases": "filtershift.stats",
+    "align_to": "filtershift.stats",
     "kde": "filtershift.stats",
     "init_reference": "filtershift.stats",
     "init_distance": "filtershift.stats",

@@ -273,6 +273,48 @@ def test_every_reference_exists_and_stays_inside(built):
     assert f'href="runs/{result.run}/index.html"' in history and "<svg" in history
 
 
+def test_group_eigenimages_are_aligned_to_the_global_basis(store, built, drawn):
+    """results.json's order/signs/cosines/tied of every grouping's bases equal a plain numpy recomputation from its
+    own group_bases components and the global basis: the permutation of largest total |cosine| (all 9! tried),
+    signs of positive cosine, eigenvalues within tie_rtol; the figure draws the aligned components and their
+    shares."""
+    import itertools
+
+    _, r = built
+    perms = np.array(list(itertools.permutations(range(9))))
+    base = np.array(r["basis"]["components"], np.float64)
+    aligned = 0
+    for name, g in r["groupings"].items():
+        if "group_bases" not in g:
+            continue
+        gb = g["group_bases"]
+        assert gb["tie_rtol"] == 0.05
+        job = next(j for j in drawn if j.key == f"grouping.{name}.eigenimages")
+        for i, valid in enumerate(gb["valid"]):
+            if not valid:
+                assert gb["order"][i] is None and gb["tied"][i] is None
+                continue
+            comps = np.array(gb["components"][i], np.float64)
+            ratio = np.array(gb["explained_variance_ratio"][i], np.float64)
+            cos = base @ comps.T
+            best = perms[np.argmax(np.abs(cos)[np.arange(9), perms].sum(1))]
+            assert gb["order"][i] == best.tolist(), (name, i)
+            matched = cos[np.arange(9), best]
+            assert gb["signs"][i] == np.sign(matched).astype(int).tolist()
+            close(gb["cosines"][i], np.abs(matched))
+            tied = [any(abs(ratio[b] - ratio[o]) <= 0.05 * max(ratio[b], ratio[o]) for o in range(9) if o != b)
+                    for b in best]
+            assert gb["tied"][i] == tied
+            want = np.sign(matched)[:, None] * comps[best]
+            np.testing.assert_allclose(job.kwargs["alignment"]["aligned"][i], want, rtol=0, atol=1e-12)
+            np.testing.assert_allclose(job.kwargs["alignment"]["ratio"][i], ratio[best], rtol=1e-12)
+            aligned += 1
+    assert aligned >= 5
+    ridge = next(j for j in drawn if j.key == "grouping.task.ridges")
+    assert list(ridge.kwargs["components"]) == list(range(9)), "all 9 components, as the notebook"
+    assert ridge.kwargs["kde"].attrs["data"] == "fine_counts"
+
+
 def test_key_figure_shares_one_colour_scale(built, drawn):
     """Task, visual category and depth on ONE colour scale: results.json's vmin/vmax equal the range of the three
     matrices (computed here from their numbers), the figure's three matrices use exactly that norm, one colour bar."""

@@ -32,6 +32,7 @@ class GroupingResult:
     cluster_order: np.ndarray | None = None
     top: np.ndarray | None = None
     bases: xr.Dataset | None = None
+    alignment: dict | None = None
     kde: xr.DataArray | None = None
     test: xr.Dataset | None = None
     names: list | None = None
@@ -126,6 +127,28 @@ def top_shifted(matrix: np.ndarray, k: int) -> np.ndarray:
     return order[:k]
 
 
+def align_bases(bases: xr.Dataset, components) -> dict:
+    """Each valid group's components matched to the global ``components`` (``stats.align.align_to`` says how).
+
+    Arrays (group, component): ``order`` (-1 for a group without a basis), ``signs``, ``cosines``, ``ratio`` (the
+    matched component's explained variance ratio), ``tied``; ``aligned`` (group, component, k); NaN, 0 and False
+    where a group has no basis; ``rtol``, the tie tolerance."""
+    from filtershift.stats.align import TIE_RTOL, align_to
+
+    comps = bases["components"].values
+    ratio = bases["explained_variance_ratio"].values
+    g, c, k = comps.shape
+    out = {"order": np.full((g, c), -1, np.int64), "signs": np.zeros((g, c), np.int64),
+           "cosines": np.full((g, c), np.nan), "ratio": np.full((g, c), np.nan), "tied": np.zeros((g, c), bool),
+           "aligned": np.full((g, c, k), np.nan), "rtol": TIE_RTOL}
+    for i in np.flatnonzero(bases["valid"].values):
+        a = align_to(components, comps[i], ratio[i])
+        for key in ("order", "signs", "cosines", "tied", "aligned"):
+            out[key][i] = a[key]
+        out["ratio"][i] = ratio[i][a["order"]]
+    return out
+
+
 def covariance(basis) -> np.ndarray:
     """Covariance (9 x 9, ddof=1) of the scaled filters, rebuilt from the full-rank basis."""
     c = np.asarray(basis.components_, np.float64)
@@ -163,8 +186,9 @@ def analyse(ds: xr.Dataset, info: dict, spec: dict, *, step=lambda name: None) -
         name = grouping_name(by)
         step(f"grouping {name}")
         # pass 3 (the first time) counts the 2D density too
-        stats.histograms(basis, spec["bins"], range=scope.range, density=pair)
-        dist = distributions(stats, basis, by=by, bins=spec["bins"], min_filters=th["min_filters"],
+        stats.histograms(basis, spec["bins"], fig["ridge_bins"], range=scope.range, density=pair)
+        dist = distributions(stats, basis, by=by, bins=spec["bins"], fine_bins=fig["ridge_bins"],
+                             min_filters=th["min_filters"],
                              min_models=th["min_models"], keep_missing=spec["keep_missing"], range=scope.range)
         g = GroupingResult(name, by, dist, {m: drift(dist, m) for m in spec["metrics"]})
         first = g.drift[spec["metrics"][0]].values
@@ -188,6 +212,7 @@ def analyse(ds: xr.Dataset, info: dict, spec: dict, *, step=lambda name: None) -
         if 1 <= g.size <= fig["max_groups"]:
             g.bases = group_bases(stats, by, min_filters=th["min_filters"], min_models=th["min_models"],
                                   keep_missing=spec["keep_missing"])
+            g.alignment = align_bases(g.bases, basis.components_)
             g.kde = kde(dist, points=256, components=list(range(fig["ridge_components"])))
         if name == "model":
             g.names = model_names(stats.tables()[1], g.labels)
@@ -216,7 +241,9 @@ def analyse(ds: xr.Dataset, info: dict, spec: dict, *, step=lambda name: None) -
             notes.append(f"no grouping has at most figures.max_groups ({fig['max_groups']}) groups: the "
                          "initialisation groups are added to no drift matrix")
         else:
-            target.init = init_reference(target.dist, basis, inits=spec["init"])
+            # without the ridge plots' fine counts, so that init_distance below reuses the same sample
+            coarse = target.dist.drop_vars(["fine_counts", "fine_edges"], errors="ignore")
+            target.init = init_reference(coarse, basis, inits=spec["init"])
             target.init_drift = drift(target.init, metric0)
     density = None
     if pair is not None:

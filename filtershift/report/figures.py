@@ -175,27 +175,36 @@ def covariance(cov) -> plt.Figure:
     return fig
 
 
-def group_eigenimages(bases, n: int = 9) -> plt.Figure:
-    """Rows of eigenimages, one per group (the same PCA fitted on each group's filters), drawn as one mosaic on
-    one symmetric diverging scale; groups without a basis stay blank."""
+def group_eigenimages(bases, alignment, n: int = 9) -> plt.Figure:
+    """Rows of eigenimages, one per group (the same PCA fitted on each group's filters), each group's components
+    matched to the global ones (``alignment``: column j shows the group's component of largest |cosine| with
+    global component j, signed to a positive cosine), one mosaic on one symmetric diverging scale. Under each image
+    the group's explained variance share of that component and the cosine; near-tied components (eigenvalues
+    within ``alignment["rtol"]``) are marked with "~" in red. Groups without a basis stay blank."""
     labels = [str(g) for g in bases["group"].values]
-    comps = bases["eigenimages"].values[:, :n]
+    comps = np.asarray(alignment["aligned"])[:, :n].reshape(len(labels), -1, 3, 3)
     valid = bases["valid"].values
     rows = len(labels)
-    mosaic = np.full((rows * 4 - 1, n * 4 - 1), np.nan)
+    mosaic = np.full((rows * 5 - 1, n * 4 - 1), np.nan)     # a blank row under the last texts
     for i in range(rows):
         for j in range(n):
             if valid[i]:
-                mosaic[4 * i:4 * i + 3, 4 * j:4 * j + 3] = comps[i, j]
+                mosaic[5 * i:5 * i + 3, 4 * j:4 * j + 3] = comps[i, j]
     vmax = float(np.nanmax(np.abs(mosaic))) if np.isfinite(mosaic).any() else 1.0
-    fig, ax = plt.subplots(figsize=(0.75 * n + 3.2, 0.75 * rows + 0.8))
+    fig, ax = plt.subplots(figsize=(0.75 * n + 3.2, 0.95 * rows + 0.8))
     cmap = plt.get_cmap(DIVERGING).with_extremes(bad="white")
     im = ax.imshow(np.ma.masked_invalid(mosaic), cmap=cmap, vmin=-vmax, vmax=vmax, interpolation="nearest")
+    for i in np.flatnonzero(valid):
+        for j in range(n):
+            tied = bool(alignment["tied"][i, j])
+            ax.text(4 * j + 1, 5 * i + 2.6, f"{alignment['ratio'][i, j]:.0%} {alignment['cosines'][i, j]:.2f}"
+                    + (" ~" if tied else ""), ha="center", va="top", fontsize=6,
+                    color=SMALL_COLOUR if tied else "#333")
     ax.set_xticks([4 * j + 1 for j in range(n)], [f"c{j}" for j in range(n)])
     ax.xaxis.tick_top()
     ticks = [group_label(lab, int(bases["n_models"][i]), int(bases["n_filters"][i]), bool(bases["small"][i]))
              for i, lab in enumerate(labels)]
-    ax.set_yticks([4 * i + 1 for i in range(rows)], ticks, fontsize=7)
+    ax.set_yticks([5 * i + 1 for i in range(rows)], ticks, fontsize=7)
     for t, small in zip(ax.get_yticklabels(), bases["small"].values):
         if small:
             t.set_color(SMALL_COLOUR)
@@ -207,20 +216,22 @@ def group_eigenimages(bases, n: int = 9) -> plt.Figure:
 
 
 def ridges(kde, order, small, components) -> plt.Figure:
-    """Ridge plot: per component (column) one density curve per group (row), groups in ``order``."""
+    """Ridge plot: per component (column) one density curve per group (row), groups in ``order``; one figure of
+    small multiples (narrower panels when more than three components are drawn)."""
     comps = list(components)
     x = kde["x"].values
     labels = [str(g) for g in kde["group"].values]
     rows = len(order)
     names = [labels[g] + (" *" if small[g] else "") for g in order[::-1]]
-    left, width, gap, bottom, height = text_width(names, 7) + TICK + 0.1, 2.3, 0.2, TICK + 2 * LINE, 0.32 * rows + 0.4
+    width, gap = (2.3, 0.2) if len(comps) <= 3 else (1.3, 0.12)
+    left, bottom, height = text_width(names, 7) + TICK + 0.1, TICK + 2 * LINE, 0.32 * rows + 0.4
     fig = plt.figure(figsize=(left + len(comps) * (width + gap), bottom + height + LINE + 0.1))
     axes = np.empty((1, len(comps)), object)
     for k in range(len(comps)):
         axes[0, k] = _axes(fig, left + k * (width + gap), bottom, width, height)
         if k:
             axes[0, k].sharey(axes[0, 0])
-            axes[0, k].tick_params(axis="y", labelleft=False)
+            axes[0, k].tick_params(axis="y", left=False, labelleft=False)
     colours = plt.cm.viridis(np.linspace(0.1, 0.9, max(rows, 1)))
     for c, ax in zip(comps, axes[0]):
         dens = kde.sel(component=c).values
@@ -231,8 +242,11 @@ def ridges(kde, order, small, components) -> plt.Figure:
                 continue
             ax.fill_between(x, r, r + np.nan_to_num(y), color=colours[r], alpha=0.75, lw=0)
             ax.plot(x, r + np.nan_to_num(y), color="k", lw=0.4)
-        ax.set_title(f"component {c}")
+        ax.set_title(f"component {c}" if len(comps) <= 3 else f"c{c}")
         ax.set_xlabel("coefficient")
+        if len(comps) > 3:
+            ax.tick_params(axis="x", labelsize=7)
+            ax.xaxis.set_major_locator(plt.MaxNLocator(4))
         ax.spines["left"].set_visible(False)
     axes[0, 0].set_yticks(range(rows), names, fontsize=7)
     axes[0, 0].tick_params(axis="y", length=0)
@@ -692,7 +706,7 @@ def _group_eigenimages(c):
     bases = c["g"].bases
     if bases is None or not bases["valid"].values.any():
         return None
-    return {"bases": bases, "n": c["fig_spec"]["eigenimage_components"]}
+    return {"bases": bases, "alignment": c["g"].alignment, "n": c["fig_spec"]["eigenimage_components"]}
 
 
 def _ridges(c):
@@ -898,11 +912,17 @@ FIGURES = (
                  _init_caption, lambda c: f"{c['name']} drift from random initialisation", vector=False,
                  heading=lambda c: "Against random initialisation"),
     ReportFigure("grouping.{name}.eigenimages", "grouping", _group_eigenimages, group_eigenimages,
-                 "eigenimages-{slug}", lambda c: "The same PCA fitted on each group's filters.",
+                 "eigenimages-{slug}",
+                 lambda c: "The same PCA fitted on each group's filters, its components matched one-to-one to the "
+                           "global ones by largest |cosine| (column cj: the group's component most parallel to "
+                           "global cj, signed so that the cosine is positive). Under each image: the group's share "
+                           "of variance in that component and the cosine; ~ in red: the group has another "
+                           f"eigenvalue within {c['gr']['group_bases']['tie_rtol']:.0%} of it, so the two may swap.",
                  lambda c: f"{c['name']} eigenimages", heading=lambda c: "Eigenimages per group"),
     ReportFigure("grouping.{name}.ridges", "grouping", _ridges, ridges, "ridges-{slug}",
                  lambda c: "Gaussian KDE of the coefficients per group (rows, sorted by mean drift) and component "
-                           "(columns), each panel scaled to its highest peak.",
+                           "(columns), with the notebook's Silverman bandwidth (KDEpy's rule) on fine bins; each "
+                           "panel scaled to its highest peak.",
                  lambda c: f"{c['name']} ridge plot", heading=lambda c: "Coefficient distributions"),
     ReportFigure("density2d", "density", _density, density, "density2d", _density_caption,
                  lambda c: "2D density", vector=False),

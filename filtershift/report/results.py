@@ -218,6 +218,11 @@ def grouping_results(g, spec: dict, tables: Path, table_index: dict) -> dict:
     if g.bases is not None:
         out["group_bases"] = {"explained_variance_ratio": g.bases["explained_variance_ratio"].values,
                               "components": g.bases["components"].values, "valid": g.bases["valid"].values}
+        if g.alignment is not None:
+            a, valid = g.alignment, g.bases["valid"].values
+            out["group_bases"].update({key: [row if ok else None for row, ok in zip(a[key], valid)]
+                                       for key in ("order", "signs", "cosines", "tied")})
+            out["group_bases"]["tie_rtol"] = a["rtol"]
     if g.attribution is not None:
         out["attribution"] = attribution_results(g.attribution, g.labels)
     if g.init is not None:

@@ -6,6 +6,7 @@ components from the same coefficients). Everything else (bases per group, distri
 intervals, KDE) is computed from the small per-record results.
 """
 
+from filtershift.stats.align import align_to
 from filtershift.stats.basis import Basis, fit_basis, group_bases
 from filtershift.stats.cache import RecordStats, record_stats
 from filtershift.stats.distributions import density2d, distributions
@@ -15,6 +16,6 @@ from filtershift.stats.kde import kde
 from filtershift.stats.significance import drift_test
 from filtershift.stats.strata import conditional_drift
 
-__all__ = ["Basis", "RecordStats", "conditional_drift", "density2d", "distributions", "drift", "drift_ci",
+__all__ = ["Basis", "RecordStats", "align_to", "conditional_drift", "density2d", "distributions", "drift", "drift_ci",
            "drift_components", "drift_test", "fit_basis", "group_bases", "init_distance", "init_reference", "kde",
            "record_stats", "top_bins"]

@@ -263,11 +263,15 @@ class RecordStats:
                    density: histograms.Density2D | None = None) -> xr.Dataset:
         """Pass 3 (once per basis, bins and range): per record x component x bin counts over one range. With
         ``density`` the same pass also counts that 2D histogram (kept for :meth:`density`); if pass 3 ran
-        already without it, :meth:`density` counts it in a pass of its own."""
+        already without it, :meth:`density` counts it in a pass of its own. A request without ``fine_bins`` is
+        served by a pass that counted fine bins too (the result then holds ``fine_counts`` as well)."""
         basis = self._basis(basis)
         bins, fine_bins = check_bins(bins, "bins"), check_bins(fine_bins, "fine_bins", allow_zero=True)
         lo, up = self.coef_range(basis) if range is None else (float(range[0]), float(range[1]))
         key = (basis_key(basis.mean_, basis.components_), bins, fine_bins, lo, up)
+        if not fine_bins and key not in self._hist:
+            # counts with fine counts beside them serve a request without: no pass of its own
+            key = next((k for k in self._hist if (k[:2], k[3:]) == (key[:2], key[3:])), key)
         dkey = None if density is None else (key[0], density)
         if key not in self._hist:
             m = self.moments()
