@@ -8,7 +8,7 @@ The KDE of binned data puts each bin's count at its centre: ``f(x) = sum_i n_i p
 The bandwidth is the CNN-Filter-DB notebook's: its ridge plots use KDEpy's ``FFTKDE(kernel="gaussian",
 bw="silverman")``, whose rule is ``min(std, IQR / 1.349) * (3 n / 4) ** (-1 / 5)``; that is scipy's
 ``gaussian_kde(bw_method="silverman")`` (``std * (3 n / 4) ** (-1 / 5)``) wherever ``std <= IQR / 1.349``.
-Binning changes the curve by at most a few 1e-3 of its peak when the bin width is under a fifth of the bandwidth
+Binning changes the curve by at most 0.5 % of its peak when the bin width is at most 0.3 of the bandwidth
 (tests/test_stats_analysis.py, ``test_binned_kde_equals_scipy_on_the_coefficients``; docs/report.md).
 """
 
