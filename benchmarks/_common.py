@@ -1,4 +1,5 @@
-"""Shared helpers of the benchmark scripts: child-process timing with peak RSS, and BENCHMARKS.md output."""
+"""Shared helpers of the benchmark scripts: the installed console script, child-process timing with peak RSS, and
+BENCHMARKS.md output."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,6 +71,44 @@ def run_child(code: str, env: dict | None = None, setup: str = DEFAULT_SETUP) ->
     result = json.loads(line[len("BENCH-RESULT "):])
     result["stdout"] = "\n".join(line for line in out.stdout.splitlines() if not line.startswith("BENCH-RESULT"))
     return result
+
+
+def console_script() -> str:
+    """Path of the installed ``filtershift`` console script (what users run); exits with the remedy if missing."""
+    exe = shutil.which("filtershift")
+    if exe is None:
+        sys.exit("filtershift is not on PATH: install the project first (README).")
+    return exe
+
+
+def run_tree(argv: list) -> tuple[float, int]:
+    """Wall time and peak RSS of the process tree of ``argv`` (sampled every 50 ms, children included); exits with
+    its stderr if it fails."""
+    import psutil
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, env={**os.environ, "FILTERSHIFT_PROGRESS": "0"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak, root = [0], psutil.Process(proc.pid)
+
+    def watch():
+        while proc.poll() is None:
+            try:
+                rss = root.memory_info().rss + sum(c.memory_info().rss for c in root.children(recursive=True))
+                peak[0] = max(peak[0], rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    err = proc.stderr.read()
+    proc.wait()
+    wall = time.perf_counter() - t0
+    watcher.join()
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(argv)} failed (exit {proc.returncode}):\n{err[-3000:]}")
+    return wall, peak[0]
 
 
 def machine() -> str:

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import append_section
+from _common import append_section, console_script
 
 STAGE = re.compile(r"^(\d\d:\d\d:\d\d,\d+) INFO filtershift.report: (stage: .*|published .*)$")
 
@@ -67,9 +67,7 @@ def main() -> None:
     p.add_argument("--scheduler", default=None, help="--scheduler of both commands (default: the CLI's)")
     p.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
     args = p.parse_args()
-    exe = shutil.which("filtershift")
-    if exe is None:
-        sys.exit("filtershift is not on PATH: install the project first (README).")
+    exe = console_script()
     sched = ["--scheduler", args.scheduler] if args.scheduler else []
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-demo-") as tmp:

@@ -10,13 +10,12 @@ Python command line on this machine at this moment). ``--append`` adds the table
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import subprocess
 import sys
 import time
 
-from _common import append_section
+from _common import append_section, console_script
 
 COMMANDS = [[], ["cluster", "defaults"], ["cluster", "check"], ["cluster", "local"], ["compare"], ["convert"],
             ["demo"], ["drift"], ["extract"], ["info"], ["pca"], ["quality"], ["report"], ["synth"], ["verify"]]
@@ -27,9 +26,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=10, help="runs per command (default %(default)s)")
     p.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
     args = p.parse_args()
-    exe = shutil.which("filtershift")
-    if exe is None:
-        sys.exit("filtershift is not on PATH: install the project first (README).")
+    exe = console_script()
     runs = {("python -c pass",): [], **{("filtershift", *c, "--help"): [] for c in COMMANDS}}
     for _ in range(args.repeat):
         for key in runs:

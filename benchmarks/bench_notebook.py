@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 
-from _common import append_section, gib, run_child
-from bench_scheduler import run_tree
+from _common import append_section, console_script, gib, run_child, run_tree
 
 NOTEBOOK = """
 import h5py, numpy as np, pandas as pd, scipy.stats, warnings
@@ -68,9 +65,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
     args = p.parse_args()
-    exe = shutil.which("filtershift")
-    if exe is None:
-        sys.exit("filtershift is not on PATH: install the project first (README).")
+    exe = console_script()
     rows, walls = [], {"notebook": [], "report": []}
     with tempfile.TemporaryDirectory(prefix="bench-notebook-") as tmp:
         h5, store = f"{tmp}/dataset.h5", f"{tmp}/db.zarr"

@@ -13,45 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
-import threading
-import time
 
-import psutil
-from _common import READ_ZARR, append_section, gib, run_child
+from _common import READ_ZARR, append_section, console_script, gib, run_child, run_tree
 
 CHOICES = ("default", "threads", "processes", "local")
-
-
-def run_tree(argv: list) -> tuple[float, int]:
-    """Wall time and peak RSS of the process tree of ``argv``."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, env={**os.environ, "FILTERSHIFT_PROGRESS": "0"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak, root = [0], psutil.Process(proc.pid)
-
-    def watch():
-        while proc.poll() is None:
-            try:
-                rss = root.memory_info().rss + sum(c.memory_info().rss for c in root.children(recursive=True))
-                peak[0] = max(peak[0], rss)
-            except psutil.Error:
-                pass
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    err = proc.stderr.read()
-    proc.wait()
-    wall = time.perf_counter() - t0
-    watcher.join()
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(argv)} failed (exit {proc.returncode}):\n{err[-3000:]}")
-    return wall, peak[0]
 
 
 def main() -> None:
@@ -60,9 +28,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
     args = p.parse_args()
-    exe = shutil.which("filtershift")
-    if exe is None:
-        sys.exit("filtershift is not on PATH: install the project first (README).")
+    exe = console_script()
     default = subprocess.run([exe, "cluster", "defaults"], capture_output=True, text=True).stdout.strip()
     results = {c: [] for c in ("read", *CHOICES)}
     rows = []
