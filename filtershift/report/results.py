@@ -45,10 +45,11 @@ def write_table(df: pd.DataFrame, tables: Path, stem: str) -> dict:
     values, missing ones empty, strings quoted, booleans true/false)."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
 
-    df.to_parquet(tables / f"{stem}.parquet", index=False)
-    pacsv.write_csv(pa.Table.from_pandas(df, preserve_index=False), tables / f"{stem}.csv",
-                    pacsv.WriteOptions(quoting_style="needed"))
+    table = pa.Table.from_pandas(df, preserve_index=False)   # what DataFrame.to_parquet(index=False) writes
+    pq.write_table(table, tables / f"{stem}.parquet")
+    pacsv.write_csv(table, tables / f"{stem}.csv", pacsv.WriteOptions(quoting_style="needed"))
     return {"parquet": f"tables/{stem}.parquet", "csv": f"tables/{stem}.csv"}
 
 
