@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+import zarr
 from sources import make_meta, random_weights, write_source
 
 import filtershift as fs
@@ -146,6 +147,29 @@ def test_crash_mid_append_leaves_previous_snapshot_and_rerun_completes(tmp_path)
     np.testing.assert_array_equal(got[:len(w)], w)
     np.testing.assert_array_equal(got[len(w):], fs.open_store(reference)["weights"].values)
     assert len(fs.models(fs.open_store(db))) == 2 + 6
+
+
+def test_root_column_resized_but_never_written_by_a_killed_append(tmp_path):
+    """A kill between a root column's resize and its chunk write (met by the crash loop in CI): the committed
+    snapshot (no filters) verifies, and the re-run writes the chunk even where the new rows equal the fill value
+    (model ids 0 in `model` and `model_id`: zarr reads an absent chunk as 0, which once let the re-run skip the
+    write)."""
+    db, ref = tmp_path / "db.zarr", tmp_path / "ref.zarr"
+    create_empty(db, chunk_filters=1000)
+    add_models(ref, [fake_model(7)])
+    want_group = zarr.open_group(str(ref), mode="r")
+    group = zarr.open_group(str(db), mode="r+")
+    for key in ("model", "model_id", "conv_depth", "layer"):
+        group[key].resize(want_group[key].shape)    # what the killed append did before writing the chunk
+    report = fs.verify(db)
+    assert report.ok, report.problems
+    assert fs.open_store(db).sizes["filter"] == 0
+    add_models(db, [fake_model(7)])
+    assert fs.verify(db).ok
+    got = zarr.open_group(str(db), mode="r")
+    for key in sorted(want_group.array_keys()):
+        assert got[key].nchunks_initialized == got[key].nchunks, key
+        np.testing.assert_array_equal(got[key][:], want_group[key][:], err_msg=key)
 
 
 def test_reader_during_append_sees_a_whole_snapshot(tmp_path):

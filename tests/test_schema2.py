@@ -151,8 +151,8 @@ def test_verify_names_an_absent_chunk_of_a_root_table_array(source, table, colum
     report = verify(db)
     assert not report.ok
     assert [p for p in report.problems if key in p] == [
-        f"root array '{key}' (column '{column}' of the {table} table) has 1 chunk(s) missing: plain xarray reads "
-        "fill values there; run `filtershift upgrade` on the store to write it again"]
+        f"root array '{key}' (column '{column}' of the {table} table) has a chunk missing ({key}/c/0): plain xarray "
+        "reads fill values there; run `filtershift upgrade` on the store to write it again"]
     assert key in upgrade(db).message() and verify(db).ok                      # the remedy it names repairs it
 
 

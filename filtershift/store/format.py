@@ -441,8 +441,13 @@ def _grow(array: zarr.Array, series: pd.Series) -> bool:
     encoding; False (nothing written) otherwise."""
     values, fill, attrs = encode_column(series)
     n_old = array.shape[0]
-    if array.dtype != values.dtype or len(values) < n_old or \
-            not pd.Series(array[:]).equals(pd.Series(values[:n_old])):
+    if array.dtype != values.dtype or len(values) < n_old:
+        return False
+    try:
+        stored = read_rows(array)
+    except AbsentChunk:             # rows a killed append resized in but never wrote: write the column anew
+        return False
+    if not pd.Series(stored).equals(pd.Series(values[:n_old])):
         return False
     old_fill = array.fill_value
     if not (old_fill == fill or (isinstance(fill, float) and np.isnan(fill) and np.isnan(old_fill))):
@@ -516,9 +521,9 @@ def encode_column(series: pd.Series) -> tuple[np.ndarray, object, dict]:
                      "booleans and strings); convert the column first.")
 
 
-def decode_column(array: zarr.Array) -> pd.Series:
-    """The pandas column :func:`encode_column` stored."""
-    return _decode(array.attrs.asdict(), array[:], array.basename)
+def decode_column(array: zarr.Array, values: np.ndarray | None = None) -> pd.Series:
+    """The pandas column :func:`encode_column` stored (``values``: its rows, already read)."""
+    return _decode(array.attrs.asdict(), array[:] if values is None else values, array.basename)
 
 
 def _decode(attrs: dict, values: np.ndarray, basename: str) -> pd.Series:
@@ -527,7 +532,7 @@ def _decode(attrs: dict, values: np.ndarray, basename: str) -> pd.Series:
     name = attrs.get("column", basename)
     if MISSING_ROWS in attrs or values.dtype.kind in "OTU":
         out = np.asarray(values, dtype=object)
-        out[list(attrs.get(MISSING_ROWS, []))] = None
+        out[[i for i in attrs.get(MISSING_ROWS, []) if i < len(out)]] = None
         if kind == "category":
             return pd.Series(pd.Categorical(out), name=name)
         if kind in ("str", "string"):
@@ -563,6 +568,15 @@ class StrictChunks(zarr.storage.WrapperStore):
         if value is None and key.startswith(self.prefix) and not key.endswith("zarr.json"):
             raise AbsentChunk(key)
         return value
+
+
+def read_rows(array: zarr.Array, n: int | None = None) -> np.ndarray:
+    """``array[:n]`` read through :class:`StrictChunks`: raises :class:`AbsentChunk` for an absent chunk among those
+    rows (zarr alone would read the fill value). Chunks past row ``n`` are not read, so rows a killed append
+    resized in but never wrote (past the committed snapshot) are not an error here."""
+    strict = zarr.open_array(store=StrictChunks(array.store, f"{array.path}/"), path=array.path, mode="r",
+                             zarr_format=3)
+    return strict[:array.shape[0] if n is None else n]
 
 
 def read_columns(group: zarr.Group, where: str = "") -> pd.DataFrame:

@@ -140,14 +140,15 @@ def check_schema2(group, records: pd.DataFrame, models: pd.DataFrame, manifest: 
                 problems.append(f"root array '{key}' (column {column!r} of the {table} table) is missing")
                 continue
             array = group[key]
-            absent = array.nchunks - array.nchunks_initialized
-            if absent:
-                problems.append(f"root array '{key}' (column {column!r} of the {table} table) has {absent} chunk(s) "
-                                "missing: plain xarray reads fill values there; run `filtershift upgrade` on the "
+            # rows past the table's (a running or killed append) are not part of the snapshot, as for weights
+            try:
+                rows = fmt.read_rows(array, min(len(df), array.shape[0]))
+            except fmt.AbsentChunk as exc:
+                problems.append(f"root array '{key}' (column {column!r} of the {table} table) has a chunk missing "
+                                f"({exc}): plain xarray reads fill values there; run `filtershift upgrade` on the "
                                 "store to write it again")
                 continue
-            # rows past the table's (a running or killed append) are not part of the snapshot, as for weights
-            got = fmt.decode_column(array).iloc[:len(df)].reset_index(drop=True)
+            got = fmt.decode_column(array, rows).reset_index(drop=True)
             want = df[column].reset_index(drop=True)
             listed = (consolidated.get(key) or {}).get("shape")
             if got.dtype != want.dtype or not got.equals(want) or listed != [len(df)]:
