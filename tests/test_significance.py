@@ -13,6 +13,7 @@ from scipy.stats import false_discovery_control
 import filtershift as fs
 from filtershift.cli import main
 from filtershift.errors import InputError
+from filtershift.stats.significance import bh_adjust
 from filtershift.store.dataset import from_arrays
 
 
@@ -170,3 +171,15 @@ def test_report_tests_the_first_metric_and_takes_where(labelled_store, tmp_path)
     assert "Hatched: not significant" in page
     with pytest.raises(InputError, match="expected a value"):
         build_report(path, tmp_path / "bad", config={"where": "task =="}, scheduler="threads")
+
+
+def test_bh_adjust_equals_scipy_with_ties_and_nan():
+    rng = np.random.default_rng(5)
+    for m in (1, 2, 7, 300):
+        p = np.round(rng.uniform(0, 1, m) ** 3, 2)            # many ties, as permutation p-values have
+        p[rng.random(m) < 0.2] = np.nan
+        got = bh_adjust(p)
+        finite = np.isfinite(p)
+        assert np.array_equal(np.isnan(got), ~finite)
+        if finite.any():
+            np.testing.assert_allclose(got[finite], false_discovery_control(p[finite], method="bh"), rtol=1e-15)

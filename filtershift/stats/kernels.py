@@ -28,7 +28,8 @@ def array(dtype: str, ndim: int, readonly: bool = False):
 
 def analysis_kernels() -> list:
     """(kernel, signature) of the three passes (the third with its 2D density), in the order a report first
-    calls them."""
+    calls them, then the JS and W1 matrix kernels of the drift analyses."""
+    from filtershift.metrics import kernels as metric_kernels
     from filtershift.stats import grouping, histograms, moments
 
     w, idx = array("float32", 2, readonly=True), array("int64", 1)
@@ -41,6 +42,7 @@ def analysis_kernels() -> list:
         (moments.range_kernel, (w, idx, f1, f2, f2, f2)),
         (moments.sparsity_kernel, (w, idx, f2, f1, b1, b1, idx, idx, f2, f3)),
         (histograms.hist_kernel, (w, idx, f1, f2, f1, f1, i3, i3, idx, f1, idx, i3)),
+        *metric_kernels.signatures(),
     ]
 
 

@@ -169,21 +169,32 @@ def model_quality(data, sparsity_eps: float = 0.01, *, thresholds=None, orthogon
     if missing:
         raise InputError(f"model_quality: the table lacks column(s) {sorted(missing)}; pass a layer_quality table.")
     labels = [c for c in table.columns if isinstance(table[c].dtype, pd.CategoricalDtype) and c not in _META]
-    rows = []
-    for model_id, g in table.groupby("model_id", sort=True):
-        row = {"model_id": model_id}
-        for c in labels:
-            row[c] = g[c].iloc[0]
-        row["n_layers"] = len(g)
-        row["n_filters"] = int(g["n"].sum())
-        for k in METRICS + ("degeneration",):
-            if k in g:
-                row[k] = _weighted_mean(g[k], g["n"])
-        row["n_degenerated"] = int(g["degenerated"].sum())
-        row["degenerated_share"] = float(g["degenerated"].mean())
-        row["degenerated_filter_share"] = float(g.loc[g["degenerated"], "n"].sum() / max(row["n_filters"], 1))
-        rows.append(row)
-    out = pd.DataFrame(rows)
+    ids, model = np.unique(table["model_id"].to_numpy(), return_inverse=True)
+    n_models = len(ids)
+    first = np.full(n_models, len(table))
+    np.minimum.at(first, model, np.arange(len(table)))
+
+    def total(values) -> np.ndarray:
+        return np.bincount(model, np.asarray(values, np.float64), minlength=n_models)
+
+    n = table["n"].to_numpy(np.float64)
+    degenerated = table["degenerated"].to_numpy(bool)
+    out = pd.DataFrame({"model_id": ids})
+    for c in labels:
+        out[c] = table[c].to_numpy()[first]
+    out["n_layers"] = np.bincount(model, minlength=n_models)
+    out["n_filters"] = total(n).astype(np.int64)
+    for k in METRICS + ("degeneration",):
+        if k in table:
+            # the filter-weighted mean over the layers where the metric is finite and the weight positive
+            v = table[k].to_numpy(np.float64)
+            ok = np.isfinite(v) & (n > 0)
+            weight = total(np.where(ok, n, 0.0))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[k] = np.where(weight > 0, total(np.where(ok, v * n, 0.0)) / weight, np.nan)
+    out["n_degenerated"] = total(degenerated).astype(np.int64)
+    out["degenerated_share"] = out["n_degenerated"] / out["n_layers"]
+    out["degenerated_filter_share"] = total(np.where(degenerated, n, 0.0)) / np.maximum(out["n_filters"], 1)
     for c in labels:
         out[c] = pd.Categorical(out[c], categories=table[c].cat.categories)
     out.attrs.update(table.attrs)

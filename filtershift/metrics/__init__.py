@@ -2,7 +2,8 @@
 normalisation it reads. Add a metric here and every consumer (``filtershift.stats.drift``, ``compare``, the report
 spec and page, ``filtershift drift/compare --metric``) offers it.
 
-The CLI builds its parser from :data:`METRICS` without numpy, so numpy is imported inside the functions only.
+The CLI builds its parser from :data:`METRICS` without numpy, so numpy is imported inside the functions only, and
+the numba kernels of the JS and W1 matrices (:mod:`filtershift.metrics.kernels`) when a matrix is computed.
 """
 
 from __future__ import annotations
@@ -44,43 +45,20 @@ def kl_sym(p, widths=None):
     return self_term[..., :, None, :] + self_term[..., None, :, :] - cross - np.swapaxes(cross, -2, -3)
 
 
-def _blocked(p, metric, widths, budget: int = 1 << 24):
-    """(..., group, group, component) for JS or W1, a block of rows at a time to bound memory."""
-    import numpy as np
-
-    g = p.shape[-3]
-    per_row = max(1, int(np.prod(p.shape)))
-    step = max(1, budget // per_row)
-    out = np.empty(p.shape[:-3] + (g, g, p.shape[-2]))
-    cdf = np.cumsum(p, axis=-1) if metric == "w1" else None
-    if metric == "js":
-        from scipy.special import xlogy
-
-        # JS(p, q) = (sum p log p + sum q log q) / 2 - sum m log m with m = (p + q) / 2: one logarithm per pair and
-        # bin (of m) where the two KL terms took two and a division; rounding can leave -1e-17 for equal rows
-        neg_entropy = xlogy(p, p).sum(-1)
-    for lo in range(0, g, step):
-        hi = min(g, lo + step)
-        if metric == "js":
-            mix = (p[..., lo:hi, None, :, :] + p[..., None, :, :, :]) * 0.5
-            own = 0.5 * (neg_entropy[..., lo:hi, None, :] + neg_entropy[..., None, :, :])
-            out[..., lo:hi, :, :] = np.maximum(own - xlogy(mix, mix).sum(-1), 0.0)
-        else:
-            diff = np.abs(cdf[..., lo:hi, None, :, :] - cdf[..., None, :, :, :])
-            out[..., lo:hi, :, :] = diff @ np.asarray(widths, np.float64)
-    return out
-
-
 def js(p, widths=None):
     """Jensen-Shannon divergence (natural log) per component, for every pair of groups."""
-    return _blocked(p, "js", widths)
+    from filtershift.metrics import kernels
+
+    return kernels.js(p)
 
 
 def w1(p, widths=None):
     """Wasserstein-1 per component for masses at the bin centres (``widths``: bin widths)."""
     if widths is None:
         raise ValueError("w1 needs the bin widths")
-    return _blocked(p, "w1", widths)
+    from filtershift.metrics import kernels
+
+    return kernels.w1(p, widths)
 
 
 def kl_sym_bins(p, q, widths=None):
