@@ -7,7 +7,8 @@ evict the store's files from the page cache (``posix_fadvise(DONTNEED)`` per fil
 weights chunk file once, in order (the cold read); evict again and run ``filtershift report STORE --out OUT -q``
 with the default scheduler, sampling the peak RSS of its process tree (figure and cluster workers included);
 evict again and time one plain read pass through zarr (the store's reader, decoded). Stage times come from the
-report's run.log.
+report's run.log. Then pass 1 over the first ``--read-ahead`` chunks, cold and warm, with the chunk reader's
+read-ahead hints and without them (interleaved rounds).
 
     python benchmarks/bench_v10.py --store /data/v10.zarr [--filters 1464797156] [--append]
 """
@@ -61,12 +62,64 @@ def cold_read(files: list[Path]) -> tuple[float, int]:
     return time.perf_counter() - t0, total
 
 
+READ_AHEAD = """
+import os, time, dask, filtershift as fs
+from filtershift.store import chunks
+files, n = {files!r}, {n}
+def evict():
+    os.sync()
+    for p in files:
+        fd = os.open(p, os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)
+hint = chunks.ChunkReader._prefetch
+ds = fs.open_store({store!r})
+sub = ds.isel(filter=slice(0, n * ds["weights"].data.chunks[0][0]))
+with dask.config.set(scheduler="threads"):
+    fs.fit_basis(sub)                   # not timed: loads the kernels
+times = {{}}
+for mode in ["hints", "none", "hints-warm", "none-warm"] * {rounds}:
+    chunks.ChunkReader._prefetch = hint if mode.startswith("hints") else (lambda self, i: None)
+    if not mode.endswith("warm"):
+        evict()
+    t = time.perf_counter()
+    with dask.config.set(scheduler="threads"):
+        fs.fit_basis(sub)
+    times.setdefault(mode, []).append(time.perf_counter() - t)
+print("TIMES", times)
+"""
+
+
+def read_ahead(store: Path, weights: list[Path], n: int, rounds: int) -> str:
+    """Pass 1 over the first ``n`` chunks, cold and warm, with the reader's read-ahead hints and without
+    (interleaved), against a cold plain read of the same files: a table."""
+    import ast
+    import statistics
+
+    files = [str(p) for p in weights[:n]]
+    raw = []
+    for _ in range(rounds):
+        evict([Path(p) for p in files])
+        raw.append(cold_read([Path(p) for p in files])[0])
+    out = run_child(READ_AHEAD.format(files=files, n=n, store=str(store), rounds=rounds))
+    times = ast.literal_eval(next(line for line in out["stdout"].splitlines() if line.startswith("TIMES"))[6:])
+    med = {k: statistics.median(v) for k, v in times.items()}
+    label = {"none": "cold, read-ahead hints off", "hints": "cold, read-ahead hints on",
+             "none-warm": "warm, read-ahead hints off", "hints-warm": "warm, read-ahead hints on"}
+    rows = [("cold plain read of the chunk files", statistics.median(raw))] + [
+        (f"pass 1 ({label[k]})", med[k]) for k in label]
+    size = sum(os.path.getsize(p) for p in files) / 1e9
+    return (f"Pass 1 (`fit_basis`, threads) over the first {n} chunks ({size:.2f} "
+            f"GB), medians of {rounds} interleaved rounds:\n\n| run | s | / cold read |\n|---|---|---|\n"
+            + "\n".join(f"| {name} | {t:.2f} | {t / rows[0][1]:.2f} |" for name, t in rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", type=Path, required=True)
     parser.add_argument("--filters", type=int, default=V10_FILTERS)
     parser.add_argument("--models", type=int, default=647)
     parser.add_argument("--out", type=Path, help="report output (default: STORE.report)")
+    parser.add_argument("--read-ahead", type=int, default=400, metavar="CHUNKS",
+                        help="also time pass 1 over this many chunks with and without read-ahead hints (0: skip)")
     parser.add_argument("--append", action="store_true", help="append a section to BENCHMARKS.md")
     args = parser.parse_args()
     exe = console_script()
@@ -79,6 +132,7 @@ def main() -> None:
         done = subprocess.run([exe, "info", str(store), "--json"], capture_output=True, text=True)
         have = json.loads(done.stdout)["n_filters"] if done.returncode == 0 else None
     if have != args.filters:
+        store.parent.mkdir(parents=True, exist_ok=True)
         argv = [exe, "synth", "--format", "zarr", "--filters", str(args.filters), "--models", str(args.models),
                 str(store), *(["--resume"] if store.exists() else [])]
         wall, peak = run_tree(argv)
@@ -107,12 +161,15 @@ def main() -> None:
     lines.append(f"| one cold zarr read pass (decode and sum, chunk by chunk) | {zarr_pass['wall_s']:.0f} s | "
                  f"{gib(zarr_pass['peak_rss'])} | {zarr_pass['wall_s'] / read_s:.2f} |")
 
+    ahead = read_ahead(store, weights, args.read_ahead, 2) if args.read_ahead else ""
+    print(ahead, flush=True)
+
     body = (f"{args.filters:,} filters, {args.models} models; the store holds {size / 1e9:.1f} GB in {len(files):,} "
             f"files ({len(weights):,} weights chunks); the report computed on {scheduler}. Every run starts with "
             f"the store's files evicted from the page cache.\n\n"
             "| run | wall | peak RSS (process tree) | / cold read |\n|---|---|---|---|\n" + "\n".join(lines)
             + "\n\nReport stages (from run.log):\n\n| stage | s |\n|---|---|\n"
-            + "\n".join(f"| {k} | {v:.1f} |" for k, v in stage_s.items()))
+            + "\n".join(f"| {k} | {v:.1f} |" for k, v in stage_s.items()) + ("\n\n" + ahead if ahead else ""))
     print(body)
     if args.append:
         append_section(f"v1.0 scale: the report against one cold read, {args.filters:,} filters", body)

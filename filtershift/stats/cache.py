@@ -125,9 +125,11 @@ class RecordStats:
 
     def run(self, stat, **kw) -> dict:
         """One pass of ``stat`` over the data (:func:`filtershift.stats.reduction.reduce` with this cache's
-        ``split_every``; keywords as there), counted in :attr:`passes`. Not cached: the caller keeps the result."""
+        ``split_every``; keywords as there), counted in :attr:`passes`. Not cached: the caller keeps the result.
+        Passes alternate their scan direction (the result does not depend on it), so that each starts on what the
+        previous one read last: on a store larger than memory, that part is still in the page cache."""
         self._passes += 1
-        return reduce(self.ds, stat, split_every=self.split_every, **kw)
+        return reduce(self.ds, stat, split_every=self.split_every, descending=self._passes % 2 == 1, **kw)
 
     def set_default_basis(self, basis) -> None:
         """Use ``basis`` (full rank) when passes 2 and 3 are asked for without one, unless one is set already."""

@@ -179,38 +179,58 @@ def _aligned_blocks(ds: xr.Dataset, names) -> list:
 
 
 def graph(ds: xr.Dataset, stat: Statistic, coords=("record",), params=None, names=None,
-          split_every: int = SPLIT_EVERY):
+          split_every: int = SPLIT_EVERY, descending: bool = True):
     """The lazy pass (a ``dask.delayed`` whose value is the merged partial): ``stat.chunk`` mapped over aligned
-    blocks and tree-combined, every key named ``<stat.name>-chunk-<token>`` or ``<stat.name>-combine-<token>``.
+    blocks and tree-combined, every key named ``<stat.name>-chunk-<position>-<token>`` or
+    ``<stat.name>-combine-<level>-<position>-<token>``.
 
     ``params`` (basis, per-record results of earlier passes) becomes one shared graph key
     (``<stat.name>-params-<token>``), sent once per worker. ``names`` switches to keyword mode: the chunk receives
     the coordinate blocks and ``names=names``.
+
+    ``descending`` sets the order the blocks are scheduled in, not the result: dask orders sibling tasks by key
+    name, so the zero-padded position in each name makes a pass scan the store from its end (True) or from its
+    start (False), group of ``split_every`` blocks by group, where hashed names alone gave a random order. The tree
+    (which blocks each combine merges, in which order) is the same either way, so the result is bit for bit the
+    same. Passes in alternating directions start on the blocks the previous pass read last, which the page cache
+    still holds when the store is larger than memory.
     """
     blocks = _aligned_blocks(ds, coords)
+    n = len(blocks[0])
+
+    def position(i: int, count: int) -> str:
+        return f"{(i if descending else count - 1 - i):08d}"
+
     if names is not None:
         parts = [dask.delayed(_apply_chunk_kw, pure=True)(
-            stat.chunk, tuple(names), *bl, dask_key_name=f"{stat.name}-chunk-{tokenize(stat.chunk, names, *bl)}")
-            for bl in zip(*blocks)]
+            stat.chunk, tuple(names), *bl,
+            dask_key_name=f"{stat.name}-chunk-{position(i, n)}-{tokenize(stat.chunk, names, *bl)}")
+            for i, bl in enumerate(zip(*blocks))]
     else:
         p = dask.delayed(params, name=f"{stat.name}-params-{tokenize(params)}", traverse=False)
         parts = [dask.delayed(_apply_chunk, pure=True)(
-            stat.chunk, *bl, p, dask_key_name=f"{stat.name}-chunk-{tokenize(stat.chunk, *bl, p)}")
-            for bl in zip(*blocks)]
+            stat.chunk, *bl, p, dask_key_name=f"{stat.name}-chunk-{position(i, n)}-{tokenize(stat.chunk, *bl, p)}")
+            for i, bl in enumerate(zip(*blocks))]
+    level = 0
     while len(parts) > 1:
+        level += 1
+        count = -(-len(parts) // split_every)
         parts = [dask.delayed(stat.combine, pure=True)(
             *parts[i:i + split_every],
-            dask_key_name=f"{stat.name}-combine-{tokenize(stat.combine, *parts[i:i + split_every])}")
+            dask_key_name=f"{stat.name}-combine-{level}-{position(i // split_every, count)}-"
+                          f"{tokenize(stat.combine, *parts[i:i + split_every])}")
             for i in range(0, len(parts), split_every)]
     return parts[0]
 
 
 def reduce(ds: xr.Dataset, stat: Statistic, coords=("record",), params=None, names=None,
-           split_every: int = SPLIT_EVERY, desc: str | None = None, records=None, context=None) -> dict:
-    """One pass over ``ds``: compute :func:`graph`, lay the partial out on ``records`` when given (absent records
-    take ``stat.fill``), and return ``stat.finalize(partial, **context)``."""
+           split_every: int = SPLIT_EVERY, desc: str | None = None, records=None, context=None,
+           descending: bool = True) -> dict:
+    """One pass over ``ds``: compute :func:`graph` (blocks scheduled from the end when ``descending``), lay the
+    partial out on ``records`` when given (absent records take ``stat.fill``), and return
+    ``stat.finalize(partial, **context)``."""
     with progress.dask_progress(desc or stat.name):
-        (out,) = dask.compute(graph(ds, stat, coords, params, names, split_every))
+        (out,) = dask.compute(graph(ds, stat, coords, params, names, split_every, descending))
     if records is not None:
         out = reindex(out, records, stat.fill, stat.totals)
     return stat.finalize(out, **(context or {}))
