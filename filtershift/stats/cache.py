@@ -126,8 +126,8 @@ class RecordStats:
     def run(self, stat, **kw) -> dict:
         """One pass of ``stat`` over the data (:func:`filtershift.stats.reduction.reduce` with this cache's
         ``split_every``; keywords as there), counted in :attr:`passes`. Not cached: the caller keeps the result.
-        Passes alternate their scan direction (the result does not depend on it), so that each starts on what the
-        previous one read last: on a store larger than memory, that part is still in the page cache."""
+        Passes alternate their scan direction (the result does not depend on it), so that each tends to start on
+        what the previous one read last, which the page cache still holds on a store larger than memory."""
         self._passes += 1
         return reduce(self.ds, stat, split_every=self.split_every, descending=self._passes % 2 == 1, **kw)
 

@@ -189,11 +189,10 @@ def graph(ds: xr.Dataset, stat: Statistic, coords=("record",), params=None, name
     the coordinate blocks and ``names=names``.
 
     ``descending`` sets the order the blocks are scheduled in, not the result: dask orders sibling tasks by key
-    name, so the zero-padded position in each name makes a pass scan the store from its end (True) or from its
-    start (False), group of ``split_every`` blocks by group, where hashed names alone gave a random order. The tree
-    (which blocks each combine merges, in which order) is the same either way, so the result is bit for bit the
-    same. Passes in alternating directions start on the blocks the previous pass read last, which the page cache
-    still holds when the store is larger than memory.
+    name, so the zero-padded position in each name makes a pass read runs of consecutive blocks downwards (True) or
+    upwards (False), where hashed names alone gave a random order of the groups of ``split_every`` (dask still
+    visits larger subtrees out of sequence; docs/design.md, Scan order). The tree (which blocks each combine merges,
+    in which order) is the same either way, so the result is bit for bit the same.
     """
     blocks = _aligned_blocks(ds, coords)
     n = len(blocks[0])

@@ -111,9 +111,9 @@ class ChunkReader:
 
     def _prefetch(self, i: int) -> None:
         """Ask the kernel to start reading the chunk files next to chunk ``i`` (``posix_fadvise(WILLNEED)`` returns
-        at once), so that the disk reads the next chunks while a pass computes on this one: a pass over a store
-        larger than memory took 1.2x as long without this (BENCHMARKS.md; a pass scans its blocks in order, see
-        :func:`filtershift.stats.reduction.graph`; a chunk behind the scan is cached already, so its hint costs
+        at once), so that the disk reads the next chunks while a pass computes on this one: pass 1 over cold chunks
+        took 1.25x as long without this (BENCHMARKS.md, v1.0 scale; a pass reads runs of consecutive blocks, see
+        :func:`filtershift.stats.reduction.graph`, and a chunk behind the scan is cached already, so its hint costs
         nothing). A hint only: errors are ignored, and the chunk's own read reports a missing file."""
         if not hasattr(os, "posix_fadvise"):
             return
