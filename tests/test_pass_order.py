@@ -106,3 +106,18 @@ def test_read_ahead_hints_hide_no_missing_chunk(store, tmp_path):
     np.testing.assert_array_equal(w[6 * CHUNK:7 * CHUNK].values, fs.open_store(store)["weights"][6 * CHUNK:7 * CHUNK])
     with pytest.raises(StoreError, match="chunk 5"):
         w[5 * CHUNK:6 * CHUNK].load()
+
+
+def test_read_ahead_only_while_reads_run_in_sequence(store, monkeypatch):
+    """A lookup of single filters reads no chunk it does not use; a scan hints its neighbours."""
+    hinted = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, advice: (
+        hinted.append(os.readlink(f"/proc/self/fd/{fd}")) if advice == os.POSIX_FADV_WILLNEED else None,
+        real(fd, off, n, advice))[-1])
+    w = fs.open_store(store)["weights"]
+    w[20 * CHUNK].load()
+    w[3 * CHUNK].load()
+    assert hinted == []
+    w[4 * CHUNK].load()
+    assert sorted(int(p.split("/")[-2]) for p in hinted) == [2, 3, 5, 6]

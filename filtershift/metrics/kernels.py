@@ -9,11 +9,11 @@ the GIL). Both are tested pair by pair against scipy's ``jensenshannon`` and ``w
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
+from dask.system import cpu_count
 
 
 @numba.njit(nogil=True, cache=True)
@@ -65,8 +65,9 @@ def row_splits(g: int, parts: int) -> list[tuple[int, int]]:
 
 
 def _run(kernel, first, second, g: int, out: np.ndarray) -> None:
-    """``kernel(first, second, lo, hi, out)`` over row ranges, one per core (one call when g is small)."""
-    threads = min(os.cpu_count() or 1, 8) if g >= 64 else 1
+    """``kernel(first, second, lo, hi, out)`` over row ranges, one per core this process may use (dask's count,
+    as the local cluster's: CPU affinity and cgroup quotas included; one call when g is small)."""
+    threads = min(cpu_count(), 8) if g >= 64 else 1
     ranges = row_splits(g, threads)
     if len(ranges) == 1:
         kernel(first, second, 0, g, out)

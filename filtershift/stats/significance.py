@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import xarray as xr
+from dask.system import cpu_count
 
 from filtershift.errors import InputError
 from filtershift.metrics import metric as declared
@@ -168,8 +168,9 @@ def drift_test(dist: xr.Dataset, metric: str = "kl_sym", n_perm: int = 999, seed
         return p_value(observed, permuted, exhaustive), len(chosen)
 
     pairs = list(itertools.combinations(range(groups), 2))
-    # each pair's work is a few large numpy operations that release the GIL: one thread per core
-    with ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, 8)), thread_name_prefix="filtershift-test") as pool:
+    # each pair's work is a few large numpy operations that release the GIL: one thread per core this process may
+    # use (dask's count, as the local cluster's)
+    with ThreadPoolExecutor(min(cpu_count(), 8), thread_name_prefix="filtershift-test") as pool:
         tested = list(pool.map(lambda pair: test_pair(*pair), pairs))
     p = np.full((groups, groups), np.nan)
     n_splits = np.zeros((groups, groups), np.int64)

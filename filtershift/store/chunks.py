@@ -38,6 +38,11 @@ WORKER_HINT = ("A dask worker reads the store itself: it needs the credentials t
                "instance role, or storage options passed to open_store).")
 
 
+#: Reads of chunks at most this far apart count as one scan, for the read-ahead hints (a pass's threads take the
+#: blocks of a combine group of 8 in any order).
+SCAN_WINDOW = 8
+
+
 class ChunkReader:
     """Array-like over a Zarr array for ``da.from_array``; pickles to dask workers, which check the same way.
 
@@ -59,6 +64,7 @@ class ChunkReader:
         self.fill = array.fill_value
         self.all_written = bool(array.attrs.get(fmt.ALL_CHUNKS_WRITTEN, False))
         self.direct = _direct_path(array, loc)
+        self._previous = None               # the chunk read last (read-ahead runs only in sequential reads)
         self.array = None if self.direct else _strict_array(array, loc)
 
     def __getitem__(self, key):
@@ -114,8 +120,12 @@ class ChunkReader:
         at once), so that the disk reads the next chunks while a pass computes on this one: pass 1 over cold chunks
         took 1.25x as long without this (BENCHMARKS.md, v1.0 scale; a pass reads runs of consecutive blocks, see
         :func:`filtershift.stats.reduction.graph`, and a chunk behind the scan is cached already, so its hint costs
-        nothing). A hint only: errors are ignored, and the chunk's own read reports a missing file."""
-        if not hasattr(os, "posix_fadvise"):
+        nothing). Only while reads run in sequence (this chunk within :data:`SCAN_WINDOW` of the one read before,
+        as in a pass, whose threads take the blocks of a group in any order): a lookup of single filters on a cold
+        store would otherwise read four chunks it never uses. A hint only: errors are ignored, and the chunk's own
+        read reports a missing file."""
+        previous, self._previous = self._previous, i        # threads may interleave here: it stays a heuristic
+        if not hasattr(os, "posix_fadvise") or previous is None or abs(i - previous) > SCAN_WINDOW:
             return
         last = -(-self.shape[0] // self.rows) - 1
         for j in (i + 1, i - 1, i + 2, i - 2):
